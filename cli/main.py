@@ -1,0 +1,180 @@
+"""The `pvc` command-line tool.
+
+Exit status: 0 success; 1 the operation failed (ZooKeeper unreachable, unknown
+node, ...); 2 the command line itself is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable
+
+import click
+
+from cli.connection import CliError, Target, connect, resolve_target
+from cli.output import FORMATS, key_values, table, to_json
+from cli.views import cluster_summary, node_summary
+from pvcd.zk import nodes, schema
+from pvcd.zk.store import StoreError
+
+
+def format_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(FORMATS),
+        default="pretty",
+        show_default=True,
+        help="pretty: aligned text; json: machine-readable, stable keys",
+    )(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--zookeeper", "zookeeper", metavar="HOST:PORT[,...]", help="ZooKeeper to use (else $PVC_ZOOKEEPER, else $PVCD_CONFIG_FILE)")
+@click.option("--timeout", type=click.FloatRange(min=0.1), help="seconds to wait for ZooKeeper (default 5)")
+@click.pass_context
+def pvc(ctx: click.Context, zookeeper: str | None, timeout: float | None) -> None:
+    """Operate a pvcd cluster."""
+    ctx.obj = {"zookeeper": zookeeper, "timeout": timeout}
+
+
+def _target(ctx: click.Context) -> Target:
+    return resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
+
+
+@pvc.group()
+def node() -> None:
+    """Nodes: list, info."""
+
+
+@node.command("list")
+@format_option
+@click.pass_context
+def node_list(ctx: click.Context, output_format: str) -> None:
+    """Every node with its states, VMs, memory and keepalive age."""
+    with connect(_target(ctx)) as store:
+        now = store.server_time_ms()
+        summaries = [node_summary(v, now) for v in nodes.read_cluster(store)]
+    if output_format == "json":
+        click.echo(to_json(summaries))
+        return
+    rows = [
+        [
+            s["name"],
+            s["daemon_state"],
+            s["coordinator_state"],
+            s["domain_state"],
+            s["vms"],
+            s["memory"]["total"],
+            s["memory"]["allocated"],
+            s["memory"]["free"],
+            s["load"],
+            "-" if s["keepalive"]["age_seconds"] is None else f"{s['keepalive']['age_seconds']:.1f}s"
+            + (" LATE" if s["keepalive"]["late"] else ""),
+        ]
+        for s in summaries
+    ]
+    headers = ["NAME", "DAEMON", "COORDINATOR", "DOMAIN", "VMS", "MEM MiB", "ALLOC MiB", "FREE MiB", "LOAD", "KEEPALIVE AGE"]
+    click.echo(table(headers, rows) if rows else "No nodes registered.")
+
+
+@node.command("info")
+@click.argument("name")
+@format_option
+@click.pass_context
+def node_info(ctx: click.Context, name: str, output_format: str) -> None:
+    """One node in detail."""
+    try:
+        schema.validate_name(name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    with connect(_target(ctx)) as store:
+        view = nodes.read_node(store, name)
+        if view is None:
+            raise CliError(f"no node named {name!r}")
+        summary = node_summary(view, store.server_time_ms())
+    if output_format == "json":
+        click.echo(to_json(summary))
+        return
+    memory = summary["memory"]
+    keepalive = summary["keepalive"]
+    click.echo(
+        key_values(
+            [
+                ("Name", summary["name"]),
+                ("Daemon state", summary["daemon_state"]),
+                ("Coordinator state", summary["coordinator_state"]),
+                ("Domain state", summary["domain_state"]),
+                ("pvcd version", summary["pvcd_version"]),
+                ("Hypervisor", summary["hypervisor"]),
+                ("Running VMs", f"{summary['vms']}: {', '.join(summary['running_vms']) or '-'}"),
+                ("Memory (MiB)", f"total {memory['total']}, allocated {memory['allocated']}, used {memory['used']}, free {memory['free']}"),
+                ("vCPUs allocated", summary["vcpus_allocated"]),
+                ("Load (1 min)", summary["load"]),
+                ("Keepalive", f"#{keepalive['counter']} every {keepalive['interval']}s, last {keepalive['age_seconds']}s ago"
+                 + (" (LATE)" if keepalive["late"] else "")),
+                ("Stale figures", keepalive["stale_figures"]),
+            ]
+        )
+    )
+
+
+@pvc.group()
+def cluster() -> None:
+    """The cluster as a whole."""
+
+
+@cluster.command("status")
+@format_option
+@click.pass_context
+def cluster_status(ctx: click.Context, output_format: str) -> None:
+    """Node counts by state, the primary, VMs, memory, late keepalives."""
+    with connect(_target(ctx)) as store:
+        now = store.server_time_ms()
+        found = store.get(schema.SCHEMA)
+        version = found.value.get("version") if found and isinstance(found.value, dict) else None
+        summary = cluster_summary(nodes.read_cluster(store), now, version)
+    if output_format == "json":
+        click.echo(to_json(summary))
+        return
+    states = ", ".join(f"{count} {state}" for state, count in sorted(summary["daemon_states"].items()))
+    click.echo(
+        key_values(
+            [
+                ("Health", "healthy" if summary["healthy"] else "degraded"),
+                ("Nodes", f"{summary['nodes']} ({states or 'none'})"),
+                ("Coordinators", summary["coordinators"]),
+                ("Primary", summary["primary"] or "none"),
+                ("VMs running", summary["vms_running"]),
+                ("Memory (MiB)", f"allocated {summary['memory']['allocated']} of {summary['memory']['total']}"),
+                ("Late keepalives", summary["late_keepalives"]),
+                ("Schema version", summary["schema_version"]),
+            ]
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    # kazoo reports connection drops itself; the CLI turns failures into one line.
+    logging.getLogger("kazoo").addHandler(logging.NullHandler())
+    logging.getLogger("kazoo").propagate = False
+    try:
+        pvc.main(args=argv, prog_name="pvc", standalone_mode=False)
+    except CliError as exc:
+        click.echo(f"pvc: {exc}", err=True)
+        return exc.status
+    except StoreError as exc:
+        click.echo(f"pvc: ZooKeeper: {exc}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("pvc: aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

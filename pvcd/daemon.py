@@ -1,0 +1,253 @@
+"""The node daemon: connect, register, keepalive loop, clean shutdown.
+
+The loop decides nothing itself: the keepalive value is built by the pure
+`keepalive` module and state changes go through the pure `states` module. This
+module only sequences them and survives the world failing around it: ZooKeeper
+down or restarted, libvirt hung, signals at any moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pvcd import __version__, hostinfo
+from pvcd.collect import Collectors
+from pvcd.config import Config
+from pvcd.hypervisor import Hypervisor
+from pvcd.keepalive import (
+    COLLECT_BUDGET_SHARE,
+    DOMAINS,
+    LOAD,
+    MEMORY,
+    StateRecord,
+    build_keepalive,
+    cluster_log_line,
+    keepalive_log_line,
+)
+from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
+from pvcd.zk import nodes
+from pvcd.zk.store import Store, StoreError, StoreUnavailable, VersionConflict
+
+log = logging.getLogger("pvcd")
+keepalive_log = logging.getLogger("pvcd.keepalive")
+
+# A clean stop must finish within 5 s even with ZooKeeper gone; the final state
+# writes get this long before the session is closed regardless.
+SHUTDOWN_WRITE_TIMEOUT = 3.0
+RECONNECT_DELAY = 1.0
+
+
+def default_collectors(config: Config, hypervisor: Hypervisor | None) -> dict[str, Callable[[], Any]]:
+    """The figures a keepalive carries, each from the component that knows it."""
+    if hypervisor is None:
+        return {MEMORY: hostinfo.host_memory, LOAD: hostinfo.load_average, DOMAINS: list}
+    return {MEMORY: hypervisor.host_memory, LOAD: hostinfo.load_average, DOMAINS: hypervisor.running_domains}
+
+
+class NodeDaemon:
+    """One pvcd process: owns the node's ZooKeeper records and its keepalive."""
+
+    def __init__(
+        self,
+        config: Config,
+        collectors: dict[str, Callable[[], Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.node
+        self.stop_event = threading.Event()
+        self.hypervisor = Hypervisor(config.hypervisor.libvirt_uri) if config.functions.enable_hypervisor else None
+        self.collectors = Collectors(collectors or default_collectors(config, self.hypervisor))
+        self.store = Store(
+            config.zookeeper_hosts,
+            session_timeout=config.cluster.zookeeper.session_timeout,
+            connect_timeout=config.cluster.zookeeper.connect_timeout,
+        )
+        self.state = StateRecord(
+            daemon=DaemonState.INIT,
+            coordinator=initial_coordinator_state(config.is_coordinator),
+            domain=DomainState.READY,
+        )
+        self.versions: nodes.Versions | None = None
+        self.interval = config.fencing.keepalive_interval
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("Received %s; shutting down node %s", signal.Signals(signum).name, self.name)
+        self.stop_event.set()
+
+    def run(self) -> int:
+        """Run until asked to stop; the process exit status."""
+        self._write_pid_file()
+        self.store.add_listener(self._on_connection_state)
+        try:
+            if not self._connect():
+                return 0
+            self._register()
+            self._set_daemon_state(DaemonState.RUN)
+            log.info("Node %s is running (coordinator state %s)", self.name, self.state.coordinator)
+            self._keepalive_loop()
+            return 0
+        finally:
+            self._shutdown()
+
+    def _connect(self) -> bool:
+        """Wait for ZooKeeper, however long it takes, unless we are told to stop."""
+        while not self.stop_event.is_set():
+            try:
+                self.store.start()
+                log.info("Connected to ZooKeeper at %s", self.config.zookeeper_hosts)
+                return True
+            except StoreUnavailable as exc:
+                log.warning("%s; retrying", exc)
+                self.stop_event.wait(RECONNECT_DELAY)
+        return False
+
+    def _register(self) -> None:
+        info = {
+            "name": self.name,
+            "coordinator": self.config.is_coordinator,
+            "pvcd_version": __version__,
+            "hypervisor": self.config.hypervisor.libvirt_uri if self.hypervisor else None,
+            "pid": os.getpid(),
+        }
+        while not self.stop_event.is_set():
+            try:
+                self.versions = nodes.register(self.store, self.name, info, self.state)
+                log.info("Registered node %s in ZooKeeper", self.name)
+                return
+            except StoreError as exc:
+                log.warning("Cannot register node %s yet: %s; retrying", self.name, exc)
+                self.stop_event.wait(RECONNECT_DELAY)
+
+    def _on_connection_state(self, state: str) -> None:
+        if self.stop_event.is_set():
+            return
+        messages = {
+            "SUSPENDED": "Connection to ZooKeeper suspended; keepalives wait until it is back",
+            "LOST": "ZooKeeper session lost; reconnecting with a new session",
+            "CONNECTED": "Connection to ZooKeeper established",
+        }
+        log.warning(messages.get(state, f"ZooKeeper connection state {state}"))
+
+    def _set_daemon_state(self, wanted: DaemonState) -> None:
+        self.state = StateRecord(
+            daemon=daemon_transition(DaemonState(self.state.daemon), wanted),
+            coordinator=self.state.coordinator,
+            domain=self.state.domain,
+        )
+        log.info("Node %s daemon state is now %s", self.name, wanted)
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        try:
+            if self.versions is None:
+                self.versions = nodes.read_versions(self.store, self.name)
+            self.versions = nodes.write_state(self.store, self.name, self.versions, self.state)
+        except (StoreError, LookupError) as exc:
+            self.versions = None
+            log.warning("Could not publish state of node %s now (%s); the next keepalive carries it", self.name, exc)
+
+    # -- keepalive -----------------------------------------------------------
+
+    def _keepalive_loop(self) -> None:
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            self.keepalive_once()
+            next_at += self.interval
+            now = time.monotonic()
+            if next_at < now:
+                skipped = int((now - next_at) // self.interval) + 1
+                log.warning("Keepalive of node %s is %d interval(s) late", self.name, skipped)
+                next_at += skipped * self.interval
+            self.stop_event.wait(next_at - now)
+
+    def keepalive_once(self) -> bool:
+        """Collect figures and send one keepalive transaction; True if it was sent."""
+        collected = self.collectors.collect(self.interval * COLLECT_BUDGET_SHARE)
+        try:
+            if self.versions is None:
+                self.versions = nodes.read_versions(self.store, self.name)
+            record = build_keepalive(self.versions.counter + 1, self.interval, collected.values, collected.stale)
+            self.versions = nodes.send_keepalive(self.store, self.name, self.versions, self.state, record)
+        except VersionConflict as exc:
+            self.versions = None
+            log.error("Keepalive of node %s refused: %s; re-reading its records", self.name, exc)
+            return False
+        except StoreUnavailable as exc:
+            self.versions = None
+            log.warning("Keepalive of node %s not sent: ZooKeeper unreachable (%s)", self.name, exc)
+            return False
+        except (StoreError, LookupError) as exc:
+            self.versions = None
+            log.error("Keepalive of node %s not sent: %s", self.name, exc)
+            return False
+        self._log_keepalive(record)
+        return True
+
+    def _log_keepalive(self, record: dict[str, Any]) -> None:
+        logging_config = self.config.logging
+        if not logging_config.log_keepalives:
+            return
+        keepalive_log.info(
+            keepalive_log_line(self.name, record, self.state, logging_config.log_keepalive_cluster_details)
+        )
+        if logging_config.log_keepalive_cluster_details:
+            try:
+                states = {view.name: view.state for view in nodes.read_cluster(self.store)}
+                keepalive_log.info(cluster_log_line(states))
+            except StoreError as exc:
+                keepalive_log.warning("Cluster details unavailable: %s", exc)
+        if logging_config.log_keepalive_storage_details and self.config.functions.enable_storage:
+            keepalive_log.info("Storage details: no storage cluster is managed by this pvcd version yet")
+
+    # -- shutdown ------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Publish shutdown then stop, and close the session, all within the stop budget."""
+        writer = threading.Thread(target=self._final_states, name="shutdown-states", daemon=True)
+        writer.start()
+        writer.join(SHUTDOWN_WRITE_TIMEOUT)
+        if writer.is_alive():
+            log.warning("Final state of node %s not confirmed by ZooKeeper in time", self.name)
+        try:
+            self.store.stop()
+        except Exception as exc:  # closing a broken session must not block the exit
+            log.warning("Closing the ZooKeeper session failed: %s", exc)
+        if self.hypervisor is not None:
+            self.hypervisor.close()
+        self._remove_pid_file()
+        log.info("Node %s stopped", self.name)
+
+    def _final_states(self) -> None:
+        if not self.store.connected:
+            return
+        for wanted in (DaemonState.SHUTDOWN, DaemonState.STOP):
+            self._set_daemon_state(wanted)
+
+    @property
+    def _pid_file(self) -> Path:
+        return Path(self.config.directories.dynamic_directory) / "pvcd.pid"
+
+    def _write_pid_file(self) -> None:
+        try:
+            self._pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self._pid_file.write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            log.warning("Cannot write %s: %s", self._pid_file, exc)
+
+    def _remove_pid_file(self) -> None:
+        try:
+            self._pid_file.unlink()
+        except OSError:
+            pass

@@ -1,0 +1,127 @@
+"""The local cluster's files: per-node configuration and simulated hosts (pure).
+
+Each node gets its own directory under the work directory holding its pvcd.yaml,
+its libvirt `test:///` host file, its dynamic directory and its log. Nothing
+here starts a process, so the layout is testable and reusable by the fencing
+work (BMC simulators get their ports recorded next to the nodes').
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_COORDINATORS = 3
+HOST_MEMORY_MIB = 16384
+HOST_CPUS = 16
+CLUSTER_FILE = "cluster.json"
+IPMI_USER = "admin"
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    name: str
+    directory: Path
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "pvcd.yaml"
+
+    @property
+    def host_xml(self) -> Path:
+        return self.directory / "host.xml"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "pvcd.log"
+
+    @property
+    def dynamic(self) -> Path:
+        return self.directory / "run"
+
+    @property
+    def console_logs(self) -> Path:
+        return self.directory / "console"
+
+
+def node_names(count: int) -> list[str]:
+    """hv1, hv2, ...: the trailing number lets `by-id` addressing work as on real clusters."""
+    return [f"hv{i}" for i in range(1, count + 1)]
+
+
+def node_paths(workdir: Path, name: str) -> NodePaths:
+    return NodePaths(name, workdir / "nodes" / name)
+
+
+def host_xml(memory_mib: int = HOST_MEMORY_MIB, cpus: int = HOST_CPUS) -> str:
+    """A libvirt test-driver host with no VMs, its own memory and CPUs."""
+    return (
+        "<node>\n"
+        f"  <cpu><mhz>2000</mhz><model>x86_64</model><active>{cpus}</active><max>{cpus}</max>"
+        f"<total>{cpus}</total><nodes>1</nodes><sockets>1</sockets><cores>{cpus}</cores><threads>1</threads></cpu>\n"
+        f"  <memory>{memory_mib * 1024}</memory>\n"
+        "</node>\n"
+    )
+
+
+def node_config(
+    name: str,
+    paths: NodePaths,
+    names: list[str],
+    zookeeper_port: int,
+    keepalive_interval: int,
+    fence_intervals: int,
+) -> dict[str, Any]:
+    """The pvcd.yaml document of one local node.
+
+    The first three nodes are coordinators; every coordinator entry points at the
+    one local ZooKeeper, which the mapping form of a coordinator entry allows.
+    Networking is off: the local cluster runs in the host's network namespace.
+    """
+    coordinators = [
+        {"name": coordinator, "host": "127.0.0.1", "port": zookeeper_port}
+        for coordinator in names[:MAX_COORDINATORS]
+    ]
+    return {
+        "pvc": {
+            "node": name,
+            "functions": {
+                "enable_hypervisor": True,
+                "enable_networking": False,
+                "enable_storage": False,
+                "enable_api": False,
+            },
+            "cluster": {"coordinators": coordinators},
+            "system": {
+                "fencing": {
+                    "intervals": {
+                        "keepalive_interval": keepalive_interval,
+                        "fence_intervals": fence_intervals,
+                        "suicide_intervals": 0,
+                    },
+                    "actions": {"successful_fence": "migrate", "failed_fence": "None"},
+                    "ipmi": {"host": "127.0.0.1", "user": IPMI_USER, "pass": f"{name}-bmc"},
+                },
+                "migration": {"target_selector": "mem"},
+                "configuration": {
+                    "directories": {
+                        "dynamic_directory": str(paths.dynamic),
+                        "log_directory": str(paths.directory),
+                        "console_log_directory": str(paths.console_logs),
+                    },
+                    "logging": {
+                        "file_logging": False,
+                        "stdout_logging": True,
+                        "log_colours": False,
+                        "log_dates": True,
+                        "log_keepalives": True,
+                        "log_keepalive_cluster_details": True,
+                        "log_keepalive_storage_details": False,
+                        "console_log_lines": 1000,
+                    },
+                },
+                "hypervisor": {"libvirt_uri": f"test://{paths.host_xml}"},
+            },
+        }
+    }

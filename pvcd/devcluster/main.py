@@ -1,0 +1,98 @@
+"""`pvc-devcluster`: a whole pvcd cluster on this machine, for demos and tests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from pvcd.devcluster import cluster
+from pvcd.devcluster.processes import pid_alive
+
+START_TIMEOUT = 60.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pvc-devcluster", description="Run a local pvcd cluster on 127.0.0.1.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start ZooKeeper and N pvcd nodes")
+    up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3; the first 3 are coordinators)")
+    up.add_argument("--workdir", type=Path, required=True, help="directory for configs, data and logs")
+    up.add_argument("--keepalive-interval", type=int, default=1, metavar="S", help="seconds between keepalives (default 1)")
+    up.add_argument("--fence-intervals", type=int, default=3, metavar="K", help="missed keepalives before a node is dead (default 3)")
+    up.add_argument("--detach", action="store_true", help="return once the cluster runs instead of staying in the foreground")
+    for name, text in (("status", "show what runs"), ("down", "stop everything the launcher started")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--workdir", type=Path, required=True)
+        command.add_argument("--format", choices=("pretty", "json"), default="pretty")
+    return parser
+
+
+def _status(record: cluster.ClusterRecord) -> dict:
+    return {
+        "workdir": record.workdir,
+        "zookeeper": {"address": record.zookeeper, "pid": record.zookeeper_pid,
+                      "running": bool(record.zookeeper_pid and pid_alive(record.zookeeper_pid))},
+        "nodes": [dict(asdict(n), running=cluster.node_running(n)) for n in record.nodes],
+    }
+
+
+def _print_status(status: dict, output_format: str) -> None:
+    if output_format == "json":
+        print(json.dumps(status, indent=2))
+        return
+    zk = status["zookeeper"]
+    print(f"ZooKeeper {zk['address']} pid {zk['pid']} {'running' if zk['running'] else 'stopped'}")
+    for node in status["nodes"]:
+        print(f"{node['name']:<6} pid {str(node['pid']):<8} {'running' if node['running'] else 'stopped':<8} "
+              f"config {node['config']}  log {node['log']}")
+
+
+def _up(args: argparse.Namespace) -> int:
+    if args.keepalive_interval < 1:
+        raise cluster.ClusterError(f"--keepalive-interval must be a positive integer, got {args.keepalive_interval}")
+    if args.fence_intervals < 0:
+        raise cluster.ClusterError(f"--fence-intervals must be a non-negative integer, got {args.fence_intervals}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    record = cluster.up(args.workdir, args.nodes, args.keepalive_interval, args.fence_intervals)
+    late = cluster.wait_until_running(record, START_TIMEOUT)
+    if late:
+        cluster.down(args.workdir)
+        logs = ", ".join(record.node(n).log for n in late)
+        raise cluster.ClusterError(f"nodes {', '.join(late)} did not reach state run; see {logs}")
+    print(f"Local cluster of {len(record.nodes)} nodes running; ZooKeeper at {record.zookeeper}")
+    print(f"  pvc --zookeeper {record.zookeeper} node list")
+    if args.detach:
+        print(f"  pvc-devcluster down --workdir {record.workdir}")
+        return 0
+    print("Press Ctrl-C to stop it.")
+    stop.wait()
+    cluster.down(args.workdir)
+    print("Local cluster stopped.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            return _up(args)
+        if args.command == "status":
+            _print_status(_status(cluster.load(args.workdir.resolve())), args.format)
+            return 0
+        record = cluster.down(args.workdir)
+        _print_status(_status(record), args.format)
+        return 0
+    except cluster.ClusterError as exc:
+        print(f"pvc-devcluster: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

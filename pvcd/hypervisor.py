@@ -1,0 +1,104 @@
+"""The libvirt adapter: the one place pvcd talks to the hypervisor.
+
+The URI comes from the configuration: `qemu:///system` on real hosts, a
+`test:///PATH` host file in tests and the local cluster. libvirt's test driver
+keeps each file-backed host private to the connection that opened it, so a
+simulated host lives exactly as long as the pvcd process that runs it, as a real
+host's VMs die with the host.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import libvirt
+
+# libvirt prints every error to stderr by default; pvcd reports errors itself.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+MIB = 1024 * 1024
+
+
+class HypervisorError(Exception):
+    """A libvirt call failed; the message names the URI and libvirt's reason."""
+
+
+@dataclass(frozen=True)
+class DomainFigures:
+    """What a running VM takes from its host."""
+
+    name: str
+    uuid: str
+    memory_mib: int
+    vcpus: int
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    total_mib: int
+    free_mib: int
+
+
+class Hypervisor:
+    """A lazily (re)opened libvirt connection shared by the daemon's threads."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def simulated(self) -> bool:
+        return self.uri.startswith("test:")
+
+    def connection(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
+            return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+
+    def running_domains(self) -> list[DomainFigures]:
+        conn = self.connection()
+        try:
+            domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            figures = []
+            for domain in domains:
+                _state, _max_kib, current_kib, vcpus, _cpu_time = domain.info()
+                figures.append(DomainFigures(domain.name(), domain.UUIDString(), current_kib // 1024, vcpus))
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot list domains at {self.uri}: {exc}") from exc
+        return sorted(figures, key=lambda d: d.name)
+
+    def host_memory(self) -> HostMemory:
+        """Total and free host memory.
+
+        The test driver reports no free memory of its own, so its simulated host
+        is modelled as a machine whose only consumers are its running VMs.
+        """
+        conn = self.connection()
+        try:
+            total_mib = conn.getInfo()[1]
+            if self.simulated:
+                allocated = sum(d.memory_mib for d in self.running_domains())
+                return HostMemory(total_mib, max(total_mib - allocated, 0))
+            return HostMemory(total_mib, conn.getFreeMemory() // MIB)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot read host memory at {self.uri}: {exc}") from exc

@@ -1,0 +1,108 @@
+"""Node records in ZooKeeper: registration, keepalive transactions, cluster reads.
+
+A node owns three znodes (see `schema`): its registration record, its state and
+its keepalive. The node is the only writer of all three; each write names the
+version it last saw, so a write by anybody else (an operator tool, a fencer)
+makes the node's next keepalive fail loudly instead of being overwritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pvcd.keepalive import StateRecord
+from pvcd.zk import schema
+from pvcd.zk.store import AlreadyExists, Store
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The versions of the node's own znodes after our last write."""
+
+    state: int
+    keepalive: int
+    counter: int
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node as a reader of the cluster sees it."""
+
+    name: str
+    info: dict[str, Any]
+    state: StateRecord
+    keepalive: dict[str, Any]
+    keepalive_mtime_ms: int | None
+    keepalive_version: int | None
+
+
+def register(store: Store, name: str, info: dict[str, Any], state: StateRecord) -> Versions:
+    """Create or refresh the node's records in one transaction.
+
+    A restarting node keeps its keepalive counter so that it only ever advances.
+    """
+    schema.validate_name(name)
+    store.ensure_schema()
+    existing = store.get(schema.node(name))
+    if existing is None:
+        try:
+            store.transaction().create(schema.node(name), info).create(
+                schema.node_state(name), state.to_json()
+            ).create(schema.node_keepalive(name), {"counter": 0}).commit()
+        except AlreadyExists:
+            return register(store, name, info, state)
+        return read_versions(store, name)
+    versions = read_versions(store, name)
+    store.transaction().set(schema.node(name), info, existing.version).set(
+        schema.node_state(name), state.to_json(), versions.state
+    ).commit()
+    return Versions(versions.state + 1, versions.keepalive, versions.counter)
+
+
+def read_versions(store: Store, name: str) -> Versions:
+    """The current versions of the node's znodes, after a conflict or an outage."""
+    state = store.get(schema.node_state(name))
+    keepalive = store.get(schema.node_keepalive(name))
+    if state is None or keepalive is None:
+        raise LookupError(f"node {name} is not registered")
+    counter = keepalive.value.get("counter", 0) if isinstance(keepalive.value, dict) else 0
+    return Versions(state.version, keepalive.version, int(counter))
+
+
+def send_keepalive(
+    store: Store, name: str, versions: Versions, state: StateRecord, record: dict[str, Any]
+) -> Versions:
+    """One keepalive: the node's state and figures in a single transaction."""
+    store.transaction().set(schema.node_state(name), state.to_json(), versions.state).set(
+        schema.node_keepalive(name), record, versions.keepalive
+    ).commit()
+    return Versions(versions.state + 1, versions.keepalive + 1, record["counter"])
+
+
+def write_state(store: Store, name: str, versions: Versions, state: StateRecord) -> Versions:
+    """Publish a state change at once rather than at the next keepalive."""
+    store.set(schema.node_state(name), state.to_json(), versions.state)
+    return Versions(versions.state + 1, versions.keepalive, versions.counter)
+
+
+def read_node(store: Store, name: str) -> NodeView | None:
+    info = store.get(schema.node(name))
+    if info is None:
+        return None
+    state = store.get(schema.node_state(name))
+    keepalive = store.get(schema.node_keepalive(name))
+    return NodeView(
+        name=name,
+        info=info.value if isinstance(info.value, dict) else {},
+        state=StateRecord.from_json(state.value if state else None),
+        keepalive=keepalive.value if keepalive and isinstance(keepalive.value, dict) else {},
+        keepalive_mtime_ms=keepalive.mtime_ms if keepalive and keepalive.version > 0 else None,
+        keepalive_version=keepalive.version if keepalive else None,
+    )
+
+
+def read_cluster(store: Store) -> list[NodeView]:
+    """Every registered node, sorted by name."""
+    views = (read_node(store, name) for name in store.children(schema.NODES))
+    return [view for view in views if view is not None]

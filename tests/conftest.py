@@ -1,0 +1,76 @@
+"""Shared fixtures: a real ZooKeeper started by the suite, and node configurations.
+
+The ZooKeeper server is started once per session on a free 127.0.0.1 port and
+stopped by its PID at the end; each test gets an empty /pvc tree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+from kazoo.client import KazooClient
+
+from pvcd.config import Config, parse_config
+from helpers import DaemonProcess, node_document
+from pvcd.devcluster import layout
+from pvcd.devcluster.zookeeper import ZooKeeperServer, zookeeper_available
+from pvcd.zk import schema
+
+
+@pytest.fixture(scope="session")
+def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
+    if not zookeeper_available():
+        pytest.fail("ZooKeeper is not installed: run the README's test command, which installs it")
+    server = ZooKeeperServer.create(tmp_path_factory.mktemp("zookeeper"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zk(zookeeper: ZooKeeperServer) -> Iterator[KazooClient]:
+    """A raw kazoo client on an empty /pvc, to check what pvcd wrote."""
+    if not zookeeper.ruok():
+        zookeeper.start()
+    client = KazooClient(hosts=zookeeper.address)
+    client.start(timeout=10)
+    client.delete(schema.ROOT, recursive=True)
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, zookeeper: ZooKeeperServer) -> Callable[..., Config]:
+    def make(name: str = "hv1", **kwargs: Any) -> Config:
+        return parse_config(node_document(tmp_path, name, zookeeper.port, **kwargs))
+
+    return make
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, zookeeper: ZooKeeperServer) -> Callable[..., Path]:
+    def write(name: str = "hv1", **kwargs: Any) -> Path:
+        document = node_document(tmp_path, name, zookeeper.port, **kwargs)
+        path = layout.node_paths(tmp_path, name).config
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def daemon_process() -> Iterator[Callable[[Path], DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(config_path: Path) -> DaemonProcess:
+        process = DaemonProcess(config_path).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
