@@ -30,7 +30,7 @@ from pvcd.keepalive import (
     cluster_log_line,
     keepalive_log_line,
 )
-from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
+from pvcd.states import DaemonState, DomainState, daemon_transition, initial_coordinator_state
 from pvcd.zk import nodes
 from pvcd.zk.store import Store, StoreError, StoreUnavailable, VersionConflict
 

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from pvcd import __version__
-from pvcd.config import ConfigError, config_path_from_env, load_config
+from pvcd.config import Config, ConfigError, config_path_from_env, load_config
 
 EXIT_BAD_CONFIG = 2
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     return _run(config)
 
 
-def _run(config) -> int:
+def _run(config: Config) -> int:
     from pvcd.daemon import NodeDaemon
     from pvcd.logsetup import configure_logging
 
