@@ -6,7 +6,6 @@ node, ...); 2 the command line itself is wrong.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any, Callable
 
@@ -16,7 +15,7 @@ from cli.connection import CliError, Target, connect, resolve_target
 from cli.output import FORMATS, key_values, table, to_json
 from cli.views import cluster_summary, node_summary
 from pvcd.zk import nodes, schema
-from pvcd.zk.store import StoreError
+from pvcd.zk.store import StoreError, quiet_kazoo
 
 
 def format_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -156,9 +155,7 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # kazoo reports connection drops itself; the CLI turns failures into one line.
-    logging.getLogger("kazoo").addHandler(logging.NullHandler())
-    logging.getLogger("kazoo").propagate = False
+    quiet_kazoo()
     try:
         pvc.main(args=argv, prog_name="pvc", standalone_mode=False)
     except CliError as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pvcd.devcluster import cluster
 from pvcd.devcluster.processes import pid_alive
+from pvcd.zk.store import quiet_kazoo
 
 START_TIMEOUT = 60.0
 
@@ -80,6 +81,7 @@ def _up(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_kazoo()
     try:
         if args.command == "up":
             return _up(args)

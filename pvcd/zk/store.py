@@ -48,6 +48,13 @@ class AlreadyExists(StoreError):
     """The path exists already."""
 
 
+def quiet_kazoo() -> None:
+    """Keep kazoo's own retry chatter out of tool output; callers report failures themselves."""
+    kazoo_log = logging.getLogger("kazoo")
+    kazoo_log.addHandler(logging.NullHandler())
+    kazoo_log.propagate = False
+
+
 def encode(value: Any) -> bytes:
     """Canonical JSON, so equal values are equal bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()

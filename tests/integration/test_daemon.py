@@ -192,3 +192,24 @@ def test_daemon_waits_for_zookeeper_at_start(zk, zookeeper, write_config, daemon
     zookeeper.start()
     zk.start(timeout=15)
     wait_for(lambda: counter(zk) >= 1, 30, what="registration once ZooKeeper is up")
+
+
+@pytest.mark.parametrize("log_keepalives,details", [(False, False), (True, False), (True, True)])
+def test_keepalive_log_lines_follow_the_logging_keys(zk, make_config, running_daemon, caplog, log_keepalives, details):
+    import dataclasses
+
+    config = make_config()
+    logging_settings = dataclasses.replace(
+        config.logging, log_keepalives=log_keepalives, log_keepalive_cluster_details=details
+    )
+    caplog.set_level("INFO", logger="pvcd")
+    running_daemon(dataclasses.replace(config, logging=logging_settings))
+    wait_for(lambda: counter(zk) >= 2, 10, what="keepalives")
+    time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pvcd.keepalive"]
+    if not log_keepalives:
+        assert lines == []
+        return
+    assert any(line.startswith("Keepalive #") for line in lines)
+    assert any("memory allocated" in line for line in lines) == details
+    assert any(line.startswith("Cluster: 1 nodes") for line in lines) == details
