@@ -40,6 +40,7 @@ TARGET_SELECTORS = ("mem", "vcpus", "load", "vms")
 FENCE_ACTIONS = ("migrate", None)
 NETWORK_NAMES = ("upstream", "cluster", "storage")
 PORT_RANGE = (1, 65535)
+DEFAULT_IPMI_PORT = 623
 MTU_RANGE = (576, 9216)
 
 AddressMode = Literal["none", "by-id", "static"]
@@ -128,6 +129,7 @@ class Ipmi:
     host: str
     user: str
     password: str = field(repr=False)
+    port: int = DEFAULT_IPMI_PORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,6 +624,7 @@ def _fencing(section: _Section) -> Fencing:
         host=ipmi_section.value("host", _text),
         user=ipmi_section.value("user", _text),
         password=ipmi_section.value("pass", _secret),
+        port=ipmi_section.value("port", _port, DEFAULT_IPMI_PORT),
     )
     ipmi_section.finish()
     section.finish()

@@ -953,3 +953,15 @@ def test_fuzz_yaml_text(tmp_path: Path, text: str) -> None:
         load_config(str(path))
     except ConfigError as error:
         assert error.problems
+
+
+def test_ipmi_port_defaults_to_623_and_is_validated():
+    document = yaml.safe_load((Path(__file__).parents[2] / "examples" / "pvcd.yaml").read_text())
+    assert parse_config(document).fencing.ipmi.port == 623
+    custom = copy.deepcopy(document)
+    custom["pvc"]["system"]["fencing"]["ipmi"]["port"] = 16230
+    assert parse_config(custom).fencing.ipmi.port == 16230
+    custom["pvc"]["system"]["fencing"]["ipmi"]["port"] = 70000
+    with pytest.raises(ConfigError) as error:
+        parse_config(custom)
+    assert error.value.problems == ["pvc.system.fencing.ipmi.port: must be an integer from 1 to 65535, got 70000"]
