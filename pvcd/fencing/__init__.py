@@ -1,0 +1,1 @@
+"""Fencing: dead-node detection, IPMI power control, and what a fence outcome allows."""
