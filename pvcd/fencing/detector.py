@@ -1,0 +1,116 @@
+"""Who is dead, and may we fence now? (pure)
+
+Liveness is judged only from what the watcher itself saw: the version of each
+node's keepalive znode and the moment, on the watcher's monotonic clock, that it
+first saw that version. No node's wall clock is ever compared with another's, so
+clock skew can neither kill a healthy node nor hide a dead one. A watcher that
+has just started (a new primary) has no history: it counts silence from its
+first observation, which delays a fence but can never hasten one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+# Daemon states in which a node is expected to send keepalives. A node that
+# stopped cleanly (`stop`) or is being shut down is not dead.
+EXPECTS_KEEPALIVES = frozenset({"init", "run"})
+DEFAULT_STORM_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Seen:
+    version: int
+    at: float
+
+
+@dataclass
+class LivenessTracker:
+    """The last keepalive version seen per node and when it was first seen."""
+
+    seen: dict[str, Seen] = field(default_factory=dict)
+
+    def observe(self, node: str, version: int, now: float) -> None:
+        last = self.seen.get(node)
+        if last is None or last.version != version:
+            self.seen[node] = Seen(version, now)
+
+    def forget(self, node: str) -> None:
+        self.seen.pop(node, None)
+
+    def silent_for(self, node: str, now: float) -> float:
+        last = self.seen.get(node)
+        return 0.0 if last is None else max(now - last.at, 0.0)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What the detector needs to know about a node besides its keepalives."""
+
+    name: str
+    daemon_state: str
+    fence_pending: bool  # a fence outcome awaits an operator or recovery: never fence twice
+
+
+class Verdict(StrEnum):
+    NOTHING = "nothing"
+    DISABLED = "disabled"
+    MAINTENANCE = "maintenance"
+    STORM = "storm"
+    FENCE = "fence"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    dead: tuple[str, ...] = ()
+    target: str | None = None
+    reason: str = ""
+
+
+def dead_nodes(
+    nodes: list[NodeStatus], tracker: LivenessTracker, now: float, interval: float, fence_intervals: int, me: str
+) -> list[str]:
+    """Nodes expected to send keepalives whose keepalive has not moved for the window."""
+    window = interval * fence_intervals
+    return sorted(
+        node.name
+        for node in nodes
+        if node.name != me
+        and node.daemon_state in EXPECTS_KEEPALIVES
+        and node.name in tracker.seen
+        and tracker.silent_for(node.name, now) >= window
+    )
+
+
+def decide(
+    nodes: list[NodeStatus],
+    tracker: LivenessTracker,
+    now: float,
+    interval: float,
+    fence_intervals: int,
+    me: str,
+    maintenance: bool,
+    storm_share: float = DEFAULT_STORM_SHARE,
+) -> Decision:
+    """What the primary should do about dead nodes this round: at most one fence."""
+    if fence_intervals == 0:
+        return Decision(Verdict.DISABLED, reason="fence_intervals is 0")
+    dead = dead_nodes(nodes, tracker, now, interval, fence_intervals, me)
+    if not dead:
+        return Decision(Verdict.NOTHING)
+    if maintenance:
+        return Decision(Verdict.MAINTENANCE, tuple(dead), reason="maintenance mode is on")
+    if len(dead) > storm_share * len(nodes):
+        return Decision(
+            Verdict.STORM,
+            tuple(dead),
+            reason=f"{len(dead)} of {len(nodes)} nodes look dead at once (more than {storm_share:.0%}); "
+            "this looks like a network or ZooKeeper problem, not dead hosts",
+        )
+    pending = {node.name for node in nodes if node.fence_pending}
+    candidates = [name for name in dead if name not in pending]
+    if not candidates:
+        return Decision(Verdict.NOTHING, tuple(dead), reason="every dead node already has a fence outcome")
+    return Decision(Verdict.FENCE, tuple(dead), target=candidates[0])
