@@ -3,12 +3,18 @@
 The record is the single source of truth for what the launcher started: every
 process is stopped by the PID written there, and only after checking that the
 PID still runs the command we started (PIDs get reused).
+
+Each node runs inside a chassis process (`chassis.py`): the chassis owns the
+node's pvcd, its BMC simulator and its link to ZooKeeper. The pvcd PID changes
+when the BMC power-cycles the node, so the current one is read from the
+chassis' state file; cluster.json keeps the PID the node started with.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,13 +23,15 @@ from pathlib import Path
 
 import yaml
 
-from pvcd.devcluster import layout
-from pvcd.devcluster.processes import pid_alive, pid_cmdline, stop_pid
+from pvcd.devcluster import chassis, layout
+from pvcd.devcluster.processes import free_port, pid_alive, pid_cmdline, stop_pid
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import nodes
 from pvcd.zk.store import Store, StoreError
 
-NODE_STOP_TIMEOUT = 10.0
+NODE_STOP_TIMEOUT = 15.0
+CHASSIS_START_TIMEOUT = 20.0
+FAULTS = ("crash", "hang", "resume", "cut", "heal", "bmc-down", "bmc-up", "power-off", "power-on")
 
 
 class ClusterError(Exception):
@@ -37,6 +45,14 @@ class NodeRecord:
     config: str
     log: str
     host_xml: str
+    directory: str
+    chassis_pid: int | None
+    bmc_port: int
+    relay_port: int
+
+    def current(self) -> dict:
+        """The chassis' own account of the node: power, pvcd PID, BMC, link."""
+        return chassis.read_state(Path(self.directory)) or {}
 
 
 @dataclass
@@ -79,9 +95,60 @@ def load(workdir: Path) -> ClusterRecord:
         raise ClusterError(f"{path} is not a cluster record: {exc}") from exc
 
 
-def node_running(node: NodeRecord) -> bool:
-    """Alive and still the pvcd we started (same configuration file)."""
-    return node.pid is not None and pid_alive(node.pid) and node.config in " ".join(pid_cmdline(node.pid) + _env_of(node.pid))
+def chassis_running(node: NodeRecord) -> bool:
+    return (
+        node.chassis_pid is not None
+        and pid_alive(node.chassis_pid)
+        and "pvcd.devcluster.chassis" in " ".join(pid_cmdline(node.chassis_pid))
+    )
+
+
+def node_pid(node: NodeRecord) -> int | None:
+    """The node's pvcd PID right now, if it runs."""
+    if not chassis_running(node):
+        return None
+    pid = node.current().get("pvcd_pid")
+    return pid if pid and pid_alive(pid) else None
+
+
+def start_chassis(node: NodeRecord, zookeeper: str) -> None:
+    """Start the node's chassis, which powers the node on; wait for its pvcd."""
+    directory = Path(node.directory)
+    (directory / chassis.STATE_FILE).unlink(missing_ok=True)
+    with open(directory / "chassis.log", "ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "pvcd.devcluster.chassis",
+                "--name", node.name, "--node-dir", node.directory, "--config", node.config, "--log", node.log,
+                "--zookeeper", zookeeper, "--relay-port", str(node.relay_port), "--bmc-port", str(node.bmc_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    node.chassis_pid = process.pid
+    deadline = time.monotonic() + CHASSIS_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ClusterError(f"chassis of {node.name} exited; see {directory / 'chassis.log'}")
+        pid = node.current().get("pvcd_pid")
+        if pid:
+            node.pid = pid
+            return
+        time.sleep(0.1)
+    raise ClusterError(f"chassis of {node.name} did not power the node on; see {directory / 'chassis.log'}")
+
+
+def stop_chassis(node: NodeRecord, timeout: float = NODE_STOP_TIMEOUT) -> None:
+    """Stop the chassis; it stops its pvcd with SIGTERM first."""
+    if chassis_running(node):
+        assert node.chassis_pid is not None
+        stop_pid(node.chassis_pid, timeout=timeout)
+    pid = node.current().get("pvcd_pid")
+    if pid and pid_alive(pid) and node.config in " ".join(_env_of(pid)):
+        stop_pid(pid, timeout=timeout)
+    node.chassis_pid = None
 
 
 def _env_of(pid: int) -> list[str]:
@@ -92,27 +159,23 @@ def _env_of(pid: int) -> list[str]:
         return []
 
 
-def start_node(node: NodeRecord) -> int:
-    """Start the node's pvcd; its output goes to the node's log file."""
-    env = dict(os.environ, PVCD_CONFIG_FILE=node.config, PYTHONUNBUFFERED="1")
-    with open(node.log, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pvcd.main"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    node.pid = process.pid
-    return process.pid
-
-
-def stop_node(node: NodeRecord, timeout: float = NODE_STOP_TIMEOUT) -> None:
-    if node_running(node):
-        assert node.pid is not None
-        stop_pid(node.pid, timeout=timeout)
-    node.pid = None
+def fault(record: ClusterRecord, name: str, kind: str) -> dict:
+    """Inject a fault into one node, as the chassis or the kernel would see it."""
+    node = record.node(name)
+    if kind not in FAULTS:
+        raise ClusterError(f"unknown fault {kind!r}; one of {', '.join(FAULTS)}")
+    if not chassis_running(node):
+        raise ClusterError(f"node {name} is not running (its chassis is stopped)")
+    if kind in ("crash", "hang", "resume"):
+        pid = node.current().get("pvcd_pid")
+        if not pid or not pid_alive(pid):
+            raise ClusterError(f"node {name} has no running pvcd to {kind}")
+        os.kill(pid, {"crash": signal.SIGKILL, "hang": signal.SIGSTOP, "resume": signal.SIGCONT}[kind])
+        return node.current()
+    answer = chassis.request(Path(node.directory), kind)
+    if "error" in answer:
+        raise ClusterError(answer["error"])
+    return answer
 
 
 def up(workdir: Path, count: int, keepalive_interval: int, fence_intervals: int) -> ClusterRecord:
@@ -123,7 +186,7 @@ def up(workdir: Path, count: int, keepalive_interval: int, fence_intervals: int)
     workdir.mkdir(parents=True, exist_ok=True)
     if record_path(workdir).exists():
         existing = load(workdir)
-        if any(node_running(n) for n in existing.nodes) or (
+        if any(chassis_running(n) for n in existing.nodes) or (
             existing.zookeeper_pid and pid_alive(existing.zookeeper_pid)
         ):
             raise ClusterError(f"a local cluster is already running in {workdir}; run 'pvc-devcluster down' first")
@@ -145,12 +208,18 @@ def up(workdir: Path, count: int, keepalive_interval: int, fence_intervals: int)
         paths = layout.node_paths(workdir, name)
         paths.directory.mkdir(parents=True, exist_ok=True)
         paths.host_xml.write_text(layout.host_xml())
-        document = layout.node_config(name, paths, names, server.port, keepalive_interval, fence_intervals)
+        relay_port, bmc_port = free_port(), free_port()
+        document = layout.node_config(name, paths, names, relay_port, keepalive_interval, fence_intervals, bmc_port)
         paths.config.write_text(yaml.safe_dump(document, sort_keys=False))
-        record.nodes.append(NodeRecord(name, None, str(paths.config), str(paths.log), str(paths.host_xml)))
-    for node in record.nodes:
-        start_node(node)
-    save(record)
+        record.nodes.append(
+            NodeRecord(name, None, str(paths.config), str(paths.log), str(paths.host_xml), str(paths.directory),
+                       None, bmc_port, relay_port)
+        )
+    try:
+        for node in record.nodes:
+            start_chassis(node, server.address)
+    finally:
+        save(record)
     return record
 
 
@@ -181,7 +250,7 @@ def down(workdir: Path) -> ClusterRecord:
     """Stop every node, then ZooKeeper, each by its recorded PID."""
     record = load(workdir.resolve())
     for node in record.nodes:
-        stop_node(node)
+        stop_chassis(node)
     if record.zookeeper_pid:
         server = ZooKeeperServer(Path(record.zookeeper_dir), int(record.zookeeper.rsplit(":", 1)[1]), record.zookeeper_pid)
         if "QuorumPeerMain" in " ".join(pid_cmdline(record.zookeeper_pid)):

@@ -17,6 +17,7 @@ HOST_MEMORY_MIB = 16384
 HOST_CPUS = 16
 CLUSTER_FILE = "cluster.json"
 IPMI_USER = "admin"
+IPMI_DEFAULT_PORT = 623
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,15 @@ def node_config(
     zookeeper_port: int,
     keepalive_interval: int,
     fence_intervals: int,
+    bmc_port: int = IPMI_DEFAULT_PORT,
 ) -> dict[str, Any]:
     """The pvcd.yaml document of one local node.
 
-    The first three nodes are coordinators; every coordinator entry points at the
-    one local ZooKeeper, which the mapping form of a coordinator entry allows.
-    Networking is off: the local cluster runs in the host's network namespace.
+    The first three nodes are coordinators; every coordinator entry points at
+    `zookeeper_port` on 127.0.0.1 — the node's own link (its chassis' relay) to
+    the one local ZooKeeper — which the mapping form of a coordinator entry
+    allows. Networking is off: the local cluster runs in the host's network
+    namespace. The BMC is the node's chassis simulator at `bmc_port`.
     """
     coordinators = [
         {"name": coordinator, "host": "127.0.0.1", "port": zookeeper_port}
@@ -101,7 +105,7 @@ def node_config(
                         "suicide_intervals": 0,
                     },
                     "actions": {"successful_fence": "migrate", "failed_fence": "None"},
-                    "ipmi": {"host": "127.0.0.1", "user": IPMI_USER, "pass": f"{name}-bmc"},
+                    "ipmi": {"host": "127.0.0.1", "port": bmc_port, "user": IPMI_USER, "pass": f"{name}-bmc"},
                 },
                 "migration": {"target_selector": "mem"},
                 "configuration": {

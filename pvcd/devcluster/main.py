@@ -30,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("--workdir", type=Path, required=True)
         command.add_argument("--format", choices=("pretty", "json"), default="pretty")
+    fault = sub.add_parser("fault", help="inject a fault into one node")
+    fault.add_argument("--workdir", type=Path, required=True)
+    fault.add_argument("node")
+    fault.add_argument(
+        "kind",
+        choices=cluster.FAULTS,
+        help="crash: SIGKILL its pvcd (BMC stays on); hang/resume: SIGSTOP/SIGCONT; cut/heal: sever/restore its "
+        "link to ZooKeeper; bmc-down/bmc-up: its BMC stops/starts answering; power-off/power-on: through the chassis",
+    )
     return parser
 
 
@@ -38,7 +47,11 @@ def _status(record: cluster.ClusterRecord) -> dict:
         "workdir": record.workdir,
         "zookeeper": {"address": record.zookeeper, "pid": record.zookeeper_pid,
                       "running": bool(record.zookeeper_pid and pid_alive(record.zookeeper_pid))},
-        "nodes": [dict(asdict(n), running=cluster.node_running(n)) for n in record.nodes],
+        "nodes": [
+            dict(asdict(n), pid=cluster.node_pid(n), running=cluster.node_pid(n) is not None,
+                 chassis=n.current() if cluster.chassis_running(n) else None)
+            for n in record.nodes
+        ],
     }
 
 
@@ -49,8 +62,10 @@ def _print_status(status: dict, output_format: str) -> None:
     zk = status["zookeeper"]
     print(f"ZooKeeper {zk['address']} pid {zk['pid']} {'running' if zk['running'] else 'stopped'}")
     for node in status["nodes"]:
+        machine = node["chassis"] or {}
         print(f"{node['name']:<6} pid {str(node['pid']):<8} {'running' if node['running'] else 'stopped':<8} "
-              f"config {node['config']}  log {node['log']}")
+              f"power {machine.get('power', 'off'):<4} BMC {machine.get('bmc', '-')}:{node['bmc_port']:<6} "
+              f"link {machine.get('link', '-'):<5} config {node['config']}  log {node['log']}")
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -87,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             return _up(args)
         if args.command == "status":
             _print_status(_status(cluster.load(args.workdir.resolve())), args.format)
+            return 0
+        if args.command == "fault":
+            state = cluster.fault(cluster.load(args.workdir.resolve()), args.node, args.kind)
+            print(f"{args.node}: {args.kind} done; power {state.get('power')}, BMC {state.get('bmc')}, "
+                  f"link {state.get('link')}, pvcd pid {state.get('pvcd_pid')}")
             return 0
         record = cluster.down(args.workdir)
         _print_status(_status(record), args.format)

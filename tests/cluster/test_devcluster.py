@@ -120,3 +120,48 @@ def test_second_up_in_the_same_workdir_is_refused(cluster):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("pvc-devcluster: a local cluster is already running")
     assert "Traceback" not in result.stderr
+
+
+def fault(workdir: Path, node: str, kind: str) -> subprocess.CompletedProcess[str]:
+    return run(bin_path("pvc-devcluster"), "fault", "--workdir", str(workdir), node, kind)
+
+
+def status(workdir: Path) -> dict:
+    return {n["name"]: n for n in json.loads(
+        run(bin_path("pvc-devcluster"), "status", "--workdir", str(workdir), "--format", "json").stdout)["nodes"]}
+
+
+def test_fault_injection(cluster):
+    workdir, record = cluster
+    zookeeper = record["zookeeper"]
+    wait_for(lambda: all(n["daemon_state"] == "run" for n in node_list(zookeeper)), 30, what="nodes in run")
+
+    # cut: the node keeps running but its keepalives stop reaching ZooKeeper; heal restores them.
+    assert fault(workdir, "hv3", "cut").returncode == 0
+    time.sleep(4 * INTERVAL)
+    assert status(workdir)["hv3"]["running"] is True
+    assert {n["name"]: n for n in node_list(zookeeper)}["hv3"]["keepalive"]["late"] is True
+    assert fault(workdir, "hv3", "heal").returncode == 0
+    wait_for(lambda: not {n["name"]: n for n in node_list(zookeeper)}["hv3"]["keepalive"]["late"], 30,
+             what="hv3's keepalives after heal")
+
+    # hang/resume: SIGSTOP then SIGCONT of the node's pvcd.
+    pid = status(workdir)["hv2"]["pid"]
+    assert fault(workdir, "hv2", "hang").returncode == 0
+    assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
+    assert fault(workdir, "hv2", "resume").returncode == 0
+
+    # power-off through the chassis kills the node's pvcd; power-on starts a new one.
+    assert fault(workdir, "hv2", "power-off").returncode == 0
+    assert not pid_alive(pid) and status(workdir)["hv2"]["chassis"]["power"] == "off"
+    assert fault(workdir, "hv2", "power-on").returncode == 0
+    new_pid = wait_for(lambda: status(workdir)["hv2"]["pid"], 10, what="hv2 powered on")
+    assert new_pid != pid
+
+    # crash: SIGKILL of pvcd while the machine stays powered on.
+    assert fault(workdir, "hv1", "crash").returncode == 0
+    after = status(workdir)["hv1"]
+    assert after["running"] is False and after["chassis"]["power"] == "on"
+
+    unknown = fault(workdir, "hv9", "crash")
+    assert unknown.returncode == 1 and unknown.stderr == f"pvc-devcluster: no node named 'hv9' in {workdir}\n"
