@@ -45,7 +45,6 @@ class FenceReport:
 
     verdict: FenceVerdict
     steps: tuple[str, ...]
-    powered_on: bool
 
 
 def _bounded(func: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -121,7 +120,9 @@ class IpmiDriver:
         self._call(target, lambda session: session.set_power(state), f"power {state}")
 
     def fence(self, target: IpmiTarget, clock: Callable[[], float] = time.monotonic) -> FenceReport:
-        """Power off, watch for off, then power on again if off was seen."""
+        """Power off and watch for off. Powering on again is the caller's choice,
+        made only after the node's VMs have been started elsewhere, so that the
+        rebooted node can never race its own recovery."""
         steps = []
         off_error = ""
         try:
@@ -157,13 +158,8 @@ class IpmiDriver:
                     break
                 time.sleep(POLL_INTERVAL)
             steps.append(f"power states seen: {', '.join(s or 'no answer' for s in observed) or 'none'}")
-        verdict = judge(off, observed, off_error)
-        powered_on = False
-        if verdict.outcome == "confirmed":
-            try:
-                self._power(target, "on")
-                powered_on = True
-                steps.append("power on accepted")
-            except IpmiError as exc:
-                steps.append(f"power on failed ({exc}); the node stays off")
-        return FenceReport(verdict, tuple(steps), powered_on)
+        return FenceReport(judge(off, observed, off_error), tuple(steps))
+
+    def power_on(self, target: IpmiTarget) -> None:
+        """Start a fenced node again, once its VMs run elsewhere."""
+        self._power(target, "on")

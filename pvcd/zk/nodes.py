@@ -1,9 +1,11 @@
 """Node records in ZooKeeper: registration, keepalive transactions, cluster reads.
 
-A node owns three znodes (see `schema`): its registration record, its state and
-its keepalive. The node is the only writer of all three; each write names the
-version it last saw, so a write by anybody else (an operator tool, a fencer)
-makes the node's next keepalive fail loudly instead of being overwritten.
+A node owns its registration record, its state, its keepalive and its IPMI
+record (see `schema`), and is their only writer; each write names the version
+it last saw. Its fence record is written by the fencer (and cleared by an
+operator's `pvc node ready`): every keepalive transaction checks that record's
+version, so a node that was declared dead — even one that was only frozen and
+wakes up later — finds out at its very next keepalive.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from pvcd.zk import schema
 from pvcd.zk.store import AlreadyExists, Store
 
 
+NO_FENCE: dict[str, Any] = {"outcome": None}
+
+
 @dataclass(frozen=True)
 class Versions:
-    """The versions of the node's own znodes after our last write."""
+    """The versions of the node's znodes after our last write (fence: last read)."""
 
     state: int
     keepalive: int
     counter: int
+    fence: int
 
 
 @dataclass(frozen=True)
@@ -37,10 +43,13 @@ class NodeView:
     keepalive_version: int | None
 
 
-def register(store: Store, name: str, info: dict[str, Any], state: StateRecord) -> Versions:
+def register(
+    store: Store, name: str, info: dict[str, Any], state: StateRecord, ipmi: dict[str, Any] | None = None
+) -> Versions:
     """Create or refresh the node's records in one transaction.
 
-    A restarting node keeps its keepalive counter so that it only ever advances.
+    A restarting node keeps its keepalive counter so that it only ever advances,
+    and keeps its fence record: only an operator clears that.
     """
     schema.validate_name(name)
     store.ensure_schema()
@@ -49,41 +58,64 @@ def register(store: Store, name: str, info: dict[str, Any], state: StateRecord) 
         try:
             store.transaction().create(schema.node(name), info).create(
                 schema.node_state(name), state.to_json()
-            ).create(schema.node_keepalive(name), {"counter": 0}).commit()
+            ).create(schema.node_keepalive(name), {"counter": 0}).create(
+                schema.node_fence(name), NO_FENCE
+            ).create(schema.node_ipmi(name), ipmi).commit()
         except AlreadyExists:
-            return register(store, name, info, state)
+            return register(store, name, info, state, ipmi)
         return read_versions(store, name)
     versions = read_versions(store, name)
-    store.transaction().set(schema.node(name), info, existing.version).set(
+    ipmi_record = store.get(schema.node_ipmi(name))
+    transaction = store.transaction().set(schema.node(name), info, existing.version).set(
         schema.node_state(name), state.to_json(), versions.state
-    ).commit()
-    return Versions(versions.state + 1, versions.keepalive, versions.counter)
+    )
+    if ipmi_record is None:
+        transaction.create(schema.node_ipmi(name), ipmi)
+    else:
+        transaction.set(schema.node_ipmi(name), ipmi, ipmi_record.version)
+    transaction.commit()
+    return Versions(versions.state + 1, versions.keepalive, versions.counter, versions.fence)
 
 
 def read_versions(store: Store, name: str) -> Versions:
     """The current versions of the node's znodes, after a conflict or an outage."""
     state = store.get(schema.node_state(name))
     keepalive = store.get(schema.node_keepalive(name))
+    fence = store.get(schema.node_fence(name))
     if state is None or keepalive is None:
         raise LookupError(f"node {name} is not registered")
+    if fence is None:
+        try:
+            store.create(schema.node_fence(name), NO_FENCE)
+        except AlreadyExists:
+            pass
+        fence = store.get(schema.node_fence(name))
+        assert fence is not None
     counter = keepalive.value.get("counter", 0) if isinstance(keepalive.value, dict) else 0
-    return Versions(state.version, keepalive.version, int(counter))
+    return Versions(state.version, keepalive.version, int(counter), fence.version)
+
+
+def read_fence(store: Store, name: str) -> dict[str, Any]:
+    """The node's fence record; `{"outcome": None}` when it was never fenced or was readied."""
+    found = store.get(schema.node_fence(name))
+    return found.value if found is not None and isinstance(found.value, dict) else dict(NO_FENCE)
 
 
 def send_keepalive(
     store: Store, name: str, versions: Versions, state: StateRecord, record: dict[str, Any]
 ) -> Versions:
-    """One keepalive: the node's state and figures in a single transaction."""
-    store.transaction().set(schema.node_state(name), state.to_json(), versions.state).set(
-        schema.node_keepalive(name), record, versions.keepalive
-    ).commit()
-    return Versions(versions.state + 1, versions.keepalive + 1, record["counter"])
+    """One keepalive: the node's state and figures in a single transaction,
+    refused if the node's fence record changed since the node last read it."""
+    store.transaction().check(schema.node_fence(name), versions.fence).set(
+        schema.node_state(name), state.to_json(), versions.state
+    ).set(schema.node_keepalive(name), record, versions.keepalive).commit()
+    return Versions(versions.state + 1, versions.keepalive + 1, record["counter"], versions.fence)
 
 
 def write_state(store: Store, name: str, versions: Versions, state: StateRecord) -> Versions:
     """Publish a state change at once rather than at the next keepalive."""
     store.set(schema.node_state(name), state.to_json(), versions.state)
-    return Versions(versions.state + 1, versions.keepalive, versions.counter)
+    return Versions(versions.state + 1, versions.keepalive, versions.counter, versions.fence)
 
 
 def read_node(store: Store, name: str) -> NodeView | None:
