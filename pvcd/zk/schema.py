@@ -36,3 +36,87 @@ def validate_name(name: str) -> str:
     if not name or "/" in name or name in (".", "..") or name.strip() != name:
         raise ValueError(f"invalid name for a ZooKeeper path component: {name!r}")
     return name
+
+
+# -- VMs (see docs/vms.md) ----------------------------------------------------
+
+VMS = f"{ROOT}/vms"
+"""Parent of the VM records. Its own value is empty: every VM change bumps its
+version in the same transaction, so a node needs one watch to hear of them all."""
+
+VM_UUIDS = f"{ROOT}/vm_uuids"
+
+
+def vm(name: str) -> str:
+    """The VM's record: definition, desired state and placement (`node`, `lastnode`)."""
+    return f"{VMS}/{name}"
+
+
+def vm_status(name: str) -> str:
+    """What the node that last handled the VM says actually happened to it."""
+    return f"{vm(name)}/status"
+
+
+def vm_migration(name: str) -> str:
+    """The move in progress, if any: created with the `node` change, deleted by the target."""
+    return f"{vm(name)}/migration"
+
+
+def vm_uuid(uuid: str) -> str:
+    """Index from libvirt UUID to VM name, so two VMs can never share a UUID."""
+    return f"{VM_UUIDS}/{uuid}"
+
+
+def node_command(name: str) -> str:
+    """An operator's request to the node (flush, ready); only the operator tool writes it."""
+    return f"{node(name)}/command"
+
+
+def node_flush(name: str) -> str:
+    """The node's report on the last flush or ready it carried out; only the node writes it."""
+    return f"{node(name)}/flush"
+
+
+# -- Coordinators (see docs/coordinators.md) ----------------------------------
+
+COORDINATORS = f"{ROOT}/coordinators"
+
+PRIMARY = f"{COORDINATORS}/primary"
+"""Parent of the primary claims: ephemeral sequential children named
+`NODE~TOKEN~SEQUENCE`; the lowest sequence is the primary coordinator."""
+
+HANDOVER = f"{COORDINATORS}/handover"
+"""An operator's request that the primary step down, naming its successor or
+null; deleted by the coordinator that takes over, in the same transaction."""
+
+
+CLAIM_SEPARATOR = "~"
+"""Separates node, token and sequence in a claim's name; never part of a node name."""
+
+
+def primary_claim_prefix(node_name: str, token: str) -> str:
+    """The path a coordinator creates (ZooKeeper appends the sequence) to claim the primary role."""
+    return f"{PRIMARY}/{validate_name(node_name)}{CLAIM_SEPARATOR}{token}{CLAIM_SEPARATOR}"
+
+
+# -- Fencing (see docs/fencing.md) ---------------------------------------------
+
+CLUSTER = f"{ROOT}/cluster"
+MAINTENANCE = f"{CLUSTER}/maintenance"
+"""{"enabled": bool}: while enabled, no node is fenced."""
+FAULTS = f"{CLUSTER}/faults"
+"""Cluster-wide faults the primary found, e.g. the fencing storm guard."""
+FENCE_LOCK = f"{ROOT}/locks/fence"
+"""Held by whoever fences a node: one fence at a time, cluster-wide."""
+
+
+def node_fence(name: str) -> str:
+    """The last fence of the node: outcome, reason, recovery. Its version is checked
+    by every keepalive of the node, so a node that was declared dead learns it at
+    its next keepalive even if it was only frozen."""
+    return f"{node(name)}/fence"
+
+
+def node_ipmi(name: str) -> str:
+    """The node's BMC address and credentials, published for the fencer only."""
+    return f"{node(name)}/ipmi"
