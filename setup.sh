@@ -20,6 +20,29 @@ DEBIAN_PACKAGES=(
   libpq-dev            # headers for building psycopg2
   iproute2
   iputils-ping
+  # Building and checking the Debian packages (tests/deploy): the build
+  # dependencies of debian/control, systemd-analyze, and the runtime Depends of
+  # the packages so that `dpkg -i` succeeds (the tests install them in a
+  # throw-away overlay of /, never on this machine itself).
+  git
+  debhelper
+  dh-python
+  pybuild-plugin-pyproject
+  python3-all
+  python3-setuptools
+  python3-wheel
+  systemd
+  python3-kazoo
+  python3-libvirt
+  python3-yaml
+  python3-psycopg2
+  python3-dnspython
+  python3-pyroute2
+  python3-click
+  python3-pyghmi
+  dnsmasq
+  pdns-server
+  pdns-backend-pgsql
 )
 
 case "$ACTION" in
@@ -38,13 +61,23 @@ for pkg in "${DEBIAN_PACKAGES[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "Installing Debian packages: ${missing[*]}"
+  # dnsmasq and pdns-server would start system-wide services listening on every
+  # interface; pvcd runs its own instances, so no service starts on install.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then rm -f "$policy"; fi
 fi
 
-# Debian's own interpreter, so Debian-only bindings (Ceph's rados/rbd) stay importable.
+# An isolated venv on Debian's interpreter: the Python libraries come from PyPI
+# at the versions setup.cfg allows, not from the python3-* packages installed
+# above for the Debian package tests.
 if [ ! -x "$VENV/bin/python" ]; then
-  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+  /usr/bin/python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[test]"
 
