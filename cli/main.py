@@ -7,26 +7,18 @@ node, ...); 2 the command line itself is wrong.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from cli.connection import CliError, Target, connect, resolve_target
-from cli.output import FORMATS, key_values, table, to_json
+from cli.coordinator import register as register_coordinator_commands
+from cli.fencing import register as register_fencing_commands
+from cli.vm import register as register_vm_commands
+from cli.output import format_option, key_values, table, to_json
 from cli.views import cluster_summary, node_summary
 from pvcd.zk import nodes, schema
 from pvcd.zk.store import StoreError, quiet_kazoo
-
-
-def format_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--format",
-        "output_format",
-        type=click.Choice(FORMATS),
-        default="pretty",
-        show_default=True,
-        help="pretty: aligned text; json: machine-readable, stable keys",
-    )(func)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,7 +36,10 @@ def _target(ctx: click.Context) -> Target:
 
 @pvc.group()
 def node() -> None:
-    """Nodes: list, info."""
+    """Nodes: list, info, flush, ready, primary, secondary, confirm-fenced."""
+
+
+register_coordinator_commands(node)
 
 
 @node.command("list")
@@ -92,7 +87,8 @@ def node_info(ctx: click.Context, name: str, output_format: str) -> None:
         view = nodes.read_node(store, name)
         if view is None:
             raise CliError(f"no node named {name!r}")
-        summary = node_summary(view, store.server_time_ms())
+        now = store.server_time_ms()
+        summary = node_summary(view, now)
     if output_format == "json":
         click.echo(to_json(summary))
         return
@@ -114,14 +110,33 @@ def node_info(ctx: click.Context, name: str, output_format: str) -> None:
                 ("Keepalive", f"#{keepalive['counter']} every {keepalive['interval']}s, last {keepalive['age_seconds']}s ago"
                  + (" (LATE)" if keepalive["late"] else "")),
                 ("Stale figures", keepalive["stale_figures"]),
+                *_fence_lines(summary["fence"], now),
             ]
         )
     )
 
 
+def _fence_lines(fence: dict[str, Any], now_ms: int) -> list[tuple[str, Any]]:
+    if fence["outcome"] is None:
+        return [("Last fence", "never")]
+    when = fence["finished_ms"] or fence["started_ms"]
+    ago = f"{(now_ms - when) / 1000:.0f}s ago" if when else "at an unknown time"
+    readied = "" if fence["pending"] else " (readied since)"
+    return [
+        ("Last fence", f"{fence['outcome']} {ago} by {fence['by']}{readied}"),
+        ("Fence reason", fence["reason"]),
+        ("VM recovery", f"{fence['recovery']}; done: {bool(fence['recovered'])}"
+         + ("; confirmed by an operator" if fence["confirmed_by_operator"] else "")),
+    ]
+
+
 @pvc.group()
 def cluster() -> None:
     """The cluster as a whole."""
+
+
+register_fencing_commands(cluster, node)
+register_vm_commands(pvc, node)
 
 
 @cluster.command("status")
@@ -133,7 +148,15 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
         now = store.server_time_ms()
         found = store.get(schema.SCHEMA)
         version = found.value.get("version") if found and isinstance(found.value, dict) else None
-        summary = cluster_summary(nodes.read_cluster(store), now, version)
+        maintenance = store.get(schema.MAINTENANCE)
+        faults = store.get(schema.FAULTS)
+        summary = cluster_summary(
+            nodes.read_cluster(store),
+            now,
+            version,
+            maintenance=bool(maintenance and isinstance(maintenance.value, dict) and maintenance.value.get("enabled")),
+            faults=faults.value if faults and isinstance(faults.value, dict) else {},
+        )
     if output_format == "json":
         click.echo(to_json(summary))
         return
@@ -148,6 +171,9 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
                 ("VMs running", summary["vms_running"]),
                 ("Memory (MiB)", f"allocated {summary['memory']['allocated']} of {summary['memory']['total']}"),
                 ("Late keepalives", summary["late_keepalives"]),
+                ("Fenced nodes", summary["fenced"]),
+                ("Maintenance", "on (fencing disabled)" if summary["maintenance"] else "off"),
+                *[(f"FAULT {name}", fault.get("reason", fault)) for name, fault in sorted(summary["faults"].items())],
                 ("Schema version", summary["schema_version"]),
             ]
         )

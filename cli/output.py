@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import click
 
 FORMATS = ("pretty", "json")
+
+
+def format_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--format pretty|json`, the same on every command."""
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(FORMATS),
+        default="pretty",
+        show_default=True,
+        help="pretty: aligned text; json: machine-readable, stable keys",
+    )(func)
 
 
 def to_json(value: Any) -> str:

@@ -17,17 +17,38 @@ def keepalive_age(view: NodeView, now_ms: int) -> float | None:
     return round(max(now_ms - view.keepalive_mtime_ms, 0) / 1000.0, 1)
 
 
+def fence_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The node's current fence, or the last one before an operator readied it."""
+    current = record if record.get("outcome") is not None else record.get("last") or {}
+    return {
+        "pending": record.get("outcome") is not None,
+        "outcome": current.get("outcome"),
+        "reason": current.get("outcome_reason") or current.get("reason"),
+        "by": current.get("by"),
+        "started_ms": current.get("started_ms"),
+        "finished_ms": current.get("finished_ms"),
+        "recovery": current.get("recovery"),
+        "node_state": current.get("node_state"),
+        "recovered": current.get("recovered"),
+        "recovered_vms": current.get("recovered_vms", {}),
+        "unplaced_vms": current.get("unplaced_vms", {}),
+        "confirmed_by_operator": bool(current.get("confirmed_by_operator")),
+    }
+
+
 def node_summary(view: NodeView, now_ms: int) -> dict[str, Any]:
     keepalive = view.keepalive
     memory = keepalive.get("memory") or {}
     vms = keepalive.get("vms") or {}
     interval = keepalive.get("interval")
     age = keepalive_age(view, now_ms)
+    fence = fence_summary(view.fence)
     return {
         "name": view.name,
         "daemon_state": view.state.daemon,
         "coordinator_state": view.state.coordinator,
-        "domain_state": view.state.domain,
+        # A fenced node cannot say so itself while it is down: its fence record does.
+        "domain_state": (fence["node_state"] or fence["outcome"]) if fence["pending"] else view.state.domain,
         "vms": vms.get("count"),
         "running_vms": vms.get("running", []),
         "memory": {key: memory.get(key) for key in ("total", "used", "free", "allocated")},
@@ -40,13 +61,20 @@ def node_summary(view: NodeView, now_ms: int) -> dict[str, Any]:
             "late": bool(age is not None and interval and age > LATE_INTERVALS * interval),
             "stale_figures": keepalive.get("stale", []),
         },
+        "fence": fence,
         "coordinator": bool(view.info.get("coordinator")),
         "pvcd_version": view.info.get("pvcd_version"),
         "hypervisor": view.info.get("hypervisor"),
     }
 
 
-def cluster_summary(views: list[NodeView], now_ms: int, schema_version: int | None) -> dict[str, Any]:
+def cluster_summary(
+    views: list[NodeView],
+    now_ms: int,
+    schema_version: int | None,
+    maintenance: bool = False,
+    faults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     nodes = [node_summary(v, now_ms) for v in views]
     daemon_states: dict[str, int] = {}
     for node in nodes:
@@ -65,5 +93,9 @@ def cluster_summary(views: list[NodeView], now_ms: int, schema_version: int | No
         "memory": totals,
         "late_keepalives": late,
         "schema_version": schema_version,
-        "healthy": not late and all(n["daemon_state"] == "run" for n in nodes) and bool(nodes),
+        "maintenance": maintenance,
+        "faults": faults or {},
+        "fenced": [n["name"] for n in nodes if n["fence"]["pending"]],
+        "healthy": not late and not faults and bool(nodes)
+        and all(n["daemon_state"] == "run" and not n["fence"]["pending"] for n in nodes),
     }

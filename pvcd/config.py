@@ -41,6 +41,9 @@ FENCE_ACTIONS = ("migrate", None)
 NETWORK_NAMES = ("upstream", "cluster", "storage")
 PORT_RANGE = (1, 65535)
 DEFAULT_IPMI_PORT = 623
+DEFAULT_FLUSH_CONCURRENCY = 2
+DEFAULT_FLUSH_ON_SHUTDOWN = False
+DEFAULT_STORM_GUARD_SHARE = 0.5
 MTU_RANGE = (576, 9216)
 
 AddressMode = Literal["none", "by-id", "static"]
@@ -140,11 +143,15 @@ class Fencing:
     successful_fence: str | None
     failed_fence: str | None
     ipmi: Ipmi
+    storm_guard_share: float = DEFAULT_STORM_GUARD_SHARE
+    self_fence_command: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
     target_selector: str
+    flush_concurrency: int = DEFAULT_FLUSH_CONCURRENCY
+    flush_on_shutdown: bool = DEFAULT_FLUSH_ON_SHUTDOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,6 +634,8 @@ def _fencing(section: _Section) -> Fencing:
         port=ipmi_section.value("port", _port, DEFAULT_IPMI_PORT),
     )
     ipmi_section.finish()
+    storm_guard_share = section.value("storm_guard_share", _share, DEFAULT_STORM_GUARD_SHARE)
+    self_fence_command = section.value("self_fence_command", _text, None)
     section.finish()
     return Fencing(
         keepalive_interval=keepalive_interval,
@@ -635,11 +644,17 @@ def _fencing(section: _Section) -> Fencing:
         successful_fence=successful_fence,
         failed_fence=failed_fence,
         ipmi=ipmi,
+        storm_guard_share=storm_guard_share,
+        self_fence_command=self_fence_command,
     )
 
 
 def _migration(section: _Section) -> Migration:
-    migration = Migration(target_selector=section.value("target_selector", _target_selector))
+    migration = Migration(
+        target_selector=section.value("target_selector", _target_selector),
+        flush_concurrency=section.value("flush_concurrency", _positive_int, DEFAULT_FLUSH_CONCURRENCY),
+        flush_on_shutdown=section.value("flush_on_shutdown", _boolean, DEFAULT_FLUSH_ON_SHUTDOWN),
+    )
     section.finish()
     return migration
 
@@ -818,6 +833,12 @@ def _positive_seconds(value: object) -> float:
         if 0 < seconds < math.inf:
             return seconds
     raise _expected("must be a positive number of seconds", value)
+
+
+def _share(value: object) -> float:
+    if (_is_int(value) or isinstance(value, float)) and 0 < float(value) <= 1:
+        return float(value)
+    raise _expected("must be a number greater than 0 and at most 1", value)
 
 
 def _text(value: object) -> str:

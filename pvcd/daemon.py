@@ -13,12 +13,14 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from pvcd import __version__, hostinfo
 from pvcd.collect import Collectors
 from pvcd.config import Config
+from pvcd.coordinator.role import coordinator_role
 from pvcd.hypervisor import Hypervisor
 from pvcd.keepalive import (
     COLLECT_BUDGET_SHARE,
@@ -30,7 +32,12 @@ from pvcd.keepalive import (
     cluster_log_line,
     keepalive_log_line,
 )
-from pvcd.states import DaemonState, DomainState, daemon_transition, initial_coordinator_state
+from pvcd.network.addresses import apply_node_addresses
+from pvcd.vm.domains import Domains
+from pvcd.vm.flush import FlushRunner, initial_domain_state, read_report
+from pvcd.vm.migration import node_addresses
+from pvcd.vm.reconciler import VmReconciler
+from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
 from pvcd.zk import nodes
 from pvcd.zk.store import Store, StoreError, StoreUnavailable, VersionConflict
 
@@ -40,7 +47,11 @@ keepalive_log = logging.getLogger("pvcd.keepalive")
 # A clean stop must finish within 5 s even with ZooKeeper gone; the final state
 # writes get this long before the session is closed regardless.
 SHUTDOWN_WRITE_TIMEOUT = 3.0
+# The coordinator role stops first (relinquish, release the claim) within this.
+COORDINATOR_STOP_TIMEOUT = 1.5
 RECONNECT_DELAY = 1.0
+# How long a flush_on_shutdown may take before the daemon stops regardless.
+FLUSH_ON_SHUTDOWN_TIMEOUT = 600.0
 
 
 def default_collectors(config: Config, hypervisor: Hypervisor | None) -> dict[str, Callable[[], Any]]:
@@ -75,6 +86,14 @@ class NodeDaemon:
         )
         self.versions: nodes.Versions | None = None
         self.interval = config.fencing.keepalive_interval
+        # The coordinator role changes the state from its own threads: one lock
+        # for changing the record, another for writing it (which may block).
+        self._state_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.vm_reconciler: VmReconciler | None = None
+        self.flush_runner: FlushRunner | None = None
+        self._shutdown_flush: threading.Thread | None = None
+        self.coordinator = coordinator_role(config, self.store, self._set_coordinator_state, self._publish_state)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -84,11 +103,27 @@ class NodeDaemon:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info("Received %s; shutting down node %s", signal.Signals(signum).name, self.name)
+        if self.flush_runner is not None and self.config.migration.flush_on_shutdown and self._shutdown_flush is None:
+            # Flush first, with keepalives still going (else the node would be fenced mid-flush);
+            # a second signal stops at once.
+            self._shutdown_flush = threading.Thread(target=self._flush_then_stop, name="shutdown-flush", daemon=True)
+            self._shutdown_flush.start()
+            return
         self.stop_event.set()
+
+    def _flush_then_stop(self) -> None:
+        assert self.flush_runner is not None
+        log.info("Flushing node %s before it stops (flush_on_shutdown)", self.name)
+        try:
+            self.flush_runner.flush_for_shutdown(FLUSH_ON_SHUTDOWN_TIMEOUT)
+        finally:
+            self.stop_event.set()
 
     def run(self) -> int:
         """Run until asked to stop; the process exit status."""
         self._write_pid_file()
+        if self.config.functions.enable_networking:
+            apply_node_addresses(self.config.networking)
         self.store.add_listener(self._on_connection_state)
         try:
             if not self._connect():
@@ -96,6 +131,10 @@ class NodeDaemon:
             self._register()
             self._set_daemon_state(DaemonState.RUN)
             log.info("Node %s is running (coordinator state %s)", self.name, self.state.coordinator)
+            if self.coordinator is not None:
+                self.coordinator.start()
+            if self.hypervisor is not None:
+                self._start_vm_services()
             self._keepalive_loop()
             return 0
         finally:
@@ -120,9 +159,15 @@ class NodeDaemon:
             "pvcd_version": __version__,
             "hypervisor": self.config.hypervisor.libvirt_uri if self.hypervisor else None,
             "pid": os.getpid(),
+            "addresses": node_addresses(self.config),
+            "target_selector": self.config.migration.target_selector,
         }
         while not self.stop_event.is_set():
             try:
+                # A node that was flushed (by command or at shutdown) comes back flushed.
+                domain = initial_domain_state(read_report(self.store, self.name))
+                with self._state_lock:
+                    self.state = replace(self.state, domain=domain)
                 self.versions = nodes.register(self.store, self.name, info, self.state)
                 log.info("Registered node %s in ZooKeeper", self.name)
                 return
@@ -141,22 +186,48 @@ class NodeDaemon:
         log.warning(messages.get(state, f"ZooKeeper connection state {state}"))
 
     def _set_daemon_state(self, wanted: DaemonState) -> None:
-        self.state = StateRecord(
-            daemon=daemon_transition(DaemonState(self.state.daemon), wanted),
-            coordinator=self.state.coordinator,
-            domain=self.state.domain,
-        )
+        with self._state_lock:
+            self.state = replace(self.state, daemon=daemon_transition(DaemonState(self.state.daemon), wanted))
         log.info("Node %s daemon state is now %s", self.name, wanted)
         self._publish_state()
 
+    def set_domain_state(self, wanted: DomainState) -> None:
+        """Called by the flush runner; the node's state record has one writer, the daemon."""
+        with self._state_lock:
+            self.state = replace(self.state, domain=wanted)
+        log.info("Node %s domain state is now %s", self.name, wanted)
+        self._publish_state()
+
+    def _start_vm_services(self) -> None:
+        assert self.hypervisor is not None
+        self.vm_reconciler = VmReconciler(
+            self.store, Domains(self.hypervisor), self.name, shutdown_timeout=self.config.hypervisor.shutdown_timeout
+        )
+        self.vm_reconciler.start()
+        self.flush_runner = FlushRunner(
+            self.store,
+            self.name,
+            self.set_domain_state,
+            self.config.migration.target_selector,
+            concurrency=self.config.migration.flush_concurrency,
+        )
+        self.flush_runner.start()
+
+    def _set_coordinator_state(self, wanted: CoordinatorState) -> None:
+        """Called by the coordinator role, which publishes the change itself."""
+        with self._state_lock:
+            self.state = replace(self.state, coordinator=wanted)
+        log.info("Node %s coordinator state is now %s", self.name, wanted)
+
     def _publish_state(self) -> None:
-        try:
-            if self.versions is None:
-                self.versions = nodes.read_versions(self.store, self.name)
-            self.versions = nodes.write_state(self.store, self.name, self.versions, self.state)
-        except (StoreError, LookupError) as exc:
-            self.versions = None
-            log.warning("Could not publish state of node %s now (%s); the next keepalive carries it", self.name, exc)
+        with self._write_lock:
+            try:
+                if self.versions is None:
+                    self.versions = nodes.read_versions(self.store, self.name)
+                self.versions = nodes.write_state(self.store, self.name, self.versions, self.state)
+            except (StoreError, LookupError) as exc:
+                self.versions = None
+                log.warning("Could not publish state of node %s now (%s); the next keepalive carries it", self.name, exc)
 
     # -- keepalive -----------------------------------------------------------
 
@@ -176,10 +247,11 @@ class NodeDaemon:
         """Collect figures and send one keepalive transaction; True if it was sent."""
         collected = self.collectors.collect(self.interval * COLLECT_BUDGET_SHARE)
         try:
-            if self.versions is None:
-                self.versions = nodes.read_versions(self.store, self.name)
-            record = build_keepalive(self.versions.counter + 1, self.interval, collected.values, collected.stale)
-            self.versions = nodes.send_keepalive(self.store, self.name, self.versions, self.state, record)
+            with self._write_lock:
+                if self.versions is None:
+                    self.versions = nodes.read_versions(self.store, self.name)
+                record = build_keepalive(self.versions.counter + 1, self.interval, collected.values, collected.stale)
+                self.versions = nodes.send_keepalive(self.store, self.name, self.versions, self.state, record)
         except VersionConflict as exc:
             self.versions = None
             log.error("Keepalive of node %s refused: %s; re-reading its records", self.name, exc)
@@ -214,7 +286,13 @@ class NodeDaemon:
     # -- shutdown ------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        """Publish shutdown then stop, and close the session, all within the stop budget."""
+        """Step down as coordinator, publish shutdown then stop, and close the session, all within the stop budget."""
+        if self.flush_runner is not None:
+            self.flush_runner.stop(1.0)
+        if self.vm_reconciler is not None:
+            self.vm_reconciler.stop(1.0)
+        if self.coordinator is not None:
+            self.coordinator.stop(COORDINATOR_STOP_TIMEOUT)
         writer = threading.Thread(target=self._final_states, name="shutdown-states", daemon=True)
         writer.start()
         writer.join(SHUTDOWN_WRITE_TIMEOUT)

@@ -21,9 +21,18 @@ class CoordinatorState(StrEnum):
 
 
 class DomainState(StrEnum):
-    """Whether the node takes VMs; flush and fencing move it out of `ready`."""
+    """Whether the node takes VMs; flush and fencing move it out of `ready`.
+
+    Only `ready` takes VMs. `flush`: its VMs are being moved away; `flushed`:
+    they are gone; `unflush`: VMs that left during a flush are coming back,
+    and the node turns `ready` when they are home. (`fenced` joins with the
+    fencing work.)
+    """
 
     READY = "ready"
+    FLUSH = "flush"
+    FLUSHED = "flushed"
+    UNFLUSH = "unflush"
 
 
 _DAEMON_TRANSITIONS: dict[DaemonState, frozenset[DaemonState]] = {
@@ -48,3 +57,22 @@ def daemon_transition(current: DaemonState, wanted: DaemonState) -> DaemonState:
 def initial_coordinator_state(is_coordinator: bool) -> CoordinatorState:
     """A coordinator starts as secondary until an election makes it primary."""
     return CoordinatorState.SECONDARY if is_coordinator else CoordinatorState.CLIENT
+
+
+# A coordinator's work happens in `takeover` (floating IPs added, primary
+# services started) and `relinquish` (the reverse), so every other node can see
+# a handover in progress; a client never changes.
+_COORDINATOR_TRANSITIONS: dict[CoordinatorState, frozenset[CoordinatorState]] = {
+    CoordinatorState.CLIENT: frozenset(),
+    CoordinatorState.SECONDARY: frozenset({CoordinatorState.TAKEOVER}),
+    CoordinatorState.TAKEOVER: frozenset({CoordinatorState.PRIMARY, CoordinatorState.RELINQUISH}),
+    CoordinatorState.PRIMARY: frozenset({CoordinatorState.RELINQUISH}),
+    CoordinatorState.RELINQUISH: frozenset({CoordinatorState.SECONDARY}),
+}
+
+
+def coordinator_transition(current: CoordinatorState, wanted: CoordinatorState) -> CoordinatorState:
+    """secondary → takeover → primary → relinquish → secondary; anything else is a bug."""
+    if wanted not in _COORDINATOR_TRANSITIONS[current]:
+        raise TransitionError(f"coordinator state cannot go from {current} to {wanted}")
+    return wanted

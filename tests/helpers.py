@@ -86,3 +86,141 @@ def bin_path(name: str) -> str:
     """A console script of this package, next to the running interpreter."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def vm_xml(name: str, memory_mib: int = 512, vcpus: int = 1, uuid: str | None = None, domain_type: str = "test") -> str:
+    """A domain XML libvirt's test driver accepts."""
+    import uuid as uuid_module
+
+    return (
+        f"<domain type='{domain_type}'><name>{name}</name><uuid>{uuid or uuid_module.uuid4()}</uuid>"
+        f"<memory unit='MiB'>{memory_mib}</memory><vcpu>{vcpus}</vcpu><os><type>hvm</type></os></domain>"
+    )
+
+
+class VmNode:
+    """A NodeDaemon in a thread of this process — with the VM reconciler and flush
+    runner the daemon starts itself — so a test can reach the node's private
+    libvirt test host."""
+
+    def __init__(self, config: Any, migrator: Any = None, shutdown_timeout: float = 2) -> None:
+        import dataclasses
+        import threading
+
+        from pvcd.daemon import NodeDaemon
+
+        config = dataclasses.replace(
+            config, hypervisor=dataclasses.replace(config.hypervisor, shutdown_timeout=shutdown_timeout)
+        )
+        self.daemon = NodeDaemon(config)
+        self.name = self.daemon.name
+        self.migrator = migrator
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+
+    def start(self) -> "VmNode":
+        self.thread.start()
+        wait_for(lambda: self.daemon.flush_runner is not None and self.daemon.vm_reconciler is not None, 15,
+                 what=f"node {self.name} to register and start its VM services")
+        if self.migrator is not None:
+            self.daemon.vm_reconciler.migrator = self.migrator
+        return self
+
+    @property
+    def reconciler(self) -> Any:
+        return self.daemon.vm_reconciler
+
+    @property
+    def flush(self) -> Any:
+        return self.daemon.flush_runner
+
+    def stop(self) -> None:
+        self.daemon.stop_event.set()
+        self.thread.join(10)
+
+    @property
+    def conn(self) -> Any:
+        return self.daemon.hypervisor.connection()
+
+    def running(self) -> set[str]:
+        return {d.name() for d in self.conn.listAllDomains() if d.isActive()}
+
+    def defined(self) -> set[str]:
+        return {d.name() for d in self.conn.listAllDomains()}
+
+
+class VmOperator:
+    """What `pvc vm` does, through its own ZooKeeper session, without the CLI around it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def define(self, name: str, node: str, memory_mib: int = 512, **options: Any) -> None:
+        from pvcd.vm import records
+        from pvcd.zk import vms
+
+        xml = options.pop("xml", None) or vm_xml(name, memory_mib)
+        vms.define(self.store, records.new_record(records.parse_domain_xml(xml), node, **options))
+
+    def view(self, name: str) -> Any:
+        from pvcd.zk import vms
+
+        view = vms.read_vm(self.store, name)
+        assert view is not None, f"no VM {name}"
+        return view
+
+    def set_state(self, name: str, state: Any) -> None:
+        from pvcd.vm import records
+        from pvcd.zk import vms
+
+        view = self.view(name)
+        vms.VmWrite(self.store, view).record(records.state_change(view, state)).commit()
+
+    def move(self, name: str, kind: Any, target: str | None = None, force: bool = False) -> None:
+        import uuid
+
+        from pvcd.vm import records
+        from pvcd.zk import vms
+
+        view = self.view(name)
+        target = records.move_target(view, kind, target, force)
+        assert target is not None
+        lastnode = records.next_lastnode(view.record, kind, target)
+        record, migration = records.moved(view, kind, target, uuid.uuid4().hex, lastnode)
+        vms.request_move(self.store, view, record, migration)
+
+    def settled(self, name: str, state: Any, node: str, actual: Any) -> bool:
+        from pvcd.vm.records import ActualState
+
+        view = self.view(name)
+        return bool(
+            view.record.state == state
+            and view.record.node == node
+            and view.migration is None
+            and view.status.state == actual
+            and (actual == ActualState.STOPPED or view.status.node == node)
+        )
+
+
+def vm_cluster(make_config: Callable[..., Any], shutdown_timeout: float = 2) -> Any:
+    """Body of a `cluster` fixture: yields start(names, migrators) -> {name: VmNode}; stops them after."""
+    started: list[VmNode] = []
+
+    def start(names: tuple[str, ...] = ("hv1", "hv2"), migrators: dict[str, Any] | None = None) -> dict[str, VmNode]:
+        for name in names:
+            node = VmNode(make_config(name, names=list(names)), (migrators or {}).get(name), shutdown_timeout)
+            started.append(node.start())
+        return {node.name: node for node in started}
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def vm_operator(address: str) -> Any:
+    """Body of an `operator` fixture: a VmOperator with its own ZooKeeper session."""
+    from pvcd.zk.store import Store
+
+    store = Store(address)
+    store.start()
+    yield VmOperator(store)
+    store.stop()

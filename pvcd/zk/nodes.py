@@ -10,7 +10,7 @@ wakes up later — finds out at its very next keepalive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pvcd.keepalive import StateRecord
@@ -41,6 +41,7 @@ class NodeView:
     keepalive: dict[str, Any]
     keepalive_mtime_ms: int | None
     keepalive_version: int | None
+    fence: dict[str, Any] = field(default_factory=lambda: dict(NO_FENCE))
 
 
 def register(
@@ -131,6 +132,7 @@ def read_node(store: Store, name: str) -> NodeView | None:
         keepalive=keepalive.value if keepalive and isinstance(keepalive.value, dict) else {},
         keepalive_mtime_ms=keepalive.mtime_ms if keepalive and keepalive.version > 0 else None,
         keepalive_version=keepalive.version if keepalive else None,
+        fence=read_fence(store, name),
     )
 
 

@@ -42,7 +42,7 @@ def test_node_list_json_has_stable_keys(zookeeper, two_nodes):
     nodes = json.loads(result.stdout)
     assert [n["name"] for n in nodes] == ["hv1", "hv2"]
     for node in nodes:
-        assert set(node) == {"name", "daemon_state", "coordinator_state", "domain_state", "vms", "running_vms",
+        assert set(node) == {"name", "daemon_state", "coordinator_state", "domain_state", "vms", "running_vms", "fence",
                              "memory", "vcpus_allocated", "load", "keepalive", "coordinator", "pvcd_version",
                              "hypervisor"}
         assert node["daemon_state"] == "run"
@@ -60,7 +60,7 @@ def test_node_list_pretty_is_an_aligned_table(zookeeper, two_nodes):
     header_offsets = [lines[0].index("DAEMON"), lines[0].index("COORDINATOR")]
     for line in lines[1:]:
         assert line[header_offsets[0]:].startswith("run")
-        assert line[header_offsets[1]:].startswith("secondary")
+        assert line[header_offsets[1]:].startswith(("primary", "secondary"))
 
 
 def test_node_info_and_cluster_status(zookeeper, two_nodes):

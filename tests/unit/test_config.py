@@ -965,3 +965,26 @@ def test_ipmi_port_defaults_to_623_and_is_validated():
     with pytest.raises(ConfigError) as error:
         parse_config(custom)
     assert error.value.problems == ["pvc.system.fencing.ipmi.port: must be an integer from 1 to 65535, got 70000"]
+
+
+def test_added_migration_and_fencing_keys():
+    document = yaml.safe_load((Path(__file__).parents[2] / "examples" / "pvcd.yaml").read_text())
+    config = parse_config(document)
+    assert config.migration.flush_concurrency == 2 and config.migration.flush_on_shutdown is False
+    assert config.fencing.storm_guard_share == 0.5 and config.fencing.self_fence_command is None
+    custom = copy.deepcopy(document)
+    custom["pvc"]["system"]["migration"].update(flush_concurrency=4, flush_on_shutdown=True)
+    custom["pvc"]["system"]["fencing"].update(storm_guard_share=0.34, self_fence_command="/sbin/reboot -f")
+    config = parse_config(custom)
+    assert (config.migration.flush_concurrency, config.migration.flush_on_shutdown) == (4, True)
+    assert (config.fencing.storm_guard_share, config.fencing.self_fence_command) == (0.34, "/sbin/reboot -f")
+    custom["pvc"]["system"]["migration"].update(flush_concurrency=0, flush_on_shutdown="yes")
+    custom["pvc"]["system"]["fencing"].update(storm_guard_share=0, self_fence_command="")
+    with pytest.raises(ConfigError) as error:
+        parse_config(custom)
+    assert error.value.problems == [
+        "pvc.system.fencing.storm_guard_share: must be a number greater than 0 and at most 1, got 0",
+        "pvc.system.fencing.self_fence_command: must be a non-empty string, got ''",
+        "pvc.system.migration.flush_concurrency: must be a positive integer, got 0",
+        "pvc.system.migration.flush_on_shutdown: must be a boolean (True or False), got 'yes'",
+    ]

@@ -1,0 +1,555 @@
+"""`pvc vm ...` and `pvc node flush|ready`.
+
+Every command checks its input completely before it writes anything: a
+malformed XML, an unknown VM or node, a target outside the VM's node_limit or
+without the memory for it is one line on stderr, exit status 1, and ZooKeeper
+untouched. Writes are single version-checked transactions; if a node changed
+the VM in between, the command reads it again and re-checks (a few times).
+
+`register(pvc, node)` attaches the commands to the top-level groups.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable
+
+import click
+
+from cli.connection import CliError, Target, connect, resolve_target
+from cli.output import format_option, key_values, table, to_json
+from pvcd.migration.planner import Plan, plan_batch
+from pvcd.migration.selectors import check_selector
+from pvcd.vm import flush, placement, records
+from pvcd.vm.records import (
+    IN_PROGRESS,
+    SHOULD_RUN,
+    ActualState,
+    InvalidVm,
+    MigrationMethod,
+    MoveKind,
+    NothingToDo,
+    VmState,
+    VmView,
+)
+from pvcd.zk import nodes, vms
+from pvcd.zk.nodes import NodeView
+from pvcd.zk.store import AlreadyExists, Store, VersionConflict
+
+DEFAULT_SELECTOR = "mem"
+WRITE_ATTEMPTS = 3
+WAIT_POLL = 0.25
+DEFAULT_WAIT_TIMEOUT = 600.0
+
+
+def _wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--wait-timeout",
+        type=click.FloatRange(min=0.1),
+        default=DEFAULT_WAIT_TIMEOUT,
+        show_default=True,
+        help="seconds --wait waits before giving up (exit 1)",
+    )(func)
+    return click.option("--wait", is_flag=True, help="wait for the outcome and report it")(func)
+
+
+def _target(ctx: click.Context) -> Target:
+    return resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
+
+
+# -- what is shown (pure) -----------------------------------------------------------
+
+
+def vm_summary(view: VmView) -> dict[str, Any]:
+    """One VM for `list`/`info` and every JSON answer; stable keys."""
+    record, status, migration = view.record, view.status, view.migration
+    return {
+        "name": record.name,
+        "uuid": record.uuid,
+        "state": str(record.state),
+        "reason": record.reason,
+        "node": record.node,
+        "lastnode": record.lastnode,
+        "node_limit": list(record.node_limit),
+        "node_selector": record.node_selector,
+        "node_autostart": record.node_autostart,
+        "migration_method": str(record.migration_method),
+        "memory_mib": record.memory_mib,
+        "vcpus": record.vcpus,
+        "actual": status.to_json(),
+        "migration": migration.to_json() if migration else None,
+    }
+
+
+def _actual(summary: dict[str, Any]) -> str:
+    actual = summary["actual"]
+    return f"{actual['state']} on {actual['node']}" if actual["node"] else actual["state"]
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "placements": [
+            {
+                "vm": p.vm,
+                "node": p.node,
+                "selector": p.selector,
+                "requested": p.requested,
+                "scores": [{"node": node, "score": score} for node, score in p.scores],
+            }
+            for p in plan.placements
+        ],
+        "unplaced": [{"vm": u.vm, "reason": str(u.reason), "detail": u.detail} for u in plan.unplaced],
+    }
+
+
+def plan_text(plan: Plan) -> str:
+    lines = []
+    for p in plan.placements:
+        scores = ", ".join(f"{node} {score:g}" for node, score in p.scores)
+        how = "requested" if p.requested else f"selector {p.selector}"
+        lines.append(f"{p.vm} -> {p.node} ({how}; scores: {scores})")
+    for u in plan.unplaced:
+        lines.append(f"{u.vm}: not placed ({u.reason}): {u.detail}")
+    return "\n".join(lines) or "Nothing to move."
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def _view(store: Store, name: str) -> VmView:
+    try:
+        records.check_vm_name(name)
+        view = vms.read_vm(store, name)
+    except InvalidVm as exc:
+        raise CliError(str(exc)) from exc
+    if view is None:
+        raise CliError(f"no VM named {name!r}")
+    return view
+
+
+def _node(store: Store, name: str) -> NodeView:
+    try:
+        records.check_vm_name(name)
+    except InvalidVm as exc:
+        raise CliError(f"invalid node name {name!r}") from exc
+    view = nodes.read_node(store, name)
+    if view is None:
+        raise CliError(f"no node named {name!r}")
+    return view
+
+
+def _selector(node_view: NodeView | None) -> str:
+    """The cluster default selector, as the VM's node published it (else `mem`)."""
+    selector = node_view.info.get("target_selector") if node_view else None
+    return selector if isinstance(selector, str) else DEFAULT_SELECTOR
+
+
+def _cluster(store: Store) -> tuple[list[NodeView], dict[str, VmView], frozenset[str]]:
+    node_views = nodes.read_cluster(store)
+    all_vms, _ = vms.read_vms(store)
+    return node_views, all_vms, placement.late_nodes(node_views, store.server_time_ms())
+
+
+def _retrying(store: Store, name: str, attempt: Callable[[VmView], VmView | None]) -> VmView | None:
+    """Run `attempt` on a fresh read until it is not refused by a concurrent change."""
+    for _ in range(WRITE_ATTEMPTS):
+        try:
+            return attempt(_view(store, name))
+        except VersionConflict:
+            time.sleep(0.1)
+    raise CliError(f"VM {name} keeps changing under this command; try again")
+
+
+# -- waiting ----------------------------------------------------------------------
+
+
+def _wait_until(store: Store, name: str, done: Callable[[VmView], bool], timeout: float, what: str) -> VmView:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = _view(store, name)
+        if view.record.state == VmState.FAIL and view.migration is None:
+            raise CliError(f"VM {name} failed: {view.record.reason}")
+        if done(view):
+            return view
+        if time.monotonic() > deadline:
+            raise CliError(f"VM {name}: gave up waiting for {what} after {timeout:g}s (now {view.record.state}, {view.status.state})")
+        time.sleep(WAIT_POLL)
+
+
+def _running_on_node(view: VmView) -> bool:
+    return (
+        view.record.state == VmState.START
+        and view.migration is None
+        and view.status.state == ActualState.RUNNING
+        and view.status.node == view.record.node
+    )
+
+
+def _stopped(view: VmView) -> bool:
+    return view.record.state in (VmState.STOP, VmState.DISABLE) and view.status.state == ActualState.STOPPED
+
+
+def _settled_after_move(view: VmView) -> bool:
+    if view.migration is not None or view.record.state in IN_PROGRESS:
+        return False
+    return view.record.state != VmState.START or _running_on_node(view)
+
+
+def _emit(view: VmView, output_format: str, message: str) -> None:
+    if output_format == "json":
+        click.echo(to_json(vm_summary(view)))
+    else:
+        click.echo(message)
+
+
+# -- the vm group --------------------------------------------------------------------
+
+
+@click.group("vm")
+def vm_group() -> None:
+    """VMs: define, list, info, start/stop, migrate, move, remove, dump."""
+
+
+@vm_group.command("define")
+@click.argument("xml_file", type=click.File("r"), metavar="FILE.xml")
+@click.option("--node", help="node to define it on (default: chosen by the target selector)")
+@click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on")
+@click.option("--selector", "node_selector", help="target selector for this VM (mem, vcpus, load, vms)")
+@click.option("--autostart", is_flag=True, help="start the VM when its node is next ready")
+@click.option("--method", "migration_method", type=click.Choice([str(m) for m in MigrationMethod]), default="live", show_default=True,
+              help="live: live-migrate (falls back to shutdown); shutdown: stop, move, start")
+@format_option
+@click.pass_context
+def vm_define(ctx: click.Context, xml_file: Any, node: str | None, node_limit: str | None, node_selector: str | None,
+              autostart: bool, migration_method: str, output_format: str) -> None:
+    """Define a VM from a libvirt domain XML (it starts stopped)."""
+    try:
+        spec = records.parse_domain_xml(xml_file.read())
+        if node_selector is not None:
+            check_selector(node_selector)
+    except (InvalidVm, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    limit = tuple(n.strip() for n in (node_limit or "").split(",") if n.strip())
+    with connect(_target(ctx)) as store:
+        node_views, all_vms, late = _cluster(store)
+        known = {v.name for v in node_views}
+        unknown = [n for n in (*limit, *([node] if node else [])) if n not in known]
+        if unknown:
+            raise CliError(f"no node named {unknown[0]!r}")
+        if node is not None and limit and node not in limit:
+            raise CliError(f"node {node} is outside the VM's node_limit {list(limit)}")
+        if spec.name in all_vms:
+            raise CliError(f"a VM named {spec.name!r} already exists")
+        owner = next((v.name for v in all_vms.values() if v.record.uuid == spec.uuid), None)
+        if owner is not None:
+            raise CliError(f"UUID {spec.uuid} is already used by VM {owner}")
+        if node is None:
+            request = records.new_record(spec, "", limit, node_selector).request()
+            plan = plan_batch([request], placement.capacities(node_views, all_vms, late), node_selector or _selector(None))
+            if plan.unplaced:
+                raise CliError(f"VM {spec.name}: no node to define it on: {plan.unplaced[0].detail}")
+            node = plan.placements[0].node
+        try:
+            record = records.new_record(spec, node, limit, node_selector, autostart, migration_method)
+            vms.define(store, record)
+        except InvalidVm as exc:
+            raise CliError(str(exc)) from exc
+        except AlreadyExists as exc:
+            raise CliError(f"VM {spec.name} or its UUID {spec.uuid} was defined meanwhile") from exc
+        view = _view(store, spec.name)
+    _emit(view, output_format, f"Defined VM {spec.name} ({spec.uuid}) on {node}, stopped")
+
+
+@vm_group.command("list")
+@click.option("--node", help="only VMs assigned to this node")
+@click.option("--state", type=click.Choice([str(s) for s in VmState]), help="only VMs in this state")
+@format_option
+@click.pass_context
+def vm_list(ctx: click.Context, node: str | None, state: str | None, output_format: str) -> None:
+    """Every VM with its state, node and what actually runs."""
+    with connect(_target(ctx)) as store:
+        all_vms, damaged = vms.read_vms(store)
+    summaries = [
+        vm_summary(v) for _, v in sorted(all_vms.items())
+        if (node is None or v.record.node == node) and (state is None or v.record.state == state)
+    ]
+    for name, problem in sorted(damaged.items()):
+        click.echo(f"pvc: VM {name} has a damaged record: {problem}", err=True)
+    if output_format == "json":
+        click.echo(to_json(summaries))
+        return
+    rows = [
+        [s["name"], s["state"], s["node"], s["lastnode"], _actual(s), s["memory_mib"], s["vcpus"],
+         f"{s['migration']['from']} -> {s['migration']['to']} ({s['migration']['phase']})" if s["migration"] else None,
+         s["reason"]]
+        for s in summaries
+    ]
+    headers = ["NAME", "STATE", "NODE", "LASTNODE", "ACTUAL", "MEM MiB", "VCPUS", "MOVING", "REASON"]
+    click.echo(table(headers, rows) if rows else "No VMs defined.")
+
+
+@vm_group.command("info")
+@click.argument("name")
+@format_option
+@click.pass_context
+def vm_info(ctx: click.Context, name: str, output_format: str) -> None:
+    """One VM in detail."""
+    with connect(_target(ctx)) as store:
+        summary = vm_summary(_view(store, name))
+    if output_format == "json":
+        click.echo(to_json(summary))
+        return
+    migration = summary["migration"]
+    click.echo(
+        key_values(
+            [
+                ("Name", summary["name"]),
+                ("UUID", summary["uuid"]),
+                ("State", summary["state"] + (f" ({summary['reason']})" if summary["reason"] else "")),
+                ("Node", summary["node"]),
+                ("Last node", summary["lastnode"]),
+                ("Actual", _actual(summary) + (f": {summary['actual']['message']}" if summary["actual"]["message"] else "")),
+                ("Moving", f"{migration['kind']} {migration['from']} -> {migration['to']}, {migration['phase']}" if migration else None),
+                ("Memory (MiB)", summary["memory_mib"]),
+                ("vCPUs", summary["vcpus"]),
+                ("Node limit", summary["node_limit"]),
+                ("Node selector", summary["node_selector"] or "cluster default"),
+                ("Autostart", summary["node_autostart"]),
+                ("Migration method", summary["migration_method"]),
+            ]
+        )
+    )
+
+
+@vm_group.command("dump")
+@click.argument("name")
+@format_option
+@click.pass_context
+def vm_dump(ctx: click.Context, name: str, output_format: str) -> None:
+    """The VM's libvirt domain XML, as stored."""
+    with connect(_target(ctx)) as store:
+        view = _view(store, name)
+    if output_format == "json":
+        click.echo(to_json({"name": view.name, "xml": view.record.xml}))
+    else:
+        click.echo(view.record.xml)
+
+
+def _state_command(wanted: VmState, done: Callable[[VmView], bool], help_text: str) -> click.Command:
+    @click.argument("name")
+    @_wait_options
+    @format_option
+    @click.pass_context
+    def command(ctx: click.Context, name: str, wait: bool, wait_timeout: float, output_format: str) -> None:
+        with connect(_target(ctx)) as store:
+            def attempt(view: VmView) -> VmView:
+                return vms.VmWrite(store, view).record(records.state_change(view, wanted)).commit()
+
+            try:
+                view = _retrying(store, name, attempt)
+                message = f"VM {name}: {wanted} requested on {view.record.node}"  # type: ignore[union-attr]
+            except NothingToDo as exc:
+                view, message = _view(store, name), str(exc)
+            except InvalidVm as exc:
+                raise CliError(str(exc)) from exc
+            assert view is not None
+            if not wait:
+                _emit(view, output_format, message)
+                return
+            view = _wait_until(store, name, done, wait_timeout, str(wanted))
+            _emit(view, output_format, f"VM {name} is {view.record.state}: {_actual(vm_summary(view))}")
+
+    command.__doc__ = help_text
+    return click.command(str(wanted))(command)
+
+
+for _state, _done, _help in (
+    (VmState.START, _running_on_node, "Start the VM on its node."),
+    (VmState.RESTART, lambda v: v.record.state != VmState.RESTART and _running_on_node(v), "Shut the VM down and start it again."),
+    (VmState.SHUTDOWN, _stopped, "Shut the VM down gracefully (destroyed after the node's shutdown_timeout)."),
+    (VmState.STOP, _stopped, "Stop the VM at once (pull the plug)."),
+    (VmState.DISABLE, _stopped, "Shut the VM down and keep it out of service (flush leaves it where it is)."),
+):
+    vm_group.add_command(_state_command(_state, _done, _help))
+
+
+def _move(ctx: click.Context, name: str, kind: MoveKind, target: str | None, force: bool, dry_run: bool,
+          wait: bool, wait_timeout: float, output_format: str) -> None:
+    with connect(_target(ctx)) as store:
+        if target is not None:
+            _node(store, target)
+
+        def attempt(view: VmView) -> VmView | None:
+            try:
+                wanted = records.move_target(view, kind, target, force)
+            except InvalidVm as exc:
+                raise CliError(str(exc)) from exc
+            node_views, all_vms, late = _cluster(store)
+            current = next((v for v in node_views if v.name == view.record.node), None)
+            plan = plan_batch(
+                [view.record.request(wanted)],
+                placement.capacities(node_views, all_vms, late),
+                view.record.node_selector or _selector(current),
+            )
+            if dry_run:
+                click.echo(to_json(plan_json(plan)) if output_format == "json" else plan_text(plan))
+                return None
+            source = view.record.node
+            if records.needs_handshake(view) and (current is None or current.state.daemon != "run" or source in late):
+                # Only the node that may run the VM can release it; a move from a dead
+                # node would wait forever (recovering a dead node's VMs is fencing's job).
+                state = current.state.daemon if current else "not registered"
+                raise CliError(f"VM {name}: its node {source} is not running ({state}, or its keepalive is late); "
+                               f"it must release the VM before it can move")
+            if plan.unplaced and (view.record.state in SHOULD_RUN or wanted is None):
+                raise CliError(f"VM {name}: {plan.unplaced[0].detail}")
+            if plan.unplaced:
+                # A stopped VM needs no memory to change node, only a real node inside its limit.
+                _node(store, wanted)  # type: ignore[arg-type]
+                if view.record.node_limit and wanted not in view.record.node_limit:
+                    raise CliError(f"VM {name}: {wanted} is outside node_limit {list(view.record.node_limit)}")
+                destination = wanted
+            else:
+                destination = plan.placements[0].node
+            assert destination is not None
+            lastnode = records.next_lastnode(view.record, kind, destination)
+            record, migration = records.moved(view, kind, destination, uuid.uuid4().hex, lastnode)
+            return vms.request_move(store, view, record, migration)
+
+        view = _retrying(store, name, attempt)
+        if view is None:
+            return
+        if not wait:
+            _emit(view, output_format, f"VM {name}: {kind} to {view.record.node} requested")
+            return
+        view = _wait_until(store, name, _settled_after_move, wait_timeout, f"the {kind}")
+        _emit(view, output_format, f"VM {name} is {view.record.state} on {view.record.node}: {_actual(vm_summary(view))}")
+
+
+@vm_group.command("migrate")
+@click.argument("name")
+@click.option("--target", help="node to migrate to (default: chosen by the target selector)")
+@click.option("--force", is_flag=True, help="migrate again although already migrated (lastnode is kept)")
+@click.option("--dry-run", is_flag=True, help="print the placement with every candidate's score; change nothing")
+@_wait_options
+@format_option
+@click.pass_context
+def vm_migrate(ctx: click.Context, name: str, target: str | None, force: bool, dry_run: bool, wait: bool,
+               wait_timeout: float, output_format: str) -> None:
+    """Migrate the VM to another node, remembering this one as lastnode."""
+    _move(ctx, name, MoveKind.MIGRATE, target, force, dry_run, wait, wait_timeout, output_format)
+
+
+@vm_group.command("unmigrate")
+@click.argument("name")
+@_wait_options
+@format_option
+@click.pass_context
+def vm_unmigrate(ctx: click.Context, name: str, wait: bool, wait_timeout: float, output_format: str) -> None:
+    """Return a migrated VM to its lastnode."""
+    _move(ctx, name, MoveKind.UNMIGRATE, None, False, False, wait, wait_timeout, output_format)
+
+
+@vm_group.command("move")
+@click.argument("name")
+@click.option("--target", help="node to move to (default: chosen by the target selector)")
+@click.option("--dry-run", is_flag=True, help="print the placement with every candidate's score; change nothing")
+@_wait_options
+@format_option
+@click.pass_context
+def vm_move(ctx: click.Context, name: str, target: str | None, dry_run: bool, wait: bool, wait_timeout: float,
+            output_format: str) -> None:
+    """Move the VM to another node for good (lastnode is cleared)."""
+    _move(ctx, name, MoveKind.MOVE, target, False, dry_run, wait, wait_timeout, output_format)
+
+
+@vm_group.command("remove")
+@click.argument("name")
+@format_option
+@click.pass_context
+def vm_remove(ctx: click.Context, name: str, output_format: str) -> None:
+    """Remove a stopped VM from the cluster."""
+    with connect(_target(ctx)) as store:
+        def attempt(view: VmView) -> VmView:
+            if view.migration is not None or view.status.active or view.record.state in SHOULD_RUN | {VmState.SHUTDOWN}:
+                where = f" on {view.status.node}" if view.status.active else ""
+                raise CliError(f"VM {name} is {view.record.state} ({view.status.state}{where}); stop it first: pvc vm stop {name}")
+            vms.remove(store, view)
+            return view
+
+        view = _retrying(store, name, attempt)
+    assert view is not None
+    if output_format == "json":
+        click.echo(to_json({"removed": name, "uuid": view.record.uuid}))
+    else:
+        click.echo(f"Removed VM {name}")
+
+
+# -- node flush / ready ---------------------------------------------------------------
+
+
+def _node_command(ctx: click.Context, name: str, kind: flush.CommandKind, wait: bool, wait_timeout: float,
+                  output_format: str, dry_run: bool = False) -> None:
+    with connect(_target(ctx)) as store:
+        view = _node(store, name)
+        if dry_run:
+            node_views, all_vms, late = _cluster(store)
+            plan = flush.flush_plan(name, all_vms, node_views, late, _selector(view))
+            click.echo(to_json(plan_json(plan)) if output_format == "json" else plan_text(plan))
+            return
+        if view.state.daemon != "run" or name in placement.late_nodes([view], store.server_time_ms()):
+            raise CliError(f"node {name} is not running (daemon {view.state.daemon}); it cannot {kind}")
+        command = flush.Command.new(kind)
+        flush.write_command(store, name, command)
+        if not wait:
+            _emit_report(output_format, {"node": name, "command": command.to_json()}, f"Node {name}: {kind} requested")
+            return
+        report = _wait_for_report(store, name, command, wait_timeout)
+    summary = {"node": name, "command": command.to_json(), "report": report.to_json()}
+    moved = ", ".join(report.moved) or "none"
+    left = "; ".join(f"{vm}: {why}" for vm, why in sorted(report.left.items()))
+    _emit_report(output_format, summary, f"Node {name}: {kind} {report.phase}; moved: {moved}" + (f"; left: {left}" if left else ""))
+
+
+def _wait_for_report(store: Store, name: str, command: flush.Command, timeout: float) -> flush.Report:
+    deadline = time.monotonic() + timeout
+    while True:
+        report = flush.read_report(store, name)
+        if report is not None and report.command_id == command.id and report.phase != flush.Phase.RUNNING:
+            return report
+        if time.monotonic() > deadline:
+            raise CliError(f"node {name}: gave up waiting for the {command.domain} after {timeout:g}s")
+        time.sleep(WAIT_POLL)
+
+
+def _emit_report(output_format: str, value: dict[str, Any], text: str) -> None:
+    click.echo(to_json(value) if output_format == "json" else text)
+
+
+@click.command("flush")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="print where each VM would go with every candidate's score; change nothing")
+@_wait_options
+@format_option
+@click.pass_context
+def node_flush(ctx: click.Context, name: str, dry_run: bool, wait: bool, wait_timeout: float, output_format: str) -> None:
+    """Move every running VM off the node; its domain state goes flush -> flushed."""
+    _node_command(ctx, name, flush.CommandKind.FLUSH, wait, wait_timeout, output_format, dry_run)
+
+
+@click.command("ready")
+@click.argument("name")
+@_wait_options
+@format_option
+@click.pass_context
+def node_ready(ctx: click.Context, name: str, wait: bool, wait_timeout: float, output_format: str) -> None:
+    """Take VMs again: those migrated away from the node come back, autostart VMs start."""
+    _node_command(ctx, name, flush.CommandKind.READY, wait, wait_timeout, output_format)
+
+
+def register(pvc_group: click.Group, node_group: click.Group) -> None:
+    """Attach `pvc vm ...` and `pvc node flush|ready`."""
+    pvc_group.add_command(vm_group)
+    node_group.add_command(node_flush)
+    node_group.add_command(node_ready)

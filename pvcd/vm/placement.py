@@ -1,0 +1,87 @@
+"""Node figures for the planner, from the cluster as ZooKeeper has it (pure).
+
+The keepalives say what each node ran at its last keepalive, up to an
+interval ago. The VM statuses are fresher (a node writes them as it acts), so
+the figures are corrected with them: VMs assigned to a node but not yet
+running there (a move or a start in flight) are reserved on top, so a second
+plan made while the first is being carried out cannot overfill a node; VMs
+that have left a node since its keepalive no longer count against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+from pvcd.migration.selectors import NodeCapacity
+from pvcd.states import DomainState
+from pvcd.vm.records import SHOULD_RUN, VmView
+from pvcd.zk.nodes import NodeView
+
+LATE_INTERVALS = 2
+"""A keepalive older than this many intervals makes its node no placement candidate."""
+
+NOT_ALIVE = "late"
+"""The daemon state a node with a late keepalive is given for placement."""
+
+
+def late_nodes(views: Iterable[NodeView], now_ms: int) -> frozenset[str]:
+    """Nodes whose keepalive ZooKeeper has not seen change for LATE_INTERVALS intervals.
+
+    A crashed node still says `run`; only the age of its keepalive, on
+    ZooKeeper's clock, shows it is gone.
+    """
+    late = set()
+    for view in views:
+        interval = view.keepalive.get("interval") or 0
+        if view.keepalive_mtime_ms is None or now_ms - view.keepalive_mtime_ms > LATE_INTERVALS * interval * 1000:
+            late.add(view.name)
+    return frozenset(late)
+
+
+def capacities(
+    views: Iterable[NodeView],
+    vms: Mapping[str, VmView],
+    late: Collection[str] = (),
+    treat_as_ready: str | None = None,
+) -> list[NodeCapacity]:
+    """One NodeCapacity per node, with VMs on their way to it reserved.
+
+    `treat_as_ready` names a node to plan for as if it were ready: a node
+    coming back from a flush plans the return of its own VMs before it takes
+    any others.
+    """
+    result = []
+    for view in views:
+        keepalive = view.keepalive
+        memory = keepalive.get("memory") or {}
+        running = set((keepalive.get("vms") or {}).get("running") or [])
+        arriving = [
+            vm.record
+            for vm in vms.values()
+            if vm.record.node == view.name and vm.record.state in SHOULD_RUN and vm.name not in running
+        ]
+        departed = [
+            vms[name].record
+            for name in running
+            if name in vms and not (vms[name].status.active and vms[name].status.node == view.name)
+        ]
+        domain_state = view.state.domain
+        if view.name == treat_as_ready:
+            domain_state = DomainState.READY
+        result.append(
+            NodeCapacity(
+                name=view.name,
+                daemon_state=NOT_ALIVE if view.name in late else view.state.daemon,
+                domain_state=domain_state,
+                memory_total_mib=int(memory.get("total") or 0),
+                memory_allocated_mib=int(memory.get("allocated") or 0)
+                + sum(r.memory_mib for r in arriving)
+                - sum(r.memory_mib for r in departed),
+                vcpus_allocated=int((keepalive.get("vcpus") or {}).get("allocated") or 0)
+                + sum(r.vcpus for r in arriving)
+                - sum(r.vcpus for r in departed),
+                load=float(keepalive.get("load") or 0.0),
+                vm_count=len(running) + len(arriving) - len(departed),
+            )
+        )
+    return result

@@ -1,0 +1,418 @@
+"""The per-node VM loop: make this node's libvirt match ZooKeeper, and say what happened.
+
+Each pass reads every VM and this node's domains, asks `reconcile.decide`
+what to do, and runs each action in a small worker pool, one action per VM
+at a time: a guest taking minutes to shut down must not hold up the others.
+A pass runs whenever a VM changes in ZooKeeper (one watch on `/pvc/vms`),
+when an action finishes, and every `resync_interval` seconds to notice what
+changed in libvirt alone (a guest that shut itself down).
+
+Nothing a single VM does can stop the loop: every failure of an action is
+written into that VM (`fail` with the reason) or logged, and the next pass
+goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable
+
+from pvcd.vm.domains import DomainError, Domains
+from pvcd.vm.migration import MigrationFailed, Migrator, migration_address, migrator_for
+from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, decide, decide_vm, memory_shortfall
+from pvcd.vm.records import (
+    SHOULD_RUN,
+    ActualState,
+    MigrationMethod,
+    MovePhase,
+    VmState,
+    VmStatus,
+    VmView,
+)
+from pvcd.zk import nodes, schema, vms
+from pvcd.zk.store import Store, StoreError, StoreUnavailable, VersionConflict
+
+log = logging.getLogger("pvcd.vm")
+
+DEFAULT_RESYNC_INTERVAL = 5.0
+DEFAULT_WORKERS = 4
+
+
+class VmReconciler:
+    """Keeps the VMs assigned to `node` running (or not) as ZooKeeper says."""
+
+    def __init__(
+        self,
+        store: Store,
+        domains: Domains,
+        node: str,
+        shutdown_timeout: float,
+        migrator: Migrator | None = None,
+        resync_interval: float = DEFAULT_RESYNC_INTERVAL,
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
+        self.store = store
+        self.domains = domains
+        self.node = node
+        self.shutdown_timeout = shutdown_timeout
+        self.migrator = migrator or migrator_for(domains.uri)
+        self.resync_interval = resync_interval
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._busy: dict[str, Future[None]] = {}
+        self._busy_lock = threading.Lock()
+        # Starts are serialised: the free-memory check and the start must not interleave.
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.reports: dict[str, str] = {}
+        """VMs this node reports but leaves alone (unmanaged, blocked), with the reason."""
+
+    # -- thread control --------------------------------------------------------
+
+    def start(self) -> None:
+        """Run passes in a background thread until `stop`."""
+        self._stop.clear()
+        self.store.client.DataWatch(schema.VMS, self._on_vms_changed)
+        self._wake.set()
+        self._thread = threading.Thread(target=self._loop, name=f"vm-reconciler-{self.node}", daemon=True)
+        self._thread.start()
+        log.info("VM reconciler of node %s started (libvirt %s)", self.node, self.domains.uri)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop passing; actions under way finish in the background (VMs keep running)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._busy_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _on_vms_changed(self, _data: bytes | None, _stat: object) -> bool:
+        if self._stop.is_set():
+            return False  # kazoo removes the watch
+        self._wake.set()
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.resync_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_once()
+            except StoreUnavailable as exc:
+                log.warning("VM pass on node %s skipped: ZooKeeper unreachable (%s)", self.node, exc)
+            except (StoreError, DomainError) as exc:
+                log.error("VM pass on node %s failed: %s", self.node, exc)
+            except Exception:  # a bug must not end the loop: log it and try again next pass
+                log.exception("VM pass on node %s failed unexpectedly", self.node)
+
+    # -- one pass --------------------------------------------------------------
+
+    def run_once(self, wait_for_actions: bool = False) -> list[Action]:
+        """Decide and start this pass's actions; with `wait_for_actions`, return once they are done."""
+        views, damaged = vms.read_vms(self.store)
+        domains = self.domains.list()
+        for name, problem in damaged.items():
+            self._report(name, f"VM {name} has a damaged record and is left alone: {problem}")
+        actions = decide(self.node, views, domains)
+        started: list[Future[None]] = []
+        current_reports: set[str] = set(damaged)
+        for action in actions:
+            if action.act in REPORT_ONLY:
+                current_reports.add(action.vm)
+                self._report(action.vm, action.note)
+                continue
+            future = self._submit(action)
+            if future is not None:
+                started.append(future)
+        for name in set(self.reports) - current_reports:
+            log.info("VM %s on node %s: no longer reported (%s)", name, self.node, self.reports.pop(name))
+        if wait_for_actions:
+            wait(started)
+        return actions
+
+    def _report(self, vm: str, note: str) -> None:
+        if self.reports.get(vm) != note:
+            log.warning("Node %s leaves VM %s alone: %s", self.node, vm, note)
+            self.reports[vm] = note
+
+    def _submit(self, action: Action) -> Future[None] | None:
+        with self._busy_lock:
+            if action.vm in self._busy or self._stop.is_set():
+                return None
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"vm-{self.node}")
+            future = self._pool.submit(self._execute, action)
+            self._busy[action.vm] = future
+        return future
+
+    def _execute(self, action: Action) -> None:
+        handlers: dict[Act, Callable[[Action, VmView], None]] = {
+            Act.START: self._start,
+            Act.RESTART: self._restart,
+            Act.SHUTDOWN: self._shutdown,
+            Act.STOP: self._stop_now,
+            Act.REPORT_RUNNING: self._report_running,
+            Act.REPORT_STOPPED: self._report_stopped,
+            Act.GUEST_STOPPED: self._guest_stopped,
+            Act.MIGRATE_OUT: self._migrate_out,
+            Act.RELEASE: self._release,
+            Act.FINISH_MOVE: self._finish_move,
+        }
+        try:
+            fresh = self._still_wanted(action)
+            if fresh is not None:
+                handlers[action.act](action, fresh)
+        except VersionConflict:
+            log.info("VM %s changed in ZooKeeper while node %s acted on it; looking again", action.vm, self.node)
+        except StoreUnavailable as exc:
+            log.warning("VM %s on node %s: ZooKeeper unreachable (%s); retrying next pass", action.vm, self.node, exc)
+        except (StoreError, DomainError) as exc:
+            log.error("VM %s on node %s: %s failed: %s; retrying next pass", action.vm, self.node, action.act, exc)
+        except Exception:  # one VM's bug must not take the others down
+            log.exception("VM %s on node %s: %s failed unexpectedly", action.vm, self.node, action.act)
+        finally:
+            with self._busy_lock:
+                self._busy.pop(action.vm, None)
+            self._wake.set()
+
+    def _still_wanted(self, action: Action) -> VmView | None:
+        """The VM as it is now, if the action decided on the pass's snapshot still holds.
+
+        A pass reads everything first and its actions start later; in between,
+        an operator or an earlier action may have changed the VM. Deciding
+        again on a fresh read keeps a stale snapshot from, say, stopping a VM
+        that was just started again.
+        """
+        fresh = vms.read_vm(self.store, action.vm)
+        if fresh is None:
+            return None
+        again = decide_vm(self.node, fresh, self.domains.info(action.vm))
+        if again != action:
+            log.debug("VM %s on node %s: %s no longer needed (now %s)", action.vm, self.node, action.act, again)
+            return None
+        return fresh
+
+    # -- actions ---------------------------------------------------------------
+
+    def _status(self, state: ActualState, message: str | None = None) -> VmStatus:
+        return VmStatus(node=self.node, state=state, message=message)
+
+    def _start(self, action: Action, view: VmView) -> None:
+        view = self._start_domain(view)
+        if view is None:
+            return
+        write = vms.VmWrite(self.store, view).status(self._status(ActualState.RUNNING))
+        if action.then is not None:
+            write.record(view.record.with_state(action.then))
+        write.commit()
+        log.info("VM %s started on node %s", view.name, self.node)
+
+    def _start_domain(self, view: VmView) -> VmView | None:
+        """Claim the VM, check memory, define and start it; on failure put it in `fail` and return None.
+
+        The claim (status `starting`, checked against the record version the
+        decision was made on) comes first: once it is in ZooKeeper no other
+        node starts the VM and no direct move can take it away unnoticed.
+        """
+        record = view.record
+        with self._start_lock:
+            shortfall = memory_shortfall(record.name, record.memory_mib, self.domains.free_memory_mib(), self.node)
+            if shortfall is not None:
+                self._fail(view, shortfall)
+                return None
+            view = vms.VmWrite(self.store, view).check_record().status(self._status(ActualState.STARTING)).commit()
+            try:
+                self.domains.start(record.name, record.xml)
+            except DomainError as exc:
+                self._fail(view, str(exc))
+                return None
+        return view
+
+    def _fail(self, view: VmView, reason: str) -> None:
+        """Put the VM in `fail` with `reason`, the status telling whether it still runs here.
+
+        A move that brought the VM here is over too: the same transaction ends it.
+        """
+        try:
+            running = self.domains.is_running(view.name)
+            if not running:
+                self.domains.undefine(view.name)
+        except DomainError as exc:
+            reason = f"{reason}; then: {exc}"
+            running = True
+        state = ActualState.RUNNING if running else ActualState.STOPPED
+        log.error("VM %s failed on node %s: %s", view.name, self.node, reason)
+        write = vms.VmWrite(self.store, view).record(view.record.with_state(VmState.FAIL, reason))
+        if view.migration is not None and view.migration.target == self.node:
+            write.delete_migration()
+        write.status(self._status(state, reason)).commit()
+
+    def _restart(self, action: Action, view: VmView) -> None:
+        view = vms.VmWrite(self.store, view).status(self._status(ActualState.STOPPING, "restarting")).commit()
+        try:
+            outcome = self.domains.shutdown(view.name, self.shutdown_timeout)
+        except DomainError as exc:
+            self._fail(view, str(exc))
+            return
+        log.info("VM %s on node %s %s; starting it again", view.name, self.node, outcome)
+        self._start(action, view)
+
+    def _shutdown(self, action: Action, view: VmView) -> None:
+        view = vms.VmWrite(self.store, view).status(self._status(ActualState.STOPPING)).commit()
+        try:
+            outcome = self.domains.shutdown(view.name, self.shutdown_timeout)
+        except DomainError as exc:
+            self._fail(view, str(exc))
+            return
+        self._stopped(view, action, outcome)
+
+    def _stop_now(self, action: Action, view: VmView) -> None:
+        try:
+            self.domains.destroy(view.name)
+            self.domains.undefine(view.name)
+        except DomainError as exc:
+            self._fail(view, str(exc))
+            return
+        self._stopped(view, action, "destroyed")
+
+    def _stopped(self, view: VmView, action: Action, outcome: str) -> None:
+        write = vms.VmWrite(self.store, view).status(self._status(ActualState.STOPPED, outcome))
+        if action.then is not None:
+            write.record(view.record.with_state(action.then, view.record.reason))
+        write.commit()
+        log.info("VM %s on node %s %s", view.name, self.node, outcome)
+
+    def _report_running(self, action: Action, view: VmView) -> None:
+        write = vms.VmWrite(self.store, view).status(self._status(ActualState.RUNNING))
+        if action.then is not None:
+            write.record(view.record.with_state(action.then))
+        write.commit()
+
+    def _report_stopped(self, action: Action, view: VmView) -> None:
+        try:
+            self.domains.undefine(view.name)
+        except DomainError as exc:
+            log.error("VM %s on node %s: %s", view.name, self.node, exc)
+        write = vms.VmWrite(self.store, view)
+        status = view.status
+        if not status.active or status.node == self.node:
+            write.status(self._status(ActualState.STOPPED, status.message))
+        if action.then is not None:
+            write.record(view.record.with_state(action.then, view.record.reason))
+        write.commit()
+
+    def _guest_stopped(self, action: Action, view: VmView) -> None:
+        reason = f"the guest shut itself down on {self.node}"
+        log.info("VM %s: %s; recording it as stopped", view.name, reason)
+        try:
+            self.domains.undefine(view.name)
+        except DomainError as exc:
+            log.error("VM %s on node %s: %s", view.name, self.node, exc)
+        vms.VmWrite(self.store, view).status(self._status(ActualState.STOPPED, reason)).record(
+            view.record.with_state(VmState.STOP, reason)
+        ).commit()
+
+    # -- moves -----------------------------------------------------------------
+
+    def _migrate_out(self, action: Action, view: VmView) -> None:
+        """Source of a move, VM running here: migrate (or shut down), then release."""
+        migration = view.migration
+        assert migration is not None
+        if migration.method == MigrationMethod.LIVE:
+            view = vms.VmWrite(self.store, view).migration(
+                dataclasses.replace(migration, phase=MovePhase.MIGRATING)
+            ).status(self._status(ActualState.MIGRATING, f"migrating to {migration.target}")).commit()
+            target_info = nodes.read_node(self.store, migration.target)
+            address = migration_address(target_info.info if target_info else {}, migration.target)
+            try:
+                self.migrator.migrate(self.domains, view.name, address)
+            except MigrationFailed as exc:
+                log.warning("VM %s: %s; falling back to a shutdown-migrate", view.name, exc)
+            else:
+                if self.migrator.leaves_running:
+                    status = VmStatus(migration.target, ActualState.RUNNING, f"live-migrated from {self.node}")
+                else:
+                    status = self._status(ActualState.STOPPED, f"left {self.node} by {self.migrator.how} migration")
+                self._release_now(view, self.migrator.how, status)
+                return
+        view = vms.VmWrite(self.store, view).status(
+            self._status(ActualState.STOPPING, f"shutting down to move to {migration.target}")
+        ).commit()
+        try:
+            outcome = self.domains.shutdown(view.name, self.shutdown_timeout)
+        except DomainError as exc:
+            self._abort_move(view, str(exc))
+            return
+        self._release_now(view, "shutdown", self._status(ActualState.STOPPED, f"{outcome} to move to {migration.target}"))
+
+    def _release(self, action: Action, view: VmView) -> None:
+        """Source of a move with nothing running here: tidy up and release at once."""
+        try:
+            self.domains.undefine(view.name)
+        except DomainError as exc:
+            log.error("VM %s on node %s: %s", view.name, self.node, exc)
+        status = view.status
+        if status.active and status.node != self.node:
+            # Another node reports the VM (the target, after a live migration this node
+            # did not get to release): its status stays, and the target sees its own domain.
+            self._release_now(view, "not_running", None)
+            return
+        self._release_now(view, "not_running", self._status(ActualState.STOPPED, status.message))
+
+    def _release_now(self, view: VmView, how: str, status: VmStatus | None) -> None:
+        migration = view.migration
+        assert migration is not None
+        write = vms.VmWrite(self.store, view).migration(migration.released(how))
+        if status is not None:
+            write.status(status)
+        write.commit()
+        log.info("VM %s released by node %s to %s (%s)", view.name, self.node, migration.target, how)
+
+    def _abort_move(self, view: VmView, reason: str) -> None:
+        """The source could not let the VM go: keep it here, in `fail`, and cancel the move."""
+        migration = view.migration
+        assert migration is not None
+        running = self.domains.is_running(view.name)
+        reason = f"move to {migration.target} failed: {reason}"
+        log.error("VM %s on node %s: %s", view.name, self.node, reason)
+        record = dataclasses.replace(
+            view.record, node=self.node, lastnode=migration.previous_lastnode, state=VmState.FAIL, reason=reason
+        )
+        vms.VmWrite(self.store, view).record(record).delete_migration().status(
+            self._status(ActualState.RUNNING if running else ActualState.STOPPED, reason)
+        ).commit()
+
+    def _finish_move(self, action: Action, view: VmView) -> None:
+        """Target of a released move: start the VM if it should run, then close the move."""
+        migration = view.migration
+        assert migration is not None
+        record = view.record
+        then = VmState.START if record.state in (VmState.MIGRATE, VmState.UNMIGRATE) else record.state
+        if self.domains.is_running(view.name):
+            status = self._status(ActualState.RUNNING, f"arrived from {migration.source} ({migration.how})")
+        elif record.state in SHOULD_RUN:
+            started = self._start_domain(view)
+            if started is None:
+                return
+            view = started
+            status = self._status(ActualState.RUNNING, f"started after {migration.how} move from {migration.source}")
+        else:
+            status = view.status
+        write = vms.VmWrite(self.store, view).delete_migration().record(dataclasses.replace(view.record, state=then))
+        if status != view.status:
+            write.status(status)
+        write.commit()
+        log.info("VM %s arrived on node %s from %s (%s, %s)", view.name, self.node, migration.source, migration.kind, migration.how)

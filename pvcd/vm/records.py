@@ -1,0 +1,544 @@
+"""VM records: what ZooKeeper holds about a VM, and checking what operators hand in (pure).
+
+Three values per VM (paths in `pvcd.zk.schema`):
+
+* the record (`VmRecord`): the definition, the desired state and the placement;
+  written by the operator tool and by the node that owns the VM;
+* the status (`VmStatus`): what the node that last handled the VM says is
+  actually true; it also says which node may have the domain running, which
+  is what keeps a VM from ever running on two hosts (see docs/vms.md);
+* the migration (`Migration`), present only while the VM moves between nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid as uuid_module
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pvcd.migration.selectors import VmRequest, check_selector
+from pvcd.zk import schema
+
+
+class InvalidVm(ValueError):
+    """Input or a stored value that cannot be a VM; the message says what is wrong."""
+
+
+class VmState(StrEnum):
+    """The desired state of a VM, as the operator (or its node) set it.
+
+    `restart`, `shutdown`, `migrate` and `unmigrate` are requests in progress:
+    the owning node turns them into `start` or `stop` when done. `fail` is set
+    by a node that could not do what was asked; `reason` says why.
+    """
+
+    START = "start"
+    RESTART = "restart"
+    SHUTDOWN = "shutdown"
+    STOP = "stop"
+    DISABLE = "disable"
+    MIGRATE = "migrate"
+    UNMIGRATE = "unmigrate"
+    FAIL = "fail"
+
+
+SHOULD_RUN = frozenset({VmState.START, VmState.RESTART, VmState.MIGRATE, VmState.UNMIGRATE})
+"""Desired states in which the VM must end up running."""
+
+IN_PROGRESS = frozenset({VmState.RESTART, VmState.SHUTDOWN, VmState.MIGRATE, VmState.UNMIGRATE})
+"""Desired states an operator command must not overwrite: wait until the node has finished."""
+
+
+class MigrationMethod(StrEnum):
+    """How a running VM changes node: `live` tries a live migration and falls
+    back to `shutdown` (stop here, start there) if it fails; `shutdown` always
+    stops and starts it."""
+
+    LIVE = "live"
+    SHUTDOWN = "shutdown"
+
+
+class ActualState(StrEnum):
+    """What the node in `VmStatus.node` reports about the VM's domain."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    MIGRATING = "migrating"
+    STOPPED = "stopped"
+
+
+class MovePhase(StrEnum):
+    """`requested`: the source has not acted yet; `migrating`: a live migration
+    is under way; `released`: the source no longer runs the VM (it stopped it,
+    or libvirt moved it to the target)."""
+
+    REQUESTED = "requested"
+    MIGRATING = "migrating"
+    RELEASED = "released"
+
+
+class MoveKind(StrEnum):
+    """`migrate` remembers the old node in `lastnode`, `unmigrate` goes back to
+    it, `move` is permanent and clears it."""
+
+    MIGRATE = "migrate"
+    UNMIGRATE = "unmigrate"
+    MOVE = "move"
+
+
+_MIB = 1024 * 1024
+_MEMORY_UNITS = {
+    "b": 1, "bytes": 1,
+    "kb": 1000, "k": 1024, "kib": 1024,
+    "mb": 1000**2, "m": 1024**2, "mib": 1024**2,
+    "gb": 1000**3, "g": 1024**3, "gib": 1024**3,
+    "tb": 1000**4, "t": 1024**4, "tib": 1024**4,
+}
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """The facts pvcd needs from a libvirt domain XML, and the XML to store."""
+
+    name: str
+    uuid: str
+    memory_mib: int
+    vcpus: int
+    xml: str
+
+
+def parse_domain_xml(text: str) -> DomainSpec:
+    """Check a domain XML and extract its name, UUID, memory and vCPUs.
+
+    libvirt would refuse most of these mistakes only when a node starts the VM;
+    catching them here keeps bad input out of ZooKeeper. A domain without a
+    `<uuid>` gets one, so ZooKeeper and every libvirt host agree on it.
+    """
+    try:
+        root = ElementTree.fromstring(text, parser=ElementTree.XMLParser(target=ElementTree.TreeBuilder(insert_comments=True)))
+    except ElementTree.ParseError as exc:
+        raise InvalidVm(f"malformed domain XML: {exc}") from exc
+    if root.tag != "domain":
+        raise InvalidVm(f"domain XML: the root element is <{root.tag}>, expected <domain>")
+    if not root.get("type"):
+        raise InvalidVm("domain XML: <domain> has no type attribute (e.g. type='kvm')")
+    name = (root.findtext("name") or "").strip()
+    if not name:
+        raise InvalidVm("domain XML: <name> is missing or empty")
+    check_vm_name(name)
+    uuid_text = (root.findtext("uuid") or "").strip()
+    if uuid_text:
+        try:
+            uuid = str(uuid_module.UUID(uuid_text))
+        except ValueError as exc:
+            raise InvalidVm(f"domain XML: <uuid> {uuid_text!r} is not a UUID") from exc
+    else:
+        uuid = str(uuid_module.uuid4())
+        element = ElementTree.Element("uuid")
+        element.text = uuid
+        root.insert(list(root).index(root.find("name")) + 1, element)
+        text = ElementTree.tostring(root, encoding="unicode")
+    return DomainSpec(name=name, uuid=uuid, memory_mib=_memory_mib(root), vcpus=_vcpus(root), xml=text)
+
+
+def _memory_mib(root: ElementTree.Element) -> int:
+    element = root.find("memory")
+    if element is None or not (element.text or "").strip():
+        raise InvalidVm("domain XML: <memory> is missing")
+    unit = (element.get("unit") or "KiB").lower()
+    if unit not in _MEMORY_UNITS:
+        raise InvalidVm(f"domain XML: <memory unit={element.get('unit')!r}> is not a libvirt memory unit")
+    try:
+        amount = int(element.text.strip())  # type: ignore[union-attr]
+    except ValueError as exc:
+        raise InvalidVm(f"domain XML: <memory> {element.text!r} is not a whole number") from exc
+    if amount <= 0:
+        raise InvalidVm("domain XML: <memory> must be positive")
+    return math.ceil(amount * _MEMORY_UNITS[unit] / _MIB)
+
+
+def _vcpus(root: ElementTree.Element) -> int:
+    """The vCPUs the VM starts with (`current`, else the maximum); libvirt's default is 1."""
+    element = root.find("vcpu")
+    if element is None:
+        return 1
+    value = element.get("current") or (element.text or "").strip()
+    try:
+        vcpus = int(value)
+    except ValueError as exc:
+        raise InvalidVm(f"domain XML: <vcpu> {value!r} is not a whole number") from exc
+    if vcpus <= 0:
+        raise InvalidVm("domain XML: <vcpu> must be positive")
+    return vcpus
+
+
+def check_vm_name(name: str) -> str:
+    try:
+        return schema.validate_name(name)
+    except ValueError as exc:
+        raise InvalidVm(f"VM name {name!r} cannot be used: it must be a single path component without surrounding spaces") from exc
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    """The VM's record in ZooKeeper.
+
+    `node` is the one node the VM belongs to; `lastnode` the node it was
+    migrated away from (for `unmigrate` and a node's `ready`), or None.
+    `reason` explains the state when a node set it (`fail`, a guest that shut
+    itself down, a VM a flush could not place); operator commands clear it.
+    `node_autostart` asks the node to start the VM when it next becomes ready.
+    """
+
+    name: str
+    uuid: str
+    xml: str
+    memory_mib: int
+    vcpus: int
+    state: VmState
+    node: str
+    reason: str | None = None
+    lastnode: str | None = None
+    node_limit: tuple[str, ...] = ()
+    node_selector: str | None = None
+    node_autostart: bool = False
+    migration_method: MigrationMethod = MigrationMethod.LIVE
+
+    def to_json(self) -> dict[str, Any]:
+        value = dataclasses.asdict(self)
+        value["node_limit"] = list(self.node_limit)
+        value["state"] = str(self.state)
+        value["migration_method"] = str(self.migration_method)
+        return value
+
+    @classmethod
+    def from_json(cls, value: Any) -> "VmRecord":
+        if not isinstance(value, dict):
+            raise InvalidVm(f"VM record is not an object: {value!r}")
+        try:
+            return cls(
+                name=_text(value, "name"),
+                uuid=_text(value, "uuid"),
+                xml=_text(value, "xml"),
+                memory_mib=int(value["memory_mib"]),
+                vcpus=int(value["vcpus"]),
+                state=VmState(value["state"]),
+                node=_text(value, "node"),
+                reason=value.get("reason"),
+                lastnode=value.get("lastnode"),
+                node_limit=tuple(value.get("node_limit") or ()),
+                node_selector=value.get("node_selector"),
+                node_autostart=bool(value.get("node_autostart", False)),
+                migration_method=MigrationMethod(value.get("migration_method", MigrationMethod.LIVE)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidVm(f"VM record {value.get('name')!r} is not valid: {exc!r}") from exc
+
+    def with_state(self, state: VmState, reason: str | None = None) -> "VmRecord":
+        return dataclasses.replace(self, state=state, reason=reason)
+
+    def request(self, target: str | None = None) -> VmRequest:
+        """This VM as the placement planner sees it."""
+        return VmRequest(
+            name=self.name,
+            memory_mib=self.memory_mib,
+            vcpus=self.vcpus,
+            current_node=self.node,
+            node_limit=self.node_limit,
+            selector=self.node_selector,
+            target=target,
+        )
+
+
+def _text(value: dict[str, Any], key: str) -> str:
+    found = value[key]
+    if not isinstance(found, str) or not found:
+        raise ValueError(f"{key} must be a non-empty string")
+    return found
+
+
+def new_record(
+    spec: DomainSpec,
+    node: str,
+    node_limit: tuple[str, ...] = (),
+    node_selector: str | None = None,
+    node_autostart: bool = False,
+    migration_method: str = MigrationMethod.LIVE,
+) -> VmRecord:
+    """A freshly defined VM: stopped on `node` (starting it is a separate command, as in libvirt)."""
+    if node_selector is not None:
+        try:
+            check_selector(node_selector)
+        except ValueError as exc:
+            raise InvalidVm(str(exc)) from exc
+    try:
+        method = MigrationMethod(migration_method)
+    except ValueError as exc:
+        raise InvalidVm(
+            f"unknown migration method {migration_method!r}; valid methods: {', '.join(MigrationMethod)}"
+        ) from exc
+    return VmRecord(
+        name=spec.name,
+        uuid=spec.uuid,
+        xml=spec.xml,
+        memory_mib=spec.memory_mib,
+        vcpus=spec.vcpus,
+        state=VmState.STOP,
+        node=node,
+        node_limit=tuple(node_limit),
+        node_selector=node_selector,
+        node_autostart=node_autostart,
+        migration_method=method,
+    )
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    """The actual state of a VM, as reported by the node that handled it last.
+
+    While `state` is anything but `stopped`, `node` is the only host that may
+    have the domain running, and no other node starts the VM.
+    """
+
+    node: str | None
+    state: ActualState
+    message: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state != ActualState.STOPPED
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "state": str(self.state), "message": self.message}
+
+    @classmethod
+    def from_json(cls, value: Any) -> "VmStatus":
+        if not isinstance(value, dict):
+            return STATUS_NEW
+        try:
+            return cls(node=value.get("node"), state=ActualState(value["state"]), message=value.get("message"))
+        except (KeyError, ValueError) as exc:
+            raise InvalidVm(f"VM status is not valid: {exc!r}") from exc
+
+
+STATUS_NEW = VmStatus(node=None, state=ActualState.STOPPED, message="defined, never started")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A move of the VM from `source` to `target` in progress.
+
+    Created in the same transaction that changes the record's `node`, so a VM
+    is assigned to exactly one node at every moment. The target starts the VM
+    only once `phase` is `released`. `previous_lastnode` lets the source put
+    the record back as it was if it cannot let the VM go. `how` records what
+    the source did (`live`, `simulated`, `shutdown`, `not_running`).
+    """
+
+    id: str
+    kind: MoveKind
+    source: str
+    target: str
+    method: MigrationMethod
+    phase: MovePhase
+    previous_lastnode: str | None = None
+    how: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": str(self.kind),
+            "from": self.source,
+            "to": self.target,
+            "method": str(self.method),
+            "phase": str(self.phase),
+            "previous_lastnode": self.previous_lastnode,
+            "how": self.how,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> "Migration":
+        if not isinstance(value, dict):
+            raise InvalidVm(f"migration record is not an object: {value!r}")
+        try:
+            return cls(
+                id=str(value["id"]),
+                kind=MoveKind(value["kind"]),
+                source=_text(value, "from"),
+                target=_text(value, "to"),
+                method=MigrationMethod(value["method"]),
+                phase=MovePhase(value["phase"]),
+                previous_lastnode=value.get("previous_lastnode"),
+                how=value.get("how"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidVm(f"migration record is not valid: {exc!r}") from exc
+
+    def released(self, how: str) -> "Migration":
+        return dataclasses.replace(self, phase=MovePhase.RELEASED, how=how)
+
+
+@dataclass(frozen=True)
+class VmView:
+    """One VM as read from ZooKeeper: its three values and their versions, for version-checked writes."""
+
+    record: VmRecord
+    record_version: int
+    status: VmStatus
+    status_version: int
+    migration: Migration | None = None
+    migration_version: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+
+# -- Operator commands (pure rules; the CLI and the flush runner apply them) ---
+
+_ALLOWED_FROM: dict[VmState, frozenset[VmState]] = {
+    VmState.START: frozenset({VmState.STOP, VmState.DISABLE, VmState.FAIL}),
+    VmState.RESTART: frozenset({VmState.START}),
+    VmState.SHUTDOWN: frozenset({VmState.START, VmState.FAIL}),
+    VmState.STOP: frozenset(VmState) - {VmState.STOP},
+    VmState.DISABLE: frozenset(VmState) - {VmState.DISABLE},
+}
+_ALLOWED_WHILE_MOVING = frozenset({VmState.STOP, VmState.DISABLE})
+
+
+class NothingToDo(Exception):
+    """The VM is already as asked; not an error."""
+
+
+def state_change(view: VmView, wanted: VmState) -> VmRecord:
+    """The record after an operator asks for `wanted`; raises InvalidVm (refused) or NothingToDo.
+
+    Requests in progress are not overwritten (a restart half done would be
+    lost), except by `stop`/`disable`, the operator's way out of anything.
+    """
+    record = view.record
+    if wanted not in _ALLOWED_FROM:
+        raise InvalidVm(f"{wanted} is not a state an operator sets directly")
+    if record.state == wanted:
+        raise NothingToDo(f"VM {record.name} is already {wanted}")
+    if view.migration is not None and wanted not in _ALLOWED_WHILE_MOVING:
+        raise InvalidVm(
+            f"VM {record.name} is moving from {view.migration.source} to {view.migration.target}; "
+            f"wait until it has arrived"
+        )
+    if record.state not in _ALLOWED_FROM[wanted]:
+        raise InvalidVm(f"VM {record.name} is {record.state}; {wanted} needs it to be {_either(_ALLOWED_FROM[wanted])}")
+    return record.with_state(wanted)
+
+
+def _either(states: frozenset[VmState]) -> str:
+    return " or ".join(sorted(states))
+
+
+def move_target(view: VmView, kind: MoveKind, target: str | None, force: bool = False) -> str | None:
+    """The explicit target of a move, or None to let the planner choose; raises InvalidVm if refused."""
+    record = view.record
+    if view.migration is not None:
+        raise InvalidVm(
+            f"VM {record.name} is already moving from {view.migration.source} to {view.migration.target}"
+        )
+    if record.state in IN_PROGRESS:
+        raise InvalidVm(f"VM {record.name} is busy ({record.state} in progress); try again when it is done")
+    if kind == MoveKind.UNMIGRATE:
+        if record.lastnode is None:
+            raise InvalidVm(f"VM {record.name} has not been migrated (no lastnode to return to)")
+        return record.lastnode
+    if kind == MoveKind.MIGRATE and record.lastnode is not None and not force:
+        raise InvalidVm(
+            f"VM {record.name} was already migrated from {record.lastnode}; "
+            f"unmigrate it, or use --force to migrate it again (it keeps {record.lastnode} as lastnode)"
+        )
+    if target is not None and target == record.node:
+        raise InvalidVm(f"VM {record.name} is already on {target}")
+    return target
+
+
+def next_lastnode(record: VmRecord, kind: MoveKind, target: str) -> str | None:
+    """`migrate` remembers where the VM came from (keeping an earlier home on a forced
+    re-migration), `unmigrate` and `move` forget it; arriving home forgets it too."""
+    if kind != MoveKind.MIGRATE:
+        return None
+    home = record.lastnode or record.node
+    return None if home == target else home
+
+
+def needs_handshake(view: VmView) -> bool:
+    """Whether a move must wait for the current node to release the VM.
+
+    Only a VM that nobody may be running (status stopped) and that nobody is
+    about to start (desired state not a running one) changes node directly.
+    """
+    return view.status.active or view.record.state in SHOULD_RUN or view.record.state == VmState.SHUTDOWN
+
+
+def moved(view: VmView, kind: MoveKind, target: str, move_id: str, lastnode: str | None) -> tuple[VmRecord, Migration | None]:
+    """The record (and migration, if a handshake is needed) for moving the VM to `target`."""
+    record = view.record
+    running = record.state in SHOULD_RUN
+    state = record.state
+    if running:
+        state = VmState.UNMIGRATE if kind == MoveKind.UNMIGRATE else VmState.MIGRATE
+    new_record = dataclasses.replace(record, node=target, lastnode=lastnode, state=state, reason=None if running else record.reason)
+    if not needs_handshake(view):
+        return new_record, None
+    migration = Migration(
+        id=move_id,
+        kind=kind,
+        source=record.node,
+        target=target,
+        method=record.migration_method,
+        phase=MovePhase.REQUESTED,
+        previous_lastnode=record.lastnode,
+    )
+    return new_record, migration
+
+
+def after_fence(view: VmView, dead: str, replacement: str | None) -> tuple[VmRecord, Migration | None, VmStatus]:
+    """What becomes of a VM once node `dead` is confirmed powered off (for the fencing flow).
+
+    Returns the record, the migration to keep (None: delete it, if any) and
+    the status, to be written in one transaction (`vms.write_after_fence`).
+
+    * Moving away from `dead`: released to its target, which finds it running
+      (a live migration that completed) or starts it.
+    * Moving to `dead` but not yet released: the source may still run it, so
+      its status stays; the move is redirected to `replacement`, or cancelled
+      (the VM stays on its source) when there is none.
+    * Any other VM of `dead`: nothing runs there any more (status `stopped`);
+      it goes to `replacement` (chosen by the planner) with `dead` as
+      lastnode, so `pvc node ready` brings it home, and starts there if it
+      should run. With no replacement it stays, in `fail` if it should run.
+    """
+    record, migration = view.record, view.migration
+    fenced = VmStatus(dead, ActualState.STOPPED, f"node {dead} was fenced")
+    if migration is not None and migration.phase != MovePhase.RELEASED:
+        if migration.source == dead:
+            return record, migration.released("fenced"), fenced
+        if migration.target == dead:
+            if replacement is None or replacement == migration.source:
+                back = VmState.START if record.state in SHOULD_RUN else record.state
+                restored = dataclasses.replace(record, node=migration.source, lastnode=migration.previous_lastnode, state=back)
+                return restored, None, view.status
+            return dataclasses.replace(record, node=replacement), dataclasses.replace(migration, target=replacement), view.status
+    if replacement is None or replacement == dead:
+        if record.state in SHOULD_RUN:
+            record = record.with_state(VmState.FAIL, f"node {dead} was fenced and no node could take the VM")
+        return dataclasses.replace(record, node=dead), None, fenced
+    if record.state in SHOULD_RUN:
+        state = VmState.START
+    elif record.state == VmState.SHUTDOWN:
+        state = VmState.STOP
+    else:
+        state = record.state
+    moved_record = dataclasses.replace(record, node=replacement, lastnode=record.lastnode or dead, state=state, reason=None)
+    return moved_record, None, fenced

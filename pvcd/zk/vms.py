@@ -1,0 +1,196 @@
+"""VM records in ZooKeeper: reads, and every write as one version-checked transaction.
+
+The rules about *what* may be written live in `pvcd.vm.records` and the
+callers; this module only makes each change atomic. Every transaction also
+bumps the version of `/pvc/vms`, which is how nodes hear of VM changes with a
+single watch each (see `schema.VMS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from pvcd.vm.records import (
+    STATUS_NEW,
+    InvalidVm,
+    Migration,
+    VmRecord,
+    VmStatus,
+    VmView,
+)
+from pvcd.zk import schema
+from pvcd.zk.store import Store, Transaction
+
+log = logging.getLogger(__name__)
+
+
+def ensure_paths(store: Store) -> None:
+    store.ensure_schema()
+    store.ensure_path(schema.VMS)
+    store.ensure_path(schema.VM_UUIDS)
+
+
+def read_vm(store: Store, name: str) -> VmView | None:
+    """One VM, or None if there is no such VM. Raises InvalidVm on a damaged record."""
+    record = store.get(schema.vm(name))
+    if record is None:
+        return None
+    status = store.get(schema.vm_status(name))
+    migration = store.get(schema.vm_migration(name))
+    return VmView(
+        record=VmRecord.from_json(record.value),
+        record_version=record.version,
+        status=VmStatus.from_json(status.value) if status else STATUS_NEW,
+        status_version=status.version if status else -1,
+        migration=Migration.from_json(migration.value) if migration else None,
+        migration_version=migration.version if migration else None,
+    )
+
+
+def read_vms(store: Store) -> tuple[dict[str, VmView], dict[str, str]]:
+    """Every VM by name, and the damaged ones with the reason they cannot be read.
+
+    One bad record must not hide the others from the reconciler or the CLI.
+    """
+    views: dict[str, VmView] = {}
+    damaged: dict[str, str] = {}
+    for name in store.children(schema.VMS):
+        try:
+            view = read_vm(store, name)
+        except InvalidVm as exc:
+            damaged[name] = str(exc)
+            continue
+        if view is not None:
+            views[name] = view
+    return views, damaged
+
+
+def vms_version(store: Store) -> int | None:
+    """The change counter of all VMs (the version of `/pvc/vms`)."""
+    found = store.get(schema.VMS)
+    return found.version if found else None
+
+
+class VmWrite:
+    """One transaction on one VM, each write checked against the versions in `view`.
+
+    `commit` returns the view as it is after the transaction, so an action
+    with several steps (claim, start, report) chains its writes without
+    re-reading.
+    """
+
+    def __init__(self, store: Store, view: VmView) -> None:
+        self._txn: Transaction = store.transaction()
+        self._view = view
+        self._after = view
+
+    def check_record(self) -> "VmWrite":
+        self._txn.check(schema.vm(self._view.name), self._view.record_version)
+        return self
+
+    def record(self, record: VmRecord) -> "VmWrite":
+        self._txn.set(schema.vm(self._view.name), record.to_json(), self._view.record_version)
+        self._after = dataclasses.replace(self._after, record=record, record_version=self._view.record_version + 1)
+        return self
+
+    def status(self, status: VmStatus) -> "VmWrite":
+        path = schema.vm_status(self._view.name)
+        if self._view.status_version < 0:
+            self._txn.create(path, status.to_json())
+        else:
+            self._txn.set(path, status.to_json(), self._view.status_version)
+        self._after = dataclasses.replace(self._after, status=status, status_version=self._view.status_version + 1)
+        return self
+
+    def check_status(self) -> "VmWrite":
+        if self._view.status_version >= 0:
+            self._txn.check(schema.vm_status(self._view.name), self._view.status_version)
+        return self
+
+    def create_migration(self, migration: Migration) -> "VmWrite":
+        self._txn.create(schema.vm_migration(self._view.name), migration.to_json())
+        self._after = dataclasses.replace(self._after, migration=migration, migration_version=0)
+        return self
+
+    def migration(self, migration: Migration) -> "VmWrite":
+        assert self._view.migration_version is not None, "no migration to update"
+        self._txn.set(schema.vm_migration(self._view.name), migration.to_json(), self._view.migration_version)
+        self._after = dataclasses.replace(
+            self._after, migration=migration, migration_version=self._view.migration_version + 1
+        )
+        return self
+
+    def delete_migration(self) -> "VmWrite":
+        assert self._view.migration_version is not None, "no migration to delete"
+        self._txn.delete(schema.vm_migration(self._view.name), self._view.migration_version)
+        self._after = dataclasses.replace(self._after, migration=None, migration_version=None)
+        return self
+
+    def commit(self) -> VmView:
+        self._txn.set(schema.VMS, None, -1)
+        self._txn.commit()
+        return self._after
+
+
+def define(store: Store, record: VmRecord) -> None:
+    """Create the VM's record, its status and its UUID index in one transaction.
+
+    Raises AlreadyExists when the name or the UUID is taken.
+    """
+    ensure_paths(store)
+    (
+        store.transaction()
+        .create(schema.vm(record.name), record.to_json())
+        .create(schema.vm_status(record.name), STATUS_NEW.to_json())
+        .create(schema.vm_uuid(record.uuid), {"name": record.name})
+        .set(schema.VMS, None, -1)
+        .commit()
+    )
+
+
+def remove(store: Store, view: VmView) -> None:
+    """Delete the VM's values, provided nothing changed since `view` was read.
+
+    The status version check is what makes this safe: a node that claimed the
+    VM to start it has changed the status, and the removal is refused.
+    """
+    txn = store.transaction()
+    if view.migration_version is not None:
+        txn.delete(schema.vm_migration(view.name), view.migration_version)
+    if view.status_version >= 0:
+        txn.delete(schema.vm_status(view.name), view.status_version)
+    (
+        txn.delete(schema.vm(view.name), view.record_version)
+        .delete(schema.vm_uuid(view.record.uuid))
+        .set(schema.VMS, None, -1)
+        .commit()
+    )
+
+
+def request_move(store: Store, view: VmView, record: VmRecord, migration: Migration | None) -> VmView:
+    """Change the VM's node in one transaction.
+
+    With a migration record, the old node must release the VM before the new
+    one starts it. Without one (a stopped VM), the transaction checks the
+    status version instead: a node that claimed the VM to start it in the
+    meantime makes the move fail rather than race it.
+    """
+    write = VmWrite(store, view).record(record)
+    if migration is None:
+        write.check_status()
+    else:
+        write.create_migration(migration)
+    return write.commit()
+
+
+def write_after_fence(store: Store, view: VmView, record: VmRecord, migration: Migration | None, status: VmStatus) -> VmView:
+    """Write what `records.after_fence` decided, in one transaction."""
+    write = VmWrite(store, view).status(status)
+    if record != view.record:
+        write.record(record)
+    if migration is not None and migration != view.migration:
+        write.migration(migration)
+    elif migration is None and view.migration is not None:
+        write.delete_migration()
+    return write.commit()

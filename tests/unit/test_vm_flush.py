@@ -1,0 +1,161 @@
+"""Flush and ready decisions, and the node figures the planner gets (pure)."""
+
+from __future__ import annotations
+
+from pvcd.keepalive import StateRecord
+from pvcd.states import DomainState
+from pvcd.vm.flush import (
+    Command,
+    CommandKind,
+    Phase,
+    Report,
+    Trigger,
+    command_to_run,
+    flush_pending,
+    flush_plan,
+    initial_domain_state,
+    return_plan,
+    vms_to_autostart,
+    vms_to_flush,
+    vms_to_return,
+)
+from pvcd.vm.placement import capacities, late_nodes
+from pvcd.vm.records import (
+    STATUS_NEW,
+    ActualState,
+    Migration,
+    MigrationMethod,
+    MoveKind,
+    MovePhase,
+    VmRecord,
+    VmState,
+    VmStatus,
+    VmView,
+)
+from pvcd.zk.nodes import NodeView
+
+ME = "hv1"
+
+
+def vm(name, state=VmState.START, node=ME, memory=1024, lastnode=None, autostart=False, status=None, migration=None):
+    record = VmRecord(name=name, uuid=f"u-{name}", xml="<domain/>", memory_mib=memory, vcpus=1, state=state,
+                      node=node, lastnode=lastnode, node_autostart=autostart)
+    if status is None:
+        status = VmStatus(node, ActualState.RUNNING) if state == VmState.START else STATUS_NEW
+    return VmView(record, 1, status, 1, migration, 0 if migration else None)
+
+
+def node(name, total=8192, allocated=0, running=(), domain="ready", daemon="run", mtime=1_000_000, interval=5):
+    keepalive = {
+        "interval": interval,
+        "memory": {"total": total, "allocated": allocated},
+        "vcpus": {"allocated": len(running)},
+        "load": 0.5,
+        "vms": {"count": len(running), "running": list(running)},
+    }
+    return NodeView(name, {}, StateRecord(daemon, "client", domain), keepalive, mtime, 3)
+
+
+def views(*items):
+    return {v.name: v for v in items}
+
+
+def test_commands_run_once_and_resume_after_a_restart():
+    flush = Command("c1", CommandKind.FLUSH)
+    assert command_to_run(None, None) is None
+    assert command_to_run(flush, None) == flush
+    done = Report("c1", CommandKind.FLUSH, Trigger.COMMAND, Phase.DONE)
+    assert command_to_run(flush, done) is None
+    interrupted = Report("c1", CommandKind.FLUSH, Trigger.COMMAND, Phase.RUNNING)
+    assert command_to_run(flush, interrupted) == flush
+    assert command_to_run(Command("c2", CommandKind.READY), done) == Command("c2", CommandKind.READY)
+    # A flush the node did when it shut down does not replay the operator's last command.
+    shutdown = Report("c1", CommandKind.FLUSH, Trigger.SHUTDOWN, Phase.CANCELLED)
+    assert command_to_run(flush, shutdown) is None
+
+
+def test_initial_domain_state():
+    assert initial_domain_state(None) == DomainState.READY
+    assert initial_domain_state(Report("c", CommandKind.READY, Trigger.COMMAND, Phase.DONE)) == DomainState.READY
+    assert initial_domain_state(Report(None, CommandKind.FLUSH, Trigger.SHUTDOWN, Phase.DONE)) == DomainState.FLUSHED
+
+
+def test_json_round_trips():
+    command = Command.new(CommandKind.READY)
+    assert Command.from_json(command.to_json()) == command
+    assert Command.from_json({"id": "x", "domain": "explode"}) is None
+    report = Report("c", CommandKind.FLUSH, Trigger.COMMAND, Phase.DONE, ("a",), {"b": "why"})
+    assert Report.from_json(report.to_json()) == report
+
+
+def move(source, target, phase=MovePhase.REQUESTED):
+    return Migration("m", MoveKind.MIGRATE, source, target, MigrationMethod.LIVE, phase)
+
+
+def test_what_a_flush_moves_and_waits_for():
+    state = views(
+        vm("run"),
+        vm("stopped", state=VmState.STOP),
+        vm("failed", state=VmState.FAIL, status=VmStatus(ME, ActualState.RUNNING)),
+        vm("elsewhere", node="hv2"),
+        vm("leaving", state=VmState.MIGRATE, node="hv2", migration=move(ME, "hv2")),
+        vm("left", state=VmState.MIGRATE, node="hv2", status=VmStatus(ME, ActualState.STOPPED),
+           migration=move(ME, "hv2", MovePhase.RELEASED)),
+        vm("stopping", state=VmState.SHUTDOWN),
+    )
+    assert [r.name for r in vms_to_flush(ME, state)] == ["run"]
+    assert flush_pending(ME, state) == ["leaving", "run", "stopping"]
+
+
+def test_flush_plan_spreads_and_excludes_the_flushing_node():
+    state = views(*(vm(f"v{i}") for i in range(4)))
+    cluster = [
+        node(ME, allocated=4096, running=list(state), domain="flush"),
+        node("hv2"),
+        node("hv3"),
+    ]
+    plan = flush_plan(ME, state, cluster, frozenset(), "mem")
+    assert sorted(p.node for p in plan.placements) == ["hv2", "hv2", "hv3", "hv3"]
+    assert plan.unplaced == ()
+
+
+def test_late_nodes_are_no_candidates():
+    cluster = [node("hv2", mtime=1_000_000), node("hv3", mtime=1_009_000), node("hv4", mtime=None)]
+    assert late_nodes(cluster, now_ms=1_011_000) == frozenset({"hv2", "hv4"})
+    state = views(vm("v"))
+    plan = flush_plan(ME, state, [node(ME, domain="flush")] + cluster, frozenset({"hv2", "hv4"}), "mem")
+    assert [p.node for p in plan.placements] == ["hv3"]
+
+
+def test_capacities_count_vms_on_their_way_and_forget_those_gone():
+    state = views(
+        vm("arriving", node="hv2", status=VmStatus(ME, ActualState.STOPPED)),
+        vm("gone", node="hv3", status=VmStatus("hv3", ActualState.RUNNING)),
+        vm("staying", node="hv2", status=VmStatus("hv2", ActualState.RUNNING)),
+    )
+    [hv2] = capacities([node("hv2", allocated=2048, running=["gone", "staying"])], state)
+    # +1024 for "arriving" (assigned, not running yet), -1024 for "gone" (runs on hv3 now).
+    assert hv2.memory_allocated_mib == 2048
+    assert hv2.vm_count == 2
+    [flushing] = capacities([node(ME, domain="unflush")], {}, treat_as_ready=ME)
+    assert flushing.accepts_vms
+
+
+def test_what_comes_back_on_ready():
+    state = views(
+        vm("back", node="hv2", lastnode=ME, status=VmStatus("hv2", ActualState.RUNNING)),
+        vm("back-stopped", state=VmState.STOP, node="hv2", lastnode=ME),
+        vm("busy", state=VmState.RESTART, node="hv2", lastnode=ME),
+        vm("not-mine", node="hv2", lastnode="hv3"),
+        vm("auto", state=VmState.STOP, autostart=True),
+        vm("manual", state=VmState.STOP),
+    )
+    running, stopped = vms_to_return(ME, state)
+    assert [r.name for r in running] == ["back"]
+    assert [r.name for r in stopped] == ["back-stopped"]
+    assert [r.name for r in vms_to_autostart(ME, state)] == ["auto"]
+    cluster = [node(ME, domain="unflush", total=1536), node("hv2", allocated=2048, running=["back", "not-mine"])]
+    plan = return_plan(ME, state, cluster, frozenset(), "mem")
+    # Room for one 1024 MiB VM only: the planner takes one of the two, the other stays where it is.
+    assert len(plan.placements) == 1 and len(plan.unplaced) == 1
+    assert plan.placements[0].node == ME
