@@ -1,5 +1,8 @@
 """A standalone ZooKeeper server on 127.0.0.1, for the local cluster and the tests.
 
+It may listen on another local address instead (`client_address`): the
+network namespace tests put it on a bridge their namespaces can reach.
+
 Debian's zookeeper package ships no usable service wrapper without systemd, so the
 server is started straight from its jar. The data directory survives a stop, which
 lets a test stop and restart the same server to simulate a ZooKeeper outage.
@@ -32,16 +35,17 @@ class ZooKeeperServer:
     directory: Path
     port: int
     pid: int | None = None
+    client_address: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.client_address}:{self.port}"
 
     @classmethod
-    def create(cls, directory: Path, port: int | None = None) -> "ZooKeeperServer":
+    def create(cls, directory: Path, port: int | None = None, client_address: str = "127.0.0.1") -> "ZooKeeperServer":
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "data").mkdir(exist_ok=True)
-        return cls(directory=directory, port=port or free_port())
+        return cls(directory=directory, port=port or free_port(), client_address=client_address)
 
     def _write_config(self) -> Path:
         config = self.directory / "zoo.cfg"
@@ -51,7 +55,7 @@ class ZooKeeperServer:
                     f"tickTime={TICK_MS}",
                     f"dataDir={self.directory / 'data'}",
                     f"clientPort={self.port}",
-                    "clientPortAddress=127.0.0.1",
+                    f"clientPortAddress={self.client_address}",
                     "admin.enableServer=false",
                     "4lw.commands.whitelist=ruok,srvr,stat,mntr",
                     "maxClientCnxns=0",
@@ -103,7 +107,7 @@ class ZooKeeperServer:
     def ruok(self) -> bool:
         """True when the server answers the `ruok` four-letter word with `imok`."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as conn:
+            with socket.create_connection((self.client_address, self.port), timeout=1.0) as conn:
                 conn.sendall(b"ruok")
                 return conn.recv(16) == b"imok"
         except OSError:

@@ -244,7 +244,7 @@ class Fencer:
         for node, record in fences.items():
             if record.get("recovered") is not False or record.get("outcome") in (None, FENCING):
                 continue
-            if record.get("recovery") == Recovery.WAIT_OPERATOR and record.get("confirmed_by_operator"):
+            if record.get("confirmed_by_operator"):
                 log.warning("Operator confirmed node %s is off; recovering its VMs", node)
                 self._recover(node)
             elif record.get("recovery") == Recovery.WAIT_SELF_FENCE:

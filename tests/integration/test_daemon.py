@@ -60,8 +60,10 @@ def test_registration_and_keepalive_contents(zk, running_daemon):
     assert info["name"] == "hv1"
     assert info["coordinator"] is True
     assert info["hypervisor"].startswith("test:///")
+    # The only coordinator is elected primary (see test_election.py).
+    wait_for(lambda: read(zk, schema.node_state("hv1"))[0]["coordinator"] == "primary", 10, what="hv1 to be primary")
     state, _ = read(zk, schema.node_state("hv1"))
-    assert state == {"daemon": "run", "coordinator": "secondary", "domain": "ready"}
+    assert state == {"daemon": "run", "coordinator": "primary", "domain": "ready"}
 
     conn = daemon.hypervisor.connection()
     for name, memory, vcpus in (("vm-a", 512, 2), ("vm-b", 1024, 1)):

@@ -1,0 +1,124 @@
+"""`pvc node primary NAME` and `pvc node secondary NAME`: planned coordinator handovers.
+
+The tool never writes a node's state: it writes a handover request that the
+primary acts on (relinquish, then release its claim, so the floating IPs are
+never on two nodes at once), then waits until the role has moved and the new
+primary says so. A request that must be refused is refused before anything
+is written (pvcd.coordinator.handover).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import click
+
+from cli.connection import CliError, connect, resolve_target
+from cli.output import FORMATS, key_values, to_json
+from pvcd.coordinator.claims import Handover, claims_of
+from pvcd.coordinator.handover import HandoverRefused, primary_request, secondary_request
+from pvcd.states import CoordinatorState
+from pvcd.zk import nodes, schema
+from pvcd.zk.nodes import NodeView
+from pvcd.zk.store import AlreadyExists, Store
+
+HANDOVER_WAIT = 15.0
+POLL_INTERVAL = 0.02
+
+_Planner = Callable[[dict[str, NodeView], str | None, Handover | None, bool, str], Handover | None]
+
+
+def register(node_group: click.Group) -> None:
+    """Attach the commands to `pvc node`."""
+    node_group.add_command(node_primary)
+    node_group.add_command(node_secondary)
+
+
+def _format_option(func: Callable[..., object]) -> Callable[..., object]:
+    return click.option(
+        "--format", "output_format", type=click.Choice(FORMATS), default="pretty", show_default=True,
+        help="pretty: one line; json: machine-readable, stable keys",
+    )(func)
+
+
+def _owner(store: Store) -> str | None:
+    claims = claims_of(store.children(schema.PRIMARY))
+    return claims[0].node if claims else None
+
+
+def _primary_now(store: Store, name: str) -> bool:
+    """`name` holds the primary claim and has published that it is primary."""
+    if _owner(store) != name:
+        return False
+    view = nodes.read_node(store, name)
+    return view is not None and view.state.coordinator == CoordinatorState.PRIMARY
+
+
+def _handover(ctx: click.Context, name: str, plan: _Planner, output_format: str) -> None:
+    try:
+        schema.validate_name(name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    target = resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
+    with connect(target) as store:
+        views = {view.name: view for view in nodes.read_cluster(store)}
+        owner = _owner(store)
+        found = store.get(schema.HANDOVER)
+        try:
+            request = plan(views, owner, Handover.from_json(found.value) if found else None, found is not None, name)
+        except HandoverRefused as exc:
+            raise CliError(str(exc)) from exc
+        if request is None:
+            _report(output_format, owner, owner, 0.0, changed=False)
+            return
+        started = time.monotonic()
+        try:
+            store.create(schema.HANDOVER, request.to_json())
+        except AlreadyExists as exc:
+            raise CliError("another handover request was made meanwhile; retry when it is done") from exc
+        successor = _wait(store, request, started + HANDOVER_WAIT)
+    _report(output_format, successor, request.source, time.monotonic() - started, changed=True)
+
+
+def _wait(store: Store, request: Handover, deadline: float) -> str:
+    """The new primary once it has taken over; CliError when that takes longer than HANDOVER_WAIT."""
+    while True:
+        owner = _owner(store)
+        done = owner is not None and owner != request.source and (request.target in (None, owner))
+        if done and _primary_now(store, owner):
+            return owner
+        if time.monotonic() > deadline:
+            wanted = request.target or "another coordinator"
+            raise CliError(
+                f"handover requested, but {wanted} is not primary after {HANDOVER_WAIT:.0f}s "
+                f"(primary: {owner or 'none'}); see the coordinators' logs"
+            )
+        time.sleep(POLL_INTERVAL)
+
+
+def _report(output_format: str, primary: str | None, previous: str | None, seconds: float, changed: bool) -> None:
+    if output_format == "json":
+        click.echo(to_json({"primary": primary, "previous": previous, "changed": changed, "seconds": round(seconds, 3)}))
+    elif changed:
+        click.echo(key_values([("Primary", primary), ("Previous primary", previous), ("Handover", f"{seconds:.2f}s")]))
+    else:
+        click.echo(f"Nothing to do: the primary coordinator is {primary or 'none'}")
+
+
+@click.command("primary")
+@click.argument("name")
+@_format_option
+@click.pass_context
+def node_primary(ctx: click.Context, name: str, output_format: str) -> None:
+    """Hand the primary coordinator role to NAME (a planned handover)."""
+    _handover(ctx, name, primary_request, output_format)
+
+
+@click.command("secondary")
+@click.argument("name")
+@_format_option
+@click.pass_context
+def node_secondary(ctx: click.Context, name: str, output_format: str) -> None:
+    """Make primary NAME step down; another coordinator takes over."""
+    _handover(ctx, name, secondary_request, output_format)

@@ -1,0 +1,1 @@
+"""The node's networking: addresses on its devices, floating IPs, gratuitous ARP."""
