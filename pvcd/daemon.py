@@ -32,6 +32,10 @@ from pvcd.keepalive import (
     cluster_log_line,
     keepalive_log_line,
 )
+from pvcd.fencing.fencer import Fencer, ipmi_record
+from pvcd.fencing.policy import should_self_fence
+from pvcd.fencing.recovery import recover_vms
+from pvcd.fencing.self_fence import destroy_all_domains, run_command
 from pvcd.network.addresses import apply_node_addresses
 from pvcd.vm.domains import Domains
 from pvcd.vm.flush import FlushRunner, initial_domain_state, read_report
@@ -94,6 +98,18 @@ class NodeDaemon:
         self.flush_runner: FlushRunner | None = None
         self._shutdown_flush: threading.Thread | None = None
         self.coordinator = coordinator_role(config, self.store, self._set_coordinator_state, self._publish_state)
+        self.fencer: Fencer | None = None
+        if self.coordinator is not None:
+            self.fencer = Fencer(
+                self.store,
+                config,
+                is_primary=self._is_primary,
+                recover=lambda dead: recover_vms(self.store, dead, config.migration.target_selector),
+                storm_share=config.fencing.storm_guard_share,
+            )
+            self.coordinator.services.register(self.fencer)
+        # When the node last delivered a keepalive (monotonic): the self-fence clock.
+        self.last_delivered = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -164,11 +180,20 @@ class NodeDaemon:
         }
         while not self.stop_event.is_set():
             try:
-                # A node that was flushed (by command or at shutdown) comes back flushed.
+                # A node that was flushed (by command or at shutdown) comes back flushed;
+                # one that was fenced comes back fenced, whatever else it was.
                 domain = initial_domain_state(read_report(self.store, self.name))
+                fence = nodes.read_fence(self.store, self.name)
+                if fence.get("outcome") is not None:
+                    domain = DomainState.FENCED
+                    log.warning(
+                        "Node %s was fenced (%s, by %s); it takes no VMs until 'pvc node ready %s'",
+                        self.name, fence.get("outcome"), fence.get("by"), self.name,
+                    )
                 with self._state_lock:
                     self.state = replace(self.state, domain=domain)
-                self.versions = nodes.register(self.store, self.name, info, self.state)
+                self.versions = nodes.register(self.store, self.name, info, self.state, ipmi_record(self.config))
+                self.last_delivered = time.monotonic()
                 log.info("Registered node %s in ZooKeeper", self.name)
                 return
             except StoreError as exc:
@@ -192,16 +217,42 @@ class NodeDaemon:
         self._publish_state()
 
     def set_domain_state(self, wanted: DomainState) -> None:
-        """Called by the flush runner; the node's state record has one writer, the daemon."""
+        """Called by the flush runner; the node's state record has one writer, the daemon.
+
+        A fenced node stays fenced until an operator has cleared its fence record."""
+        if self.state.domain == DomainState.FENCED and wanted != DomainState.FENCED:
+            try:
+                pending = nodes.read_fence(self.store, self.name).get("outcome") is not None
+            except StoreError:
+                pending = True
+            if pending:
+                log.warning("Node %s stays fenced (not %s) until 'pvc node ready %s'", self.name, wanted, self.name)
+                return
         with self._state_lock:
             self.state = replace(self.state, domain=wanted)
         log.info("Node %s domain state is now %s", self.name, wanted)
         self._publish_state()
 
+    def _is_primary(self) -> bool:
+        return (
+            self.coordinator is not None
+            and self.coordinator.state == CoordinatorState.PRIMARY
+            and self.store.connected
+        )
+
+    def _held(self) -> str | None:
+        if self.state.domain == DomainState.FENCED:
+            return f"node {self.name} is fenced; 'pvc node ready {self.name}' lets it take VMs again"
+        return None
+
     def _start_vm_services(self) -> None:
         assert self.hypervisor is not None
         self.vm_reconciler = VmReconciler(
-            self.store, Domains(self.hypervisor), self.name, shutdown_timeout=self.config.hypervisor.shutdown_timeout
+            self.store,
+            Domains(self.hypervisor),
+            self.name,
+            shutdown_timeout=self.config.hypervisor.shutdown_timeout,
+            held=self._held,
         )
         self.vm_reconciler.start()
         self.flush_runner = FlushRunner(
@@ -255,17 +306,48 @@ class NodeDaemon:
         except VersionConflict as exc:
             self.versions = None
             log.error("Keepalive of node %s refused: %s; re-reading its records", self.name, exc)
+            self._check_fence()
             return False
         except StoreUnavailable as exc:
             self.versions = None
             log.warning("Keepalive of node %s not sent: ZooKeeper unreachable (%s)", self.name, exc)
+            self._check_silence()
             return False
         except (StoreError, LookupError) as exc:
             self.versions = None
             log.error("Keepalive of node %s not sent: %s", self.name, exc)
+            self._check_silence()
             return False
+        self.last_delivered = time.monotonic()
         self._log_keepalive(record)
         return True
+
+    # -- self-fence ------------------------------------------------------------
+
+    def _check_fence(self) -> None:
+        """After a refused keepalive: was this node declared dead while it ran?"""
+        try:
+            fence = nodes.read_fence(self.store, self.name)
+        except StoreError as exc:
+            log.warning("Cannot read the fence record of node %s: %s", self.name, exc)
+            return
+        if fence.get("outcome") is not None and self.state.domain != DomainState.FENCED:
+            self._self_fence(f"primary {fence.get('by')} fenced it while it was silent ({fence.get('reason')})")
+        elif fence.get("outcome") is None and self.state.domain == DomainState.FENCED:
+            log.warning("The fence of node %s was cleared by an operator", self.name)
+
+    def _check_silence(self) -> None:
+        silent = time.monotonic() - self.last_delivered
+        suicide = self.config.fencing.suicide_intervals
+        if self.state.domain != DomainState.FENCED and should_self_fence(silent, suicide, self.interval):
+            self._self_fence(f"no keepalive delivered for {silent:.1f}s ({suicide} intervals of {self.interval}s)")
+
+    def _self_fence(self, reason: str) -> None:
+        with self._state_lock:
+            self.state = replace(self.state, domain=DomainState.FENCED)
+        destroy_all_domains(self.hypervisor, self.name, reason)
+        run_command(self.config.fencing.self_fence_command, self.name)
+        self._publish_state()
 
     def _log_keepalive(self, record: dict[str, Any]) -> None:
         logging_config = self.config.logging

@@ -25,14 +25,15 @@ class DomainState(StrEnum):
 
     Only `ready` takes VMs. `flush`: its VMs are being moved away; `flushed`:
     they are gone; `unflush`: VMs that left during a flush are coming back,
-    and the node turns `ready` when they are home. (`fenced` joins with the
-    fencing work.)
+    and the node turns `ready` when they are home; `fenced`: the node was
+    fenced (or fenced itself) and waits for an operator's `pvc node ready`.
     """
 
     READY = "ready"
     FLUSH = "flush"
     FLUSHED = "flushed"
     UNFLUSH = "unflush"
+    FENCED = "fenced"
 
 
 _DAEMON_TRANSITIONS: dict[DaemonState, frozenset[DaemonState]] = {

@@ -29,7 +29,8 @@ def node_document(
     paths = layout.node_paths(workdir, name)
     paths.directory.mkdir(parents=True, exist_ok=True)
     paths.host_xml.write_text(layout.host_xml())
-    return layout.node_config(name, paths, names or [name], zookeeper_port, keepalive_interval, fence_intervals)
+    timing = layout.Timing(keepalive_interval=keepalive_interval, fence_intervals=fence_intervals)
+    return layout.node_config(name, paths, names or [name], zookeeper_port, timing)
 
 
 class DaemonProcess:

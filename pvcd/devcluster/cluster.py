@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from pvcd.config import ConfigError, parse_config
 from pvcd.devcluster import chassis, layout
 from pvcd.devcluster.processes import free_port, pid_alive, pid_cmdline, stop_pid
 from pvcd.devcluster.zookeeper import ZooKeeperServer
@@ -178,7 +179,7 @@ def fault(record: ClusterRecord, name: str, kind: str) -> dict:
     return answer
 
 
-def up(workdir: Path, count: int, keepalive_interval: int, fence_intervals: int) -> ClusterRecord:
+def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
     """Start ZooKeeper and `count` nodes; return once the record is written."""
     if count < 1:
         raise ClusterError(f"--nodes must be at least 1, got {count}")
@@ -200,8 +201,8 @@ def up(workdir: Path, count: int, keepalive_interval: int, fence_intervals: int)
         zookeeper=server.address,
         zookeeper_pid=server.pid,
         zookeeper_dir=str(server.directory),
-        keepalive_interval=keepalive_interval,
-        fence_intervals=fence_intervals,
+        keepalive_interval=timing.keepalive_interval,
+        fence_intervals=timing.fence_intervals,
     )
     names = layout.node_names(count)
     for name in names:
@@ -209,7 +210,12 @@ def up(workdir: Path, count: int, keepalive_interval: int, fence_intervals: int)
         paths.directory.mkdir(parents=True, exist_ok=True)
         paths.host_xml.write_text(layout.host_xml())
         relay_port, bmc_port = free_port(), free_port()
-        document = layout.node_config(name, paths, names, relay_port, keepalive_interval, fence_intervals, bmc_port)
+        document = layout.node_config(name, paths, names, relay_port, timing, bmc_port)
+        try:
+            parse_config(document)
+        except ConfigError as exc:
+            server.stop()
+            raise ClusterError(f"the node configuration would be invalid: {exc.problems[0]}") from exc
         paths.config.write_text(yaml.safe_dump(document, sort_keys=False))
         record.nodes.append(
             NodeRecord(name, None, str(paths.config), str(paths.log), str(paths.host_xml), str(paths.directory),

@@ -21,6 +21,20 @@ IPMI_DEFAULT_PORT = 623
 
 
 @dataclass(frozen=True)
+class Timing:
+    """The cluster-wide settings a local cluster is started with."""
+
+    keepalive_interval: int = 1
+    fence_intervals: int = 3
+    suicide_intervals: int = 0
+    successful_fence: str = "migrate"
+    failed_fence: str = "None"
+    # Short, so a crashed primary is replaced quickly; ZooKeeper's tick (0.5 s)
+    # allows 1-10 s.
+    session_timeout: float = 4.0
+
+
+@dataclass(frozen=True)
 class NodePaths:
     name: str
     directory: Path
@@ -71,8 +85,7 @@ def node_config(
     paths: NodePaths,
     names: list[str],
     zookeeper_port: int,
-    keepalive_interval: int,
-    fence_intervals: int,
+    timing: Timing = Timing(),
     bmc_port: int = IPMI_DEFAULT_PORT,
 ) -> dict[str, Any]:
     """The pvcd.yaml document of one local node.
@@ -96,15 +109,15 @@ def node_config(
                 "enable_storage": False,
                 "enable_api": False,
             },
-            "cluster": {"coordinators": coordinators},
+            "cluster": {"coordinators": coordinators, "zookeeper": {"session_timeout": timing.session_timeout}},
             "system": {
                 "fencing": {
                     "intervals": {
-                        "keepalive_interval": keepalive_interval,
-                        "fence_intervals": fence_intervals,
-                        "suicide_intervals": 0,
+                        "keepalive_interval": timing.keepalive_interval,
+                        "fence_intervals": timing.fence_intervals,
+                        "suicide_intervals": timing.suicide_intervals,
                     },
-                    "actions": {"successful_fence": "migrate", "failed_fence": "None"},
+                    "actions": {"successful_fence": timing.successful_fence, "failed_fence": timing.failed_fence},
                     "ipmi": {"host": "127.0.0.1", "port": bmc_port, "user": IPMI_USER, "pass": f"{name}-bmc"},
                 },
                 "migration": {"target_selector": "mem"},

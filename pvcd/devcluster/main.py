@@ -10,7 +10,7 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from pvcd.devcluster import cluster
+from pvcd.devcluster import cluster, layout
 from pvcd.devcluster.processes import pid_alive
 from pvcd.zk.store import quiet_kazoo
 
@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--workdir", type=Path, required=True, help="directory for configs, data and logs")
     up.add_argument("--keepalive-interval", type=int, default=1, metavar="S", help="seconds between keepalives (default 1)")
     up.add_argument("--fence-intervals", type=int, default=3, metavar="K", help="missed keepalives before a node is dead (default 3)")
+    up.add_argument("--suicide-intervals", type=int, default=0, metavar="K",
+                    help="missed keepalives before a node destroys its own VMs (default 0: never)")
+    up.add_argument("--successful-fence", choices=("migrate", "None"), default="migrate")
+    up.add_argument("--failed-fence", choices=("migrate", "None"), default="None")
+    up.add_argument("--session-timeout", type=float, default=layout.Timing.session_timeout, metavar="S",
+                    help="ZooKeeper session timeout of the nodes (default %(default)s)")
     up.add_argument("--detach", action="store_true", help="return once the cluster runs instead of staying in the foreground")
     for name, text in (("status", "show what runs"), ("down", "stop everything the launcher started")):
         command = sub.add_parser(name, help=text)
@@ -76,7 +82,15 @@ def _up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    record = cluster.up(args.workdir, args.nodes, args.keepalive_interval, args.fence_intervals)
+    timing = layout.Timing(
+        keepalive_interval=args.keepalive_interval,
+        fence_intervals=args.fence_intervals,
+        suicide_intervals=args.suicide_intervals,
+        successful_fence=args.successful_fence,
+        failed_fence=args.failed_fence,
+        session_timeout=args.session_timeout,
+    )
+    record = cluster.up(args.workdir, args.nodes, timing)
     late = cluster.wait_until_running(record, START_TIMEOUT)
     if late:
         cluster.down(args.workdir)

@@ -211,7 +211,7 @@ class Lab:
         paths = layout.node_paths(self.workdir, name)
         paths.directory.mkdir(parents=True, exist_ok=True)
         paths.host_xml.write_text(layout.host_xml())
-        doc = layout.node_config(name, paths, list(self.nodes), self.zookeeper.port, 1, 3)
+        doc = layout.node_config(name, paths, list(self.nodes), self.zookeeper.port)
         pvc = doc["pvc"]
         for coordinator in pvc["cluster"]["coordinators"]:
             coordinator["host"] = str(self.zookeeper_ip)

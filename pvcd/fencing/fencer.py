@@ -60,6 +60,12 @@ def storage_fence(node: str) -> None:
 
 
 class Fencer:
+    """A primary-only service: started on takeover with no liveness history,
+    stopped on relinquish. Every step that acts re-checks that this node is
+    still primary, because a fence already under way outlives a stop."""
+
+    name = "fencer"
+
     def __init__(
         self,
         store: Store,
@@ -85,20 +91,23 @@ class Fencer:
         self._storm_logged: tuple[str, ...] = ()
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._loop, name="fencer", daemon=True)
+        # A primary term starts with no history: silence is only ever counted
+        # from this node's own observations.
+        self.tracker = LivenessTracker()
+        self._storm_logged = ()
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, args=(self.stop_event,), name="fencer", daemon=True)
         self.thread.start()
+        log.info("Fencer started on primary %s", self.me)
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self) -> None:
         self.stop_event.set()
         if self.thread is not None:
-            self.thread.join(timeout)
+            self.thread.join(0.5)
 
-    def _loop(self) -> None:
-        while not self.stop_event.wait(self.interval * ROUND_SHARE):
+    def _loop(self, stop_event: threading.Event) -> None:
+        while not stop_event.wait(self.interval * ROUND_SHARE):
             if not self.is_primary():
-                # A future primary term starts with no history: silence is only
-                # ever counted from this node's own observations.
-                self.tracker = LivenessTracker()
                 continue
             try:
                 self.run_once()
@@ -261,6 +270,9 @@ class Fencer:
                     self._recover(node)
 
     def _recover(self, node: str) -> None:
+        if not self.is_primary():
+            log.warning("Not recovering the VMs of node %s: this node is no longer primary", node)
+            return
         storage_fence(node)
         result = self.recover(node)
         for vm, target in sorted(result.moved.items()):

@@ -53,8 +53,12 @@ class VmReconciler:
         migrator: Migrator | None = None,
         resync_interval: float = DEFAULT_RESYNC_INTERVAL,
         workers: int = DEFAULT_WORKERS,
+        held: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """`held` says why the node must not touch its VMs right now (it was
+        fenced and waits for an operator), or None."""
         self.store = store
+        self.held = held
         self.domains = domains
         self.node = node
         self.shutdown_timeout = shutdown_timeout
@@ -122,6 +126,10 @@ class VmReconciler:
 
     def run_once(self, wait_for_actions: bool = False) -> list[Action]:
         """Decide and start this pass's actions; with `wait_for_actions`, return once they are done."""
+        reason = self.held()
+        if reason is not None:
+            log.debug("VM pass on node %s skipped: %s", self.node, reason)
+            return []
         views, damaged = vms.read_vms(self.store)
         domains = self.domains.list()
         for name, problem in damaged.items():

@@ -96,6 +96,18 @@ def read_versions(store: Store, name: str) -> Versions:
     return Versions(state.version, keepalive.version, int(counter), fence.version)
 
 
+def clear_fence(store: Store, name: str) -> bool:
+    """An operator readies a fenced node: the fence ends, and is kept as `last`.
+
+    Bumping the record's version also tells the node, whose next keepalive is
+    refused and makes it re-read the record."""
+    found = store.get(schema.node_fence(name))
+    if found is None or not isinstance(found.value, dict) or found.value.get("outcome") is None:
+        return False
+    store.set(schema.node_fence(name), {"outcome": None, "last": found.value}, found.version)
+    return True
+
+
 def read_fence(store: Store, name: str) -> dict[str, Any]:
     """The node's fence record; `{"outcome": None}` when it was never fenced or was readied."""
     found = store.get(schema.node_fence(name))

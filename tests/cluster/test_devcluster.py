@@ -29,9 +29,10 @@ def node_list(zookeeper: str) -> list[dict]:
 
 @pytest.fixture
 def cluster(tmp_path: Path):
+    """Three nodes with fencing off: these tests watch dead nodes stay dead."""
     workdir = tmp_path / "cluster"
     result = run(bin_path("pvc-devcluster"), "up", "--nodes", "3", "--workdir", str(workdir),
-                 "--keepalive-interval", str(INTERVAL), "--detach", timeout=120)
+                 "--keepalive-interval", str(INTERVAL), "--fence-intervals", "0", "--detach", timeout=120)
     assert result.returncode == 0, result.stderr
     record = json.loads((workdir / "cluster.json").read_text())
     yield workdir, record

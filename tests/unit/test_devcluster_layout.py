@@ -11,7 +11,8 @@ from pvcd.devcluster import layout
 def test_generated_configs_validate_and_share_one_zookeeper(tmp_path: Path):
     names = layout.node_names(5)
     configs = [
-        parse_config(layout.node_config(name, layout.node_paths(tmp_path, name), names, 2345, 2, 4))
+        parse_config(layout.node_config(name, layout.node_paths(tmp_path, name), names, 2345,
+                                       layout.Timing(keepalive_interval=2, fence_intervals=4)))
         for name in names
     ]
     assert [c.node for c in configs] == ["hv1", "hv2", "hv3", "hv4", "hv5"]
