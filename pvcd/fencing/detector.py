@@ -69,11 +69,30 @@ class Decision:
     reason: str = ""
 
 
-def dead_nodes(
-    nodes: list[NodeStatus], tracker: LivenessTracker, now: float, interval: float, fence_intervals: int, me: str
-) -> list[str]:
-    """Nodes expected to send keepalives whose keepalive has not moved for the window."""
+def suspect_window(interval: float, fence_intervals: int) -> float:
+    """Silence after which a node counts towards the storm guard.
+
+    Nodes cut off together by one network fault fall silent within a moment
+    of each other; counting the nearly-dead as well as the dead lets the guard
+    see them together, instead of fencing the first one a fraction of a second
+    before the others' windows run out.
+    """
     window = interval * fence_intervals
+    return max(window - interval, window / 2)
+
+
+def dead_nodes(
+    nodes: list[NodeStatus],
+    tracker: LivenessTracker,
+    now: float,
+    interval: float,
+    fence_intervals: int,
+    me: str,
+    window: float | None = None,
+) -> list[str]:
+    """Nodes expected to send keepalives whose keepalive has not moved for the window
+    (by default the fence window: keepalive_interval × fence_intervals)."""
+    window = interval * fence_intervals if window is None else window
     return sorted(
         node.name
         for node in nodes
@@ -102,11 +121,12 @@ def decide(
         return Decision(Verdict.NOTHING)
     if maintenance:
         return Decision(Verdict.MAINTENANCE, tuple(dead), reason="maintenance mode is on")
-    if len(dead) > storm_share * len(nodes):
+    suspects = dead_nodes(nodes, tracker, now, interval, fence_intervals, me, suspect_window(interval, fence_intervals))
+    if len(suspects) > storm_share * len(nodes):
         return Decision(
             Verdict.STORM,
-            tuple(dead),
-            reason=f"{len(dead)} of {len(nodes)} nodes look dead at once (more than {storm_share:.0%}); "
+            tuple(suspects),
+            reason=f"{len(suspects)} of {len(nodes)} nodes look dead at once (more than {storm_share:.0%}); "
             "this looks like a network or ZooKeeper problem, not dead hosts",
         )
     pending = {node.name for node in nodes if node.fence_pending}

@@ -119,3 +119,18 @@ def test_self_fence_window():
     assert not should_self_fence(100, 0, 5)
     assert not should_self_fence(14.9, 3, 5)
     assert should_self_fence(15, 3, 5)
+
+
+def test_storm_guard_counts_nodes_about_to_be_dead():
+    # hv2 crossed the window; hv3 and hv4 fell silent a moment later, as a partition would do.
+    now = 1000.0
+    tracker = tracker_with(5, now, {"hv2": 3.0, "hv3": 2.5, "hv4": 2.2})
+    decision = decide(cluster(5), tracker, now, 1.0, 3, "hv1", maintenance=False)
+    assert decision.verdict == Verdict.STORM and decision.dead == ("hv2", "hv3", "hv4")
+
+
+def test_one_late_neighbour_does_not_make_a_storm():
+    now = 1000.0
+    tracker = tracker_with(5, now, {"hv2": 3.0, "hv3": 2.5})
+    decision = decide(cluster(5), tracker, now, 1.0, 3, "hv1", maintenance=False)
+    assert decision.verdict == Verdict.FENCE and decision.target == "hv2"
