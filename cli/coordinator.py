@@ -15,7 +15,7 @@ from typing import Callable
 import click
 
 from cli.connection import CliError, connect, resolve_target
-from cli.output import FORMATS, key_values, to_json
+from cli.output import format_option, key_values, to_json
 from pvcd.coordinator.claims import Handover, claims_of
 from pvcd.coordinator.handover import HandoverRefused, primary_request, secondary_request
 from pvcd.states import CoordinatorState
@@ -35,21 +35,16 @@ def register(node_group: click.Group) -> None:
     node_group.add_command(node_secondary)
 
 
-def _format_option(func: Callable[..., object]) -> Callable[..., object]:
-    return click.option(
-        "--format", "output_format", type=click.Choice(FORMATS), default="pretty", show_default=True,
-        help="pretty: one line; json: machine-readable, stable keys",
-    )(func)
-
-
-def _owner(store: Store) -> str | None:
+def claim_owner(store: Store) -> str | None:
+    """The primary as the election says: the owner of the lowest live claim (a crashed
+    primary still says `primary` in its state record until it is fenced)."""
     claims = claims_of(store.children(schema.PRIMARY))
     return claims[0].node if claims else None
 
 
 def _primary_now(store: Store, name: str) -> bool:
     """`name` holds the primary claim and has published that it is primary."""
-    if _owner(store) != name:
+    if claim_owner(store) != name:
         return False
     view = nodes.read_node(store, name)
     return view is not None and view.state.coordinator == CoordinatorState.PRIMARY
@@ -63,7 +58,7 @@ def _handover(ctx: click.Context, name: str, plan: _Planner, output_format: str)
     target = resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
     with connect(target) as store:
         views = {view.name: view for view in nodes.read_cluster(store)}
-        owner = _owner(store)
+        owner = claim_owner(store)
         found = store.get(schema.HANDOVER)
         try:
             request = plan(views, owner, Handover.from_json(found.value) if found else None, found is not None, name)
@@ -84,7 +79,7 @@ def _handover(ctx: click.Context, name: str, plan: _Planner, output_format: str)
 def _wait(store: Store, request: Handover, deadline: float) -> str:
     """The new primary once it has taken over; CliError when that takes longer than HANDOVER_WAIT."""
     while True:
-        owner = _owner(store)
+        owner = claim_owner(store)
         done = owner is not None and owner != request.source and (request.target in (None, owner))
         if done and _primary_now(store, owner):
             return owner
@@ -108,7 +103,7 @@ def _report(output_format: str, primary: str | None, previous: str | None, secon
 
 @click.command("primary")
 @click.argument("name")
-@_format_option
+@format_option
 @click.pass_context
 def node_primary(ctx: click.Context, name: str, output_format: str) -> None:
     """Hand the primary coordinator role to NAME (a planned handover)."""
@@ -117,7 +112,7 @@ def node_primary(ctx: click.Context, name: str, output_format: str) -> None:
 
 @click.command("secondary")
 @click.argument("name")
-@_format_option
+@format_option
 @click.pass_context
 def node_secondary(ctx: click.Context, name: str, output_format: str) -> None:
     """Make primary NAME step down; another coordinator takes over."""

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from cli.connection import CliError, Target, connect, resolve_target
+from cli.coordinator import claim_owner
 from cli.coordinator import register as register_coordinator_commands
 from cli.fencing import register as register_fencing_commands
 from cli.vm import register as register_vm_commands
@@ -155,6 +156,7 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
             now,
             version,
             maintenance=bool(maintenance and isinstance(maintenance.value, dict) and maintenance.value.get("enabled")),
+            primary=claim_owner(store),
             faults=faults.value if faults and isinstance(faults.value, dict) else {},
         )
     if output_format == "json":

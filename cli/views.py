@@ -74,6 +74,7 @@ def cluster_summary(
     schema_version: int | None,
     maintenance: bool = False,
     faults: dict[str, Any] | None = None,
+    primary: str | None = None,
 ) -> dict[str, Any]:
     nodes = [node_summary(v, now_ms) for v in views]
     daemon_states: dict[str, int] = {}
@@ -88,7 +89,7 @@ def cluster_summary(
         "nodes": len(nodes),
         "daemon_states": daemon_states,
         "coordinators": [n["name"] for n in nodes if n["coordinator"]],
-        "primary": next((n["name"] for n in nodes if n["coordinator_state"] == "primary"), None),
+        "primary": primary,
         "vms_running": sum(n["vms"] or 0 for n in nodes),
         "memory": totals,
         "late_keepalives": late,

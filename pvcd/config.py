@@ -41,6 +41,8 @@ FENCE_ACTIONS = ("migrate", None)
 NETWORK_NAMES = ("upstream", "cluster", "storage")
 PORT_RANGE = (1, 65535)
 DEFAULT_IPMI_PORT = 623
+MIN_SESSION_TIMEOUT_WITH_ADDRESSES = 3.0
+"""Below this, a floating IP's kernel lifetime inside the session timeout would round down to under a second."""
 DEFAULT_FLUSH_CONCURRENCY = 2
 DEFAULT_FLUSH_ON_SHUTDOWN = False
 DEFAULT_STORM_GUARD_SHARE = 0.5
@@ -437,6 +439,17 @@ def _read_document(raw: object, problems: list[str]) -> Config:
         f"required when {_NETWORKING_SWITCH} is True" if functions.enable_networking is True else None
     )
     cluster = _cluster(pvc.section("cluster"), networking_required)
+    session_timeout = getattr(getattr(cluster, "zookeeper", None), "session_timeout", None)
+    if (
+        functions.enable_networking is True
+        and isinstance(session_timeout, float)
+        and session_timeout < MIN_SESSION_TIMEOUT_WITH_ADDRESSES
+    ):
+        problems.append(
+            f"pvc.cluster.zookeeper.session_timeout: must be at least {MIN_SESSION_TIMEOUT_WITH_ADDRESSES:g} seconds "
+            f"when {_NETWORKING_SWITCH} is True (the primary's floating IPs expire inside the session timeout), "
+            f"got {session_timeout:g}"
+        )
     coordinator = _coordinator_settings(pvc.section("coordinator", networking_required))
     system = pvc.section("system")
     fencing = _fencing(system.section("fencing"))

@@ -32,7 +32,7 @@ from pvcd.keepalive import (
     cluster_log_line,
     keepalive_log_line,
 )
-from pvcd.fencing.fencer import Fencer, ipmi_record
+from pvcd.fencing.fencer import Fencer, check_own_bmc, ipmi_record
 from pvcd.fencing.policy import should_self_fence
 from pvcd.fencing.recovery import recover_vms
 from pvcd.fencing.self_fence import destroy_all_domains, run_command
@@ -145,6 +145,7 @@ class NodeDaemon:
             if not self._connect():
                 return 0
             self._register()
+            threading.Thread(target=check_own_bmc, args=(self.config,), name="bmc-check", daemon=True).start()
             self._set_daemon_state(DaemonState.RUN)
             log.info("Node %s is running (coordinator state %s)", self.name, self.state.coordinator)
             if self.coordinator is not None:

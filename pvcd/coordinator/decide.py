@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pvcd.config import MIN_SESSION_TIMEOUT_WITH_ADDRESSES
 from pvcd.coordinator.claims import Claim, Handover
 
 # Shares of the ZooKeeper session timeout S.
@@ -62,8 +63,6 @@ ADDRESS_MARGIN = 1.0
 moment the session could expire. The kernel removes an address up to ~0.25 s
 after its lifetime ends (its address timer has a coarse granularity)."""
 
-MIN_SESSION_TIMEOUT_WITH_ADDRESSES = 3.0
-"""Below this, a floating IP's lifetime would round down to less than a second."""
 
 
 class Step(StrEnum):

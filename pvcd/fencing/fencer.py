@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from kazoo.exceptions import LockTimeout
 
-from pvcd.config import Config
+from pvcd.config import DEFAULT_IPMI_PORT, Config
 from pvcd.fencing.detector import DEFAULT_STORM_SHARE, LivenessTracker, NodeStatus, Verdict, decide
 from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
 from pvcd.fencing.outcome import FenceOutcome
@@ -48,6 +48,27 @@ def ipmi_record(config: Config) -> dict[str, Any]:
     """What a node publishes about its own BMC for the fencer."""
     ipmi = config.fencing.ipmi
     return {"host": ipmi.host, "port": ipmi.port, "user": ipmi.user, "password": ipmi.password}
+
+
+def check_own_bmc(config: Config, driver: IpmiDriver | None = None) -> bool:
+    """At start, a node checks that the BMC the others would fence it with answers.
+
+    A node whose BMC is unreachable cannot be fenced: if it dies, its VMs stay
+    down until an operator confirms it is off. Better to say so at once.
+    """
+    ipmi = config.fencing.ipmi
+    target = IpmiTarget(ipmi.host, ipmi.port, ipmi.user, ipmi.password)
+    try:
+        state = (driver or IpmiDriver()).power_state(target)
+    except IpmiError as exc:
+        log.warning(
+            "BMC of node %s at %s does not answer (%s): this node cannot be fenced, so if it dies its VMs "
+            "stay down until an operator runs 'pvc node confirm-fenced %s'",
+            config.node, target, exc, config.node,
+        )
+        return False
+    log.info("BMC of node %s at %s answers (power %s)", config.node, target, state)
+    return True
 
 
 def storage_fence(node: str) -> None:
@@ -244,7 +265,8 @@ class Fencer:
         value = found.value if found is not None else None
         if not isinstance(value, dict) or not value.get("host"):
             return None
-        return IpmiTarget(str(value["host"]), int(value.get("port", 623)), str(value["user"]), str(value["password"]))
+        port = int(value.get("port", DEFAULT_IPMI_PORT))
+        return IpmiTarget(str(value["host"]), port, str(value["user"]), str(value["password"]))
 
     # -- recovery --------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
 from helpers import bin_path, wait_for
 
@@ -165,6 +166,14 @@ def test_crash_is_fenced_and_its_vms_recovered(make_cluster):
         cluster.nodes()[victim]), 30, what="the fenced node to come back")
     assert node["domain_state"] == "fenced" and node["running_vms"] == []
     assert cluster.samples > 10
+    # The BMC passwords the fencer used appear in no log and no output.
+    outputs = [cluster.log(name) for name in cluster.nodes()] + [
+        cluster.pvc("node", "info", name, "--format", "json").stdout for name in cluster.nodes()
+    ] + [cluster.pvc("node", "list").stdout, cluster.pvc("cluster", "status", "--format", "json").stdout]
+    for name in cluster.nodes():
+        password = yaml.safe_load(Path(next(n["config"] for n in cluster.record["nodes"] if n["name"] == name))
+                                  .read_text())["pvc"]["system"]["fencing"]["ipmi"]["pass"]
+        assert not any(password in text for text in outputs), f"the BMC password of {name} leaked"
 
 
 def test_primary_crash_new_primary_fences_it(make_cluster):

@@ -215,3 +215,15 @@ def test_keepalive_log_lines_follow_the_logging_keys(zk, make_config, running_da
     assert any(line.startswith("Keepalive #") for line in lines)
     assert any("memory allocated" in line for line in lines) == details
     assert any(line.startswith("Cluster: 1 nodes") for line in lines) == details
+
+
+def test_unanswered_bmc_is_reported_at_start(zk, make_config, running_daemon, caplog):
+    caplog.set_level("INFO", logger="pvcd")
+    config = make_config()
+    running_daemon(config)
+    # Nothing answers IPMI on 127.0.0.1:623 here.
+    wait_for(lambda: any("does not answer" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records),
+             30, what="the BMC warning")
+    message = next(r.getMessage() for r in caplog.records if "does not answer" in r.getMessage())
+    assert message.startswith("BMC of node hv1 at admin@127.0.0.1:623 does not answer")
+    assert config.fencing.ipmi.password not in message

@@ -51,6 +51,16 @@ def test_node_reaches_zookeeper_through_the_chassis_link(machine, zk):
     wait_for(lambda: keepalive_counter(zk) >= 1, 20, what="a keepalive through the relay")
 
 
+def test_node_checks_its_own_bmc_at_start_and_publishes_it_for_the_fencer(machine, zk):
+    node_dir, target = machine
+    log = node_dir / "pvcd.log"
+    wait_for(lambda: f"BMC of node hv1 at {target} answers (power on)" in log.read_text(), 20,
+             what="the BMC self-check")
+    published = json.loads(zk.get("/pvc/nodes/hv1/ipmi")[0])
+    assert published == {"host": "127.0.0.1", "port": target.port, "user": target.user, "password": target.password}
+    assert target.password not in log.read_text(), "the BMC password appeared in the node's log"
+
+
 def test_fence_confirms_power_off_and_restarts_the_node(machine, zk):
     node_dir, target = machine
     driver = IpmiDriver(call_timeout=5, off_wait=5)

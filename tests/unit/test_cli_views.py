@@ -32,7 +32,7 @@ def test_node_without_keepalive_has_no_age():
 
 def test_cluster_summary():
     views = [view("hv1", coordinator="primary"), view("hv2"), view("hv3", daemon="stop")]
-    summary = cluster_summary(views, now_ms=10_500, schema_version=1)
+    summary = cluster_summary(views, now_ms=10_500, schema_version=1, primary="hv1")
     assert summary["nodes"] == 3
     assert summary["daemon_states"] == {"run": 2, "stop": 1}
     assert summary["primary"] == "hv1"

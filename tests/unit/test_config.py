@@ -237,11 +237,11 @@ def test_empty_optional_sections_take_the_defaults(section: str, empty: object) 
 def test_partial_optional_sections_fill_in_the_rest() -> None:
     config = parse_config(
         edited(
-            ("pvc.cluster.zookeeper", {"session_timeout": 2.5}),
+            ("pvc.cluster.zookeeper", {"session_timeout": 3.5}),
             ("pvc.system.hypervisor", {"libvirt_uri": "test:///default"}),
         )
     )
-    assert config.cluster.zookeeper == ZooKeeperSettings(port=2181, session_timeout=2.5, connect_timeout=5.0)
+    assert config.cluster.zookeeper == ZooKeeperSettings(port=2181, session_timeout=3.5, connect_timeout=5.0)
     assert config.hypervisor == Hypervisor(libvirt_uri="test:///default", shutdown_timeout=180)
 
 
@@ -468,7 +468,7 @@ GOOD_VALUES = [
     (f"{ACTIONS}.successful_fence", "None", None),
     (f"{INTERVALS}.fence_intervals", 0, 0),
     ("pvc.system.configuration.logging.console_log_lines", 0, 0),
-    ("pvc.cluster.zookeeper.session_timeout", 2.5, 2.5),
+    ("pvc.cluster.zookeeper.session_timeout", 3.5, 3.5),
     ("pvc.cluster.zookeeper.connect_timeout", 1, 1.0),
     (f"{NODE_NET}.upstream.mtu", 9000, 9000),
     (f"{NODE_NET}.upstream.device", "vlan.1000-x_", "vlan.1000-x_"),
@@ -988,3 +988,16 @@ def test_added_migration_and_fencing_keys():
         "pvc.system.migration.flush_concurrency: must be a positive integer, got 0",
         "pvc.system.migration.flush_on_shutdown: must be a boolean (True or False), got 'yes'",
     ]
+
+
+def test_session_timeout_must_leave_room_for_floating_ip_lifetimes():
+    document = yaml.safe_load((Path(__file__).parents[2] / "examples" / "pvcd.yaml").read_text())
+    document["pvc"]["cluster"]["zookeeper"] = {"session_timeout": 2}
+    with pytest.raises(ConfigError) as error:
+        parse_config(document)
+    assert error.value.problems == [
+        "pvc.cluster.zookeeper.session_timeout: must be at least 3 seconds when pvc.functions.enable_networking "
+        "is True (the primary's floating IPs expire inside the session timeout), got 2"
+    ]
+    document["pvc"]["functions"]["enable_networking"] = False
+    assert parse_config(document).cluster.zookeeper.session_timeout == 2
