@@ -7,7 +7,8 @@ host has:
   SIGKILL (its simulated VMs die with it, as on a real host) and powering on
   starts it again;
 - **a BMC**: an IPMI-over-UDP server on 127.0.0.1, built on pyghmi's simulator,
-  that drives the power above; it can be made to stop answering;
+  that drives the power above; it can be made to stop answering, at once
+  (`bmc-down`) or right after its next power-off (`bmc-flaky`);
 - **a network link to ZooKeeper**: a TCP relay the node's configuration points
   at; cutting it black-holes the traffic in both directions while the node keeps
   running, as a partition would.
@@ -142,6 +143,7 @@ class Chassis:
             "heal": lambda: self._set_link("up"),
             "bmc-down": lambda: self._set_bmc("down"),
             "bmc-up": lambda: self._set_bmc("up"),
+            "bmc-flaky": lambda: self._set_bmc("flaky"),
             "status": lambda: None,
             "shutdown": self.stopping.set,
         }
@@ -244,6 +246,9 @@ class SimulatedBmc(pyghmi_bmc.Bmc):
 
     def power_off(self) -> None:
         self.chassis.power_off()
+        if self.chassis.state.bmc == "flaky":
+            # It did power the node off, but nobody will ever hear about it.
+            self.chassis.handle("bmc-down")
 
     def power_on(self) -> None:
         self.chassis.power_on()

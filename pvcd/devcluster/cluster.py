@@ -32,7 +32,7 @@ from pvcd.zk.store import Store, StoreError
 
 NODE_STOP_TIMEOUT = 15.0
 CHASSIS_START_TIMEOUT = 20.0
-FAULTS = ("crash", "hang", "resume", "cut", "heal", "bmc-down", "bmc-up", "power-off", "power-on")
+FAULTS = ("crash", "hang", "resume", "cut", "heal", "bmc-down", "bmc-up", "bmc-flaky", "power-off", "power-on")
 
 
 class ClusterError(Exception):

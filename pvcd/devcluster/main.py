@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "kind",
         choices=cluster.FAULTS,
         help="crash: SIGKILL its pvcd (BMC stays on); hang/resume: SIGSTOP/SIGCONT; cut/heal: sever/restore its "
-        "link to ZooKeeper; bmc-down/bmc-up: its BMC stops/starts answering; power-off/power-on: through the chassis",
+        "link to ZooKeeper; bmc-down/bmc-up: its BMC stops/starts answering; bmc-flaky: its BMC goes silent right "
+        "after its next power-off; power-off/power-on: through the chassis",
     )
     return parser
 

@@ -275,3 +275,27 @@ def test_maintenance_mode_prevents_fencing(make_cluster):
     assert cluster.json("cluster", "status")["maintenance"] is True
     cluster.pvc("cluster", "maintenance", "off")
     wait_for(lambda: fence_of(cluster, victim)["outcome"] == "confirmed", 30, what="the fence once maintenance is off")
+
+
+def test_ambiguous_fence_waits_for_the_operator(make_cluster):
+    cluster = make_cluster(3)
+    victim = a_secondary(cluster)
+    vms = cluster.define_vms(victim, 2, "amb")
+    cluster.fault(victim, "bmc-flaky")
+    cluster.fault(victim, "crash")
+    fence = wait_for(lambda: (lambda f: f if f["outcome"] == "ambiguous" else None)(fence_of(cluster, victim)),
+                     60, what="an ambiguous fence")
+    assert fence["recovery"] == "wait-operator" and fence["recovered"] is False
+    assert cluster.nodes()[victim]["domain_state"] == "fence-ambiguous"
+    time.sleep(3 * INTERVAL)
+    assert not any(vm in cluster.running_where() for vm in vms), "VMs restarted without the operator"
+    refused = cluster.pvc("node", "confirm-fenced", a_secondary_other_than(cluster, victim), check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("pvc: node ") and "no ambiguous or failed fence" in refused.stderr
+    cluster.pvc("node", "confirm-fenced", victim)
+    wait_for(lambda: recovered(cluster, vms, victim), 30, what="recovery after the operator's confirmation")
+    assert fence_of(cluster, victim)["confirmed_by_operator"] is True
+
+
+def a_secondary_other_than(cluster: Cluster, node: str) -> str:
+    primary = cluster.primary()
+    return next(name for name in sorted(cluster.nodes()) if name not in (primary, node))
