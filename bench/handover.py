@@ -35,7 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from pvcd.devcluster.netlab import SESSION_TIMEOUT, Lab, wait_until  # noqa: E402
+from pvcd.devcluster.netlab import SESSION_TIMEOUT, Lab  # noqa: E402
+from pvcd.devcluster.processes import wait_until  # noqa: E402
 from pvcd.devcluster.zookeeper import zookeeper_available  # noqa: E402
 
 COORDINATORS = ("hv1", "hv2", "hv3")

@@ -105,7 +105,6 @@ class NodeDaemon:
                 config,
                 is_primary=self._is_primary,
                 recover=lambda dead: recover_vms(self.store, dead, config.migration.target_selector),
-                storm_share=config.fencing.storm_guard_share,
             )
             self.coordinator.services.register(self.fencer)
         # When the node last delivered a keepalive (monotonic): the self-fence clock.

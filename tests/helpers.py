@@ -7,14 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from pvcd.devcluster import layout
-from pvcd.devcluster.processes import stop_pid
+from pvcd.devcluster.processes import stop_pid, wait_until
 
 
 def node_document(
@@ -72,15 +71,11 @@ class DaemonProcess:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
-    """Poll until `predicate` returns a truthy value; fail naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll until `predicate` returns a truthy value; fail the test naming `what` otherwise."""
+    try:
+        return wait_until(predicate, timeout, what, interval)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def bin_path(name: str) -> str:

@@ -28,14 +28,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from kazoo.client import KazooClient
 from pyroute2 import IPRoute
 
 from pvcd.devcluster import layout
-from pvcd.devcluster.processes import stop_pid
+from pvcd.devcluster.processes import stop_pid, wait_until
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import schema
 
@@ -53,18 +53,6 @@ def sh(*args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip()}")
     return result.stdout
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll until `predicate` is truthy; TimeoutError naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _free_subnet_base() -> int:

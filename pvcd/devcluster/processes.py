@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from typing import Any, Callable
 
 
 def free_port() -> int:
@@ -69,3 +70,15 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool
     while pid_alive(pid):
         time.sleep(0.05)
     return True
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll until `predicate` is truthy and return its value; TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

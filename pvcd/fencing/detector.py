@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pvcd.config import DEFAULT_STORM_GUARD_SHARE
+
 # Daemon states in which a node is expected to send keepalives. A node that
 # stopped cleanly (`stop`) or is being shut down is not dead.
 EXPECTS_KEEPALIVES = frozenset({"init", "run"})
-DEFAULT_STORM_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def decide(
     fence_intervals: int,
     me: str,
     maintenance: bool,
-    storm_share: float = DEFAULT_STORM_SHARE,
+    storm_share: float = DEFAULT_STORM_GUARD_SHARE,
 ) -> Decision:
     """What the primary should do about dead nodes this round: at most one fence."""
     if fence_intervals == 0:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from kazoo.exceptions import LockTimeout
 
 from pvcd.config import DEFAULT_IPMI_PORT, Config
-from pvcd.fencing.detector import DEFAULT_STORM_SHARE, LivenessTracker, NodeStatus, Verdict, decide
+from pvcd.fencing.detector import LivenessTracker, NodeStatus, Verdict, decide
 from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
 from pvcd.fencing.outcome import FenceOutcome
 from pvcd.fencing.policy import FenceAction, Recovery, after_fence
@@ -95,7 +95,6 @@ class Fencer:
         recover: Recover,
         driver: IpmiDriver | None = None,
         clock: Callable[[], float] = time.monotonic,
-        storm_share: float = DEFAULT_STORM_SHARE,
     ) -> None:
         self.store = store
         self.config = config
@@ -104,7 +103,6 @@ class Fencer:
         self.recover = recover
         self.driver = driver or IpmiDriver()
         self.clock = clock
-        self.storm_share = storm_share
         self.interval = config.fencing.keepalive_interval
         self.tracker = LivenessTracker()
         self.stop_event = threading.Event()
@@ -156,7 +154,7 @@ class Fencer:
             self.config.fencing.fence_intervals,
             self.me,
             maintenance,
-            self.storm_share,
+            self.config.fencing.storm_guard_share,
         )
         self._record_storm(decision.dead if decision.verdict == Verdict.STORM else (), decision.reason)
         if decision.verdict == Verdict.MAINTENANCE and decision.dead != self._storm_logged:
