@@ -54,6 +54,8 @@ SHUTDOWN_WRITE_TIMEOUT = 3.0
 # The coordinator role stops first (relinquish, release the claim) within this.
 COORDINATOR_STOP_TIMEOUT = 1.5
 RECONNECT_DELAY = 1.0
+# The self-fence clock is checked four times per keepalive interval.
+SILENCE_CHECK_SHARE = 0.25
 # How long a flush_on_shutdown may take before the daemon stops regardless.
 FLUSH_ON_SHUTDOWN_TIMEOUT = 600.0
 
@@ -145,6 +147,8 @@ class NodeDaemon:
                 return 0
             self._register()
             threading.Thread(target=check_own_bmc, args=(self.config,), name="bmc-check", daemon=True).start()
+            if self.config.fencing.suicide_intervals > 0:
+                threading.Thread(target=self._watch_silence, name="self-fence", daemon=True).start()
             self._set_daemon_state(DaemonState.RUN)
             log.info("Node %s is running (coordinator state %s)", self.name, self.state.coordinator)
             if self.coordinator is not None:
@@ -302,7 +306,9 @@ class NodeDaemon:
                 if self.versions is None:
                     self.versions = nodes.read_versions(self.store, self.name)
                 record = build_keepalive(self.versions.counter + 1, self.interval, collected.values, collected.stale)
-                self.versions = nodes.send_keepalive(self.store, self.name, self.versions, self.state, record)
+                self.versions = nodes.send_keepalive(
+                    self.store, self.name, self.versions, self.state, record, timeout=self.interval
+                )
         except VersionConflict as exc:
             self.versions = None
             log.error("Keepalive of node %s refused: %s; re-reading its records", self.name, exc)
@@ -311,12 +317,10 @@ class NodeDaemon:
         except StoreUnavailable as exc:
             self.versions = None
             log.warning("Keepalive of node %s not sent: ZooKeeper unreachable (%s)", self.name, exc)
-            self._check_silence()
             return False
         except (StoreError, LookupError) as exc:
             self.versions = None
             log.error("Keepalive of node %s not sent: %s", self.name, exc)
-            self._check_silence()
             return False
         self.last_delivered = time.monotonic()
         self._log_keepalive(record)
@@ -336,11 +340,14 @@ class NodeDaemon:
         elif fence.get("outcome") is None and self.state.domain == DomainState.FENCED:
             log.warning("The fence of node %s was cleared by an operator", self.name)
 
-    def _check_silence(self) -> None:
-        silent = time.monotonic() - self.last_delivered
+    def _watch_silence(self) -> None:
+        """The self-fence clock runs in its own thread: a keepalive stuck on a
+        black-holed connection must not delay it."""
         suicide = self.config.fencing.suicide_intervals
-        if self.state.domain != DomainState.FENCED and should_self_fence(silent, suicide, self.interval):
-            self._self_fence(f"no keepalive delivered for {silent:.1f}s ({suicide} intervals of {self.interval}s)")
+        while not self.stop_event.wait(self.interval * SILENCE_CHECK_SHARE):
+            silent = time.monotonic() - self.last_delivered
+            if self.state.domain != DomainState.FENCED and should_self_fence(silent, suicide, self.interval):
+                self._self_fence(f"no keepalive delivered for {silent:.1f}s ({suicide} intervals of {self.interval}s)")
 
     def _self_fence(self, reason: str) -> None:
         with self._state_lock:

@@ -115,13 +115,14 @@ def read_fence(store: Store, name: str) -> dict[str, Any]:
 
 
 def send_keepalive(
-    store: Store, name: str, versions: Versions, state: StateRecord, record: dict[str, Any]
+    store: Store, name: str, versions: Versions, state: StateRecord, record: dict[str, Any], timeout: float
 ) -> Versions:
     """One keepalive: the node's state and figures in a single transaction,
-    refused if the node's fence record changed since the node last read it."""
+    refused if the node's fence record changed since the node last read it.
+    Bounded by `timeout`, so a black-holed connection cannot hold the keepalive loop."""
     store.transaction().check(schema.node_fence(name), versions.fence).set(
         schema.node_state(name), state.to_json(), versions.state
-    ).set(schema.node_keepalive(name), record, versions.keepalive).commit()
+    ).set(schema.node_keepalive(name), record, versions.keepalive).commit(timeout)
     return Versions(versions.state + 1, versions.keepalive + 1, record["counter"], versions.fence)
 
 

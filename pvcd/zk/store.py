@@ -105,10 +105,13 @@ class Transaction:
         self._paths.append(path)
         return self
 
-    def commit(self) -> list[Any]:
-        """Apply all operations; raise naming the first operation that was refused."""
+    def commit(self, timeout: float | None = None) -> list[Any]:
+        """Apply all operations; raise naming the first operation that was refused.
+
+        With `timeout`, give up waiting for the answer after that long (the
+        transaction may still apply later: callers re-read their versions)."""
         try:
-            results = self._request.commit()
+            results = self._request.commit_async().get(timeout=timeout)
         except KazooTimeoutError as exc:
             raise StoreUnavailable(f"transaction on {', '.join(self._paths)}: timed out") from exc
         except KazooException as exc:
