@@ -138,7 +138,7 @@ class Fencer:
     def run_once(self) -> None:
         now = self.clock()
         views = nodes.read_cluster(self.store)
-        fences = {view.name: nodes.read_fence(self.store, view.name) for view in views}
+        fences = {view.name: view.fence for view in views}
         for view in views:
             if view.keepalive_version is not None:
                 self.tracker.observe(view.name, view.keepalive_version, now)

@@ -144,6 +144,11 @@ def fence_of(cluster: Cluster, node: str) -> dict:
     return cluster.json("node", "info", node)["fence"]
 
 
+def wait_for_outcome(cluster: Cluster, node: str, outcome: str, timeout: float) -> dict:
+    return wait_for(lambda: (lambda f: f if f["outcome"] == outcome else None)(fence_of(cluster, node)),
+                    timeout, what=f"a {outcome} fence of {node}")
+
+
 def a_secondary(cluster: Cluster) -> str:
     primary = cluster.primary()
     return next(name for name in sorted(cluster.nodes()) if name != primary)
@@ -209,8 +214,7 @@ def test_unreachable_bmc_is_a_failed_fence_and_vms_stay(make_cluster):
     vms = cluster.define_vms(victim, 2, "bmc")
     cluster.fault(victim, "bmc-down")
     cluster.fault(victim, "crash")
-    fence = wait_for(lambda: (lambda f: f if f["outcome"] == "failed" else None)(fence_of(cluster, victim)),
-                     60, what="a failed fence")
+    fence = wait_for_outcome(cluster, victim, "failed", 60)
     assert fence["recovered"] is False and fence["recovery"] == "none"
     assert cluster.nodes()[victim]["domain_state"] == "fence-failed"
     for _ in range(4):
@@ -274,7 +278,7 @@ def test_maintenance_mode_prevents_fencing(make_cluster):
     assert fence_of(cluster, victim)["outcome"] is None
     assert cluster.json("cluster", "status")["maintenance"] is True
     cluster.pvc("cluster", "maintenance", "off")
-    wait_for(lambda: fence_of(cluster, victim)["outcome"] == "confirmed", 30, what="the fence once maintenance is off")
+    wait_for_outcome(cluster, victim, "confirmed", 30)
 
 
 def test_ambiguous_fence_waits_for_the_operator(make_cluster):
@@ -283,8 +287,7 @@ def test_ambiguous_fence_waits_for_the_operator(make_cluster):
     vms = cluster.define_vms(victim, 2, "amb")
     cluster.fault(victim, "bmc-flaky")
     cluster.fault(victim, "crash")
-    fence = wait_for(lambda: (lambda f: f if f["outcome"] == "ambiguous" else None)(fence_of(cluster, victim)),
-                     60, what="an ambiguous fence")
+    fence = wait_for_outcome(cluster, victim, "ambiguous", 60)
     assert fence["recovery"] == "wait-operator" and fence["recovered"] is False
     assert cluster.nodes()[victim]["domain_state"] == "fence-ambiguous"
     time.sleep(3 * INTERVAL)
