@@ -119,6 +119,11 @@ OPTIONAL = [
     "pvc.system.hypervisor",
     "pvc.system.hypervisor.libvirt_uri",
     "pvc.system.hypervisor.shutdown_timeout",
+    "pvc.system.fencing.ipmi.port",
+    "pvc.system.fencing.storm_guard_share",
+    "pvc.system.fencing.self_fence_command",
+    "pvc.system.migration.flush_concurrency",
+    "pvc.system.migration.flush_on_shutdown",
 ]
 
 
@@ -971,7 +976,7 @@ def test_added_migration_and_fencing_keys():
     document = yaml.safe_load((Path(__file__).parents[2] / "examples" / "pvcd.yaml").read_text())
     config = parse_config(document)
     assert config.migration.flush_concurrency == 2 and config.migration.flush_on_shutdown is False
-    assert config.fencing.storm_guard_share == 0.5 and config.fencing.self_fence_command is None
+    assert config.fencing.storm_guard_share == 0.5 and config.fencing.self_fence_command == "/sbin/reboot -f"
     custom = copy.deepcopy(document)
     custom["pvc"]["system"]["migration"].update(flush_concurrency=4, flush_on_shutdown=True)
     custom["pvc"]["system"]["fencing"].update(storm_guard_share=0.34, self_fence_command="/sbin/reboot -f")
