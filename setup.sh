@@ -86,6 +86,7 @@ case "$ACTION" in
     if [ -f "$DEMO_DIR/cluster.json" ]; then
       "$VENV/bin/pvc-devcluster" down --workdir "$DEMO_DIR" >/dev/null 2>&1 || true
     fi
+    rm -rf "$DEMO_DIR"
     "$VENV/bin/pvc-devcluster" up --nodes 3 --workdir "$DEMO_DIR" --keepalive-interval 1 --detach
     ZK=$("$VENV/bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['zookeeper'])" "$DEMO_DIR/cluster.json")
     "$VENV/bin/pvc" --zookeeper "$ZK" node list

@@ -93,7 +93,10 @@ def load(workdir: Path) -> ClusterRecord:
     except FileNotFoundError as exc:
         raise ClusterError(f"no local cluster in {workdir} ({path} does not exist)") from exc
     except (ValueError, TypeError, KeyError) as exc:
-        raise ClusterError(f"{path} is not a cluster record: {exc}") from exc
+        raise ClusterError(
+            f"{path} is not a cluster record this pvc-devcluster can read ({exc}); "
+            f"stop what it started by hand and remove {workdir}"
+        ) from exc
 
 
 def chassis_running(node: NodeRecord) -> bool:
