@@ -713,6 +713,18 @@ def _node_networking(
             for name in NETWORK_NAMES
         }
     )
+    # Networks often share one device, and a device has one MTU.
+    first_on_device: dict[str, str] = {}
+    for name in NETWORK_NAMES:
+        network = getattr(networking, name)
+        if network.device is _BAD or network.mtu is _BAD:
+            continue
+        other = first_on_device.setdefault(network.device, name)
+        if getattr(networking, other).mtu != network.mtu:
+            section.problems.append(
+                f"{section.key_path(name)}.mtu: device {network.device} is also the {other} network's, "
+                f"with mtu {getattr(networking, other).mtu}; one device has one MTU, got {network.mtu}"
+            )
     section.finish()
     return networking
 

@@ -36,7 +36,7 @@ from pvcd.fencing.fencer import Fencer, check_own_bmc, ipmi_record
 from pvcd.fencing.policy import should_self_fence
 from pvcd.fencing.recovery import recover_vms
 from pvcd.fencing.self_fence import destroy_all_domains, run_command
-from pvcd.network.addresses import apply_node_addresses
+from pvcd.network.addresses import apply_node_networking
 from pvcd.vm.domains import Domains
 from pvcd.vm.flush import FlushRunner, initial_domain_state, read_report
 from pvcd.vm.migration import node_addresses
@@ -140,7 +140,7 @@ class NodeDaemon:
         """Run until asked to stop; the process exit status."""
         self._write_pid_file()
         if self.config.functions.enable_networking:
-            apply_node_addresses(self.config.networking)
+            apply_node_networking(self.config.networking)
         self.store.add_listener(self._on_connection_state)
         try:
             if not self._connect():

@@ -40,6 +40,8 @@ from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import schema
 
 SESSION_TIMEOUT = 4.0
+NODE_MTU = 1400
+"""The nodes' configured MTU: below the veth default of 1500, so applying it shows."""
 NETWORKS = ("upstream", "cluster", "storage")
 ZOOKEEPER_HOST = 250
 OBSERVER_HOST = 200
@@ -103,6 +105,10 @@ class NodeNamespace:
 
     def mac(self) -> str:
         return sh("ip", "-n", self.netns, "-o", "link", "show", "eth0").split("link/ether ")[1].split()[0]
+
+    def mtu(self) -> int:
+        with IPRoute(netns=self.netns) as ipr:
+            return ipr.get_links(ipr.link_lookup(ifname="eth0")[0])[0].get("IFLA_MTU")
 
     def addresses(self) -> dict[str, dict[str, int]]:
         """IPv4 address on eth0 → its kernel cache info (lifetimes)."""
@@ -217,10 +223,10 @@ class Lab:
             "dns": {"database": {"host": "localhost", "port": 5432, "name": "pvcdns", "user": "pvcdns", "pass": "x"}}
         }
         pvc["system"]["configuration"]["networking"] = {
-            "upstream": {"device": "eth0", "mtu": 1500, "address": None},
-            "cluster": {"device": "eth0", "mtu": 1500, "address": "by-id"},
+            "upstream": {"device": "eth0", "mtu": NODE_MTU, "address": None},
+            "cluster": {"device": "eth0", "mtu": NODE_MTU, "address": "by-id"},
             "storage": {
-                "device": "eth0", "mtu": 1500, "address": f"{self.host('storage', STORAGE_HOST_BASE + index)}/24",
+                "device": "eth0", "mtu": NODE_MTU, "address": f"{self.host('storage', STORAGE_HOST_BASE + index)}/24",
             },
         }
         return doc

@@ -108,6 +108,12 @@ class Netlink:
         except NetlinkError as exc:
             raise AddressError(f"cannot add {address}: {exc}") from exc
 
+    def set_mtu(self, device: str, mtu: int) -> None:
+        try:
+            self._ipr.link("set", index=self._index(device), mtu=mtu)
+        except NetlinkError as exc:
+            raise AddressError(f"cannot set mtu {mtu} on {device}: {exc}") from exc
+
     def mac(self, device: str) -> bytes:
         """The device's hardware address."""
         links = self._ipr.get_links(self._index(device))
@@ -127,17 +133,32 @@ class Netlink:
         return True
 
 
-def apply_node_addresses(networking: NodeNetworking | None) -> None:
-    """Add the node's own addresses (idempotent); problems are logged, not fatal.
+def device_mtus(networking: NodeNetworking | None) -> dict[str, int]:
+    """The MTU of each device the node's networks use (validation made them agree)."""
+    if networking is None:
+        return {}
+    return {network.device: network.mtu for network in (networking.upstream, networking.cluster, networking.storage)}
+
+
+def apply_node_networking(networking: NodeNetworking | None) -> None:
+    """Set the devices' MTUs and add the node's own addresses (idempotent);
+    problems are logged, not fatal.
 
     A missing address shows up later as an unreachable ZooKeeper or network;
     the log line here says which device and address to look at.
     """
+    mtus = device_mtus(networking)
     addresses = node_addresses(networking)
-    if not addresses:
+    if not mtus and not addresses:
         return
     netlink = Netlink()
     try:
+        for device, mtu in sorted(mtus.items()):
+            try:
+                netlink.set_mtu(device, mtu)
+                log.info("Device %s has mtu %d", device, mtu)
+            except AddressError as exc:
+                log.error("Device MTU not set: %s", exc)
         for address in addresses:
             try:
                 netlink.replace(address)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from helpers import bin_path, wait_for
-from pvcd.devcluster.netlab import SESSION_TIMEOUT, AddressSampler, Lab, sh
+from pvcd.devcluster.netlab import NODE_MTU, SESSION_TIMEOUT, AddressSampler, Lab, sh
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="network namespace tests need root (namespaces, veth, bridges); CI runs as root"
@@ -48,6 +48,7 @@ def test_floating_ips_only_on_the_primary_and_they_answer_ping(nodes):
         # The node's own addresses, applied at start: upstream None, cluster by-id, storage static.
         own = {str(lab.host("cluster", index)), str(lab.host("storage", 10 + index))}
         assert set(held) == own | (floating if name == primary else set())
+        assert lab.nodes[name].mtu() == NODE_MTU
     for address in floating:
         # Held under a kernel lifetime shorter than the session timeout (the lease).
         assert lab.nodes[primary].addresses()[address]["ifa_valid"] < SESSION_TIMEOUT

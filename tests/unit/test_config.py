@@ -475,7 +475,6 @@ GOOD_VALUES = [
     ("pvc.system.configuration.logging.console_log_lines", 0, 0),
     ("pvc.cluster.zookeeper.session_timeout", 3.5, 3.5),
     ("pvc.cluster.zookeeper.connect_timeout", 1, 1.0),
-    (f"{NODE_NET}.upstream.mtu", 9000, 9000),
     (f"{NODE_NET}.upstream.device", "vlan.1000-x_", "vlan.1000-x_"),
 ]
 
@@ -1006,3 +1005,23 @@ def test_session_timeout_must_leave_room_for_floating_ip_lifetimes():
     ]
     document["pvc"]["functions"]["enable_networking"] = False
     assert parse_config(document).cluster.zookeeper.session_timeout == 2
+
+
+def test_one_device_has_one_mtu():
+    document = yaml.safe_load((Path(__file__).parents[2] / "examples" / "pvcd.yaml").read_text())
+    networking = document["pvc"]["system"]["configuration"]["networking"]
+    device = networking["upstream"]["device"]
+    networking["cluster"].update(device=device, mtu=9000)
+    with pytest.raises(ConfigError) as error:
+        parse_config(document)
+    upstream_mtu = networking["upstream"]["mtu"]
+    assert error.value.problems == [
+        f"pvc.system.configuration.networking.cluster.mtu: device {device} is also the upstream network's, "
+        f"with mtu {upstream_mtu}; one device has one MTU, got 9000"
+    ]
+
+
+def test_a_network_on_its_own_device_takes_its_own_mtu():
+    config = parse_config(edited((f"{NODE_NET}.upstream.device", "ens3"), (f"{NODE_NET}.upstream.mtu", 9000)))
+    assert (config.networking.upstream.device, config.networking.upstream.mtu) == ("ens3", 9000)
+    assert config.networking.cluster.mtu == 1500
