@@ -36,9 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("--workdir", type=Path, required=True)
         command.add_argument("--format", choices=("pretty", "json"), default="pretty")
-    fault = sub.add_parser("fault", help="inject a fault into one node")
+    fault = sub.add_parser("fault", help="inject a fault into one node, or several at the same moment")
     fault.add_argument("--workdir", type=Path, required=True)
-    fault.add_argument("node")
+    fault.add_argument("node", help="a node name, or several separated by commas (hv2,hv3) to hit them together")
     fault.add_argument(
         "kind",
         choices=cluster.FAULTS,
@@ -119,9 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             _print_status(_status(cluster.load(args.workdir.resolve())), args.format)
             return 0
         if args.command == "fault":
-            state = cluster.fault(cluster.load(args.workdir.resolve()), args.node, args.kind)
-            print(f"{args.node}: {args.kind} done; power {state.get('power')}, BMC {state.get('bmc')}, "
-                  f"link {state.get('link')}, pvcd pid {state.get('pvcd_pid')}")
+            record = cluster.load(args.workdir.resolve())
+            names = [name for name in args.node.split(",") if name]
+            for name in names:
+                record.node(name)
+            # Checked first, then applied back to back: one power or network event hits them all at once.
+            states = {name: cluster.fault(record, name, args.kind) for name in names}
+            for name, state in states.items():
+                print(f"{name}: {args.kind} done; power {state.get('power')}, BMC {state.get('bmc')}, "
+                      f"link {state.get('link')}, pvcd pid {state.get('pvcd_pid')}")
             return 0
         record = cluster.down(args.workdir)
         _print_status(_status(record), args.format)

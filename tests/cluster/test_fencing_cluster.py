@@ -48,14 +48,9 @@ class Cluster:
 
     def faults(self, nodes: list[str], kind: str) -> None:
         """The same fault on several nodes at the same moment, as one network or power event would."""
-        commands = [
-            subprocess.Popen([bin_path("pvc-devcluster"), "fault", "--workdir", str(self.workdir), node, kind],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for node in nodes
-        ]
-        for command in commands:
-            _, err = command.communicate(timeout=30)
-            assert command.returncode == 0, err
+        result = subprocess.run([bin_path("pvc-devcluster"), "fault", "--workdir", str(self.workdir), ",".join(nodes), kind],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
 
     def nodes(self) -> dict[str, dict]:
         return {n["name"]: n for n in self.json("node", "list")}
