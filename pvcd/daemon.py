@@ -365,7 +365,7 @@ class NodeDaemon:
         )
         if logging_config.log_keepalive_cluster_details:
             try:
-                states = {view.name: view.state for view in nodes.read_cluster(self.store)}
+                states = nodes.read_states(self.store)
                 keepalive_log.info(cluster_log_line(states))
             except StoreError as exc:
                 keepalive_log.warning("Cluster details unavailable: %s", exc)

@@ -108,12 +108,14 @@ class Fencer:
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self._storm_logged: tuple[str, ...] = ()
+        self._maintenance_logged: tuple[str, ...] = ()
 
     def start(self) -> None:
         # A primary term starts with no history: silence is only ever counted
         # from this node's own observations.
         self.tracker = LivenessTracker()
         self._storm_logged = ()
+        self._maintenance_logged = ()
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, args=(self.stop_event,), name="fencer", daemon=True)
         self.thread.start()
@@ -157,8 +159,10 @@ class Fencer:
             self.config.fencing.storm_guard_share,
         )
         self._record_storm(decision.dead if decision.verdict == Verdict.STORM else (), decision.reason)
-        if decision.verdict == Verdict.MAINTENANCE and decision.dead != self._storm_logged:
-            log.warning("Nodes %s look dead but maintenance mode is on: not fencing", ", ".join(decision.dead))
+        held_by_maintenance = decision.dead if decision.verdict == Verdict.MAINTENANCE else ()
+        if held_by_maintenance and held_by_maintenance != self._maintenance_logged:
+            log.warning("Nodes %s look dead but maintenance mode is on: not fencing", ", ".join(held_by_maintenance))
+        self._maintenance_logged = held_by_maintenance
         self._resume_recoveries(fences, now)
         if decision.verdict == Verdict.FENCE and decision.target is not None:
             self._fence(decision.target)
