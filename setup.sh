@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything pvcd needs on a Debian bookworm machine (as root), then:
 #   ./setup.sh demo   start a local 3-node cluster and print `pvc node list`
-#   ./setup.sh test   run the whole test suite
+#   ./setup.sh test   run ruff and mypy, then the whole test suite
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -94,6 +94,10 @@ case "$ACTION" in
     echo "Stop it with: $VENV/bin/pvc-devcluster down --workdir $DEMO_DIR"
     ;;
   test)
+    # Lint and type-check first (configuration in pyproject.toml); either
+    # failing fails the run (set -e).
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/mypy"
     exec "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider
     ;;
 esac
