@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pvcd.fencing.outcome import FenceVerdict, OffCommand, judge
 
 DEFAULT_CALL_TIMEOUT = 6.0
 DEFAULT_OFF_WAIT = 10.0
+LOGOUT_TIMEOUT = 1.0
+"""A logout is sent once, unretried: an answer takes milliseconds, and a BMC
+that does not answer within this has its session dropped on our side anyway."""
 POLL_INTERVAL = 0.2
 
 
@@ -68,98 +73,161 @@ def _bounded(func: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 class IpmiDriver:
-    """Power control of one BMC at a time through pyghmi."""
+    """Power control of one BMC at a time through pyghmi.
+
+    Every operation (a power-state read, a fence, a power-on) logs in afresh
+    and logs out when done. A session kept from an earlier call proves nothing
+    about the BMC now: pyghmi keeps resending on it for many seconds before it
+    gives up, so a fence of a BMC that has since gone down ended `ambiguous`
+    (the off command may have arrived) after ~18 s, holding the fence lock,
+    where a fresh login shows within one call timeout that nothing reached
+    the host (`failed`).
+    """
 
     def __init__(self, call_timeout: float = DEFAULT_CALL_TIMEOUT, off_wait: float = DEFAULT_OFF_WAIT) -> None:
         self.call_timeout = call_timeout
         self.off_wait = off_wait
-        # pyghmi hangs when a second Command is opened on a BMC it already has a
-        # session with, so one logged-in Command per BMC is kept and reused,
-        # and dropped after any failure.
-        self._sessions: dict[IpmiTarget, Any] = {}
-        self._lock = threading.Lock()
 
     def _login(self, target: IpmiTarget) -> Any:
-        """A logged-in pyghmi session; failing here means nothing reached the host."""
+        """A new logged-in pyghmi session; failing here means nothing reached the host."""
         from pyghmi.ipmi import command
 
-        with self._lock:
-            session = self._sessions.get(target)
-        if session is not None:
-            return session
+        opened: list[Any] = []
+
         def open_and_probe() -> Any:
             # pyghmi may hand back a session whose login failed; only an
             # answered request proves the session works.
-            opened = command.Command(bmc=target.host, userid=target.user, password=target.password, port=target.port)
-            opened.get_power()
-            return opened
+            session = command.Command(bmc=target.host, userid=target.user, password=target.password, port=target.port)
+            opened.append(session)
+            session.get_power()
+            return session
 
-        session = _bounded(open_and_probe, self.call_timeout, f"login to BMC {target}")
-        with self._lock:
-            self._sessions[target] = session
-        return session
-
-    def _call(self, target: IpmiTarget, func: Callable[[Any], Any], what: str) -> Any:
-        session = self._login(target)
         try:
-            return _bounded(lambda: func(session), self.call_timeout, f"{what} of {target}")
+            return _bounded(open_and_probe, self.call_timeout, f"login to BMC {target}")
         except IpmiError:
-            with self._lock:
-                self._sessions.pop(target, None)
+            # Logged in but never answered: no later login may be handed this session.
+            for session in opened:
+                _forget(session.ipmi_session)
             raise
 
-    def power_state(self, target: IpmiTarget) -> str:
-        """'on' or 'off', as the BMC reports it."""
-        answer = self._call(target, lambda session: session.get_power(), "power state")
+    def _logout(self, session: Any, target: IpmiTarget) -> None:
+        """End the session, and make sure pyghmi can never hand it out again.
+
+        The logout frees the BMC's session slot; it cannot finish when the BMC
+        does not answer or a call still hangs on the session, and either way
+        pyghmi keeps the session in a table from which the next login to the
+        same BMC and user would take it (see `_forget`).
+        """
+        ipmi_session = session.ipmi_session
+        # A BMC we cannot reach keeps the slot until its own session timeout.
+        with suppress(IpmiError):
+            _bounded(ipmi_session.logout, LOGOUT_TIMEOUT, f"logout from BMC {target}")
+        _forget(ipmi_session)
+
+    @contextmanager
+    def _session(self, target: IpmiTarget) -> Iterator[Any]:
+        session = self._login(target)
+        try:
+            yield session
+        finally:
+            self._logout(session, target)
+
+    def _call(self, session: Any, target: IpmiTarget, func: Callable[[Any], Any], what: str) -> Any:
+        return _bounded(lambda: func(session), self.call_timeout, f"{what} of {target}")
+
+    def _read_power(self, session: Any, target: IpmiTarget) -> str:
+        answer = self._call(session, target, lambda s: s.get_power(), "power state")
         state = (answer or {}).get("powerstate")
         if state not in ("on", "off"):
             raise IpmiError(f"power state of {target}: unreadable answer")
         return state
 
-    def _power(self, target: IpmiTarget, state: str) -> None:
-        self._call(target, lambda session: session.set_power(state), f"power {state}")
+    def power_state(self, target: IpmiTarget) -> str:
+        """'on' or 'off', as the BMC reports it."""
+        with self._session(target) as session:
+            return self._read_power(session, target)
 
     def fence(self, target: IpmiTarget, clock: Callable[[], float] = time.monotonic) -> FenceReport:
-        """Power off and watch for off. Powering on again is the caller's choice,
-        made only after the node's VMs have been started elsewhere, so that the
-        rebooted node can never race its own recovery."""
-        steps = []
-        off_error = ""
+        """Power off and watch for off, on a session opened for this fence.
+
+        Powering on again is the caller's choice, made only after the node's
+        VMs have been started elsewhere, so that the rebooted node can never
+        race its own recovery."""
         try:
-            self._login(target)
-            logged_in = True
+            session = self._login(target)
         except IpmiError as exc:
-            logged_in = False
-            off = OffCommand.REFUSED
-            off_error = str(exc)
-            steps.append(f"no session ({exc})")
-        if logged_in:
-            try:
-                self._power(target, "off")
-                off = OffCommand.ACCEPTED
-                steps.append("power off accepted")
-            except IpmiTimeout as exc:
-                off = OffCommand.UNANSWERED
-                steps.append(f"power off unanswered ({exc})")
-            except IpmiError as exc:
-                off = OffCommand.REFUSED
-                off_error = str(exc)
-                steps.append(f"power off refused ({exc})")
+            return FenceReport(judge(OffCommand.REFUSED, [], str(exc)), (f"no session ({exc})",))
+        try:
+            self._call(session, target, lambda s: s.set_power("off"), "power off")
+        except IpmiTimeout as exc:
+            # The call may still hang inside pyghmi: watch on a new session.
+            self._logout(session, target)
+            off, step, off_error, watch_on = OffCommand.UNANSWERED, f"power off unanswered ({exc})", "", None
+        except IpmiError as exc:
+            self._logout(session, target)
+            return FenceReport(judge(OffCommand.REFUSED, [], str(exc)), (f"power off refused ({exc})",))
+        else:
+            off, step, off_error, watch_on = OffCommand.ACCEPTED, "power off accepted", "", session
+        observed = self._watch_for_off(watch_on, target, clock)
+        seen = f"power states seen: {', '.join(s or 'no answer' for s in observed) or 'none'}"
+        return FenceReport(judge(off, observed, off_error), (step, seen))
+
+    def _watch_for_off(self, session: Any | None, target: IpmiTarget, clock: Callable[[], float]) -> list[str | None]:
+        """Poll the power state for `off_wait` seconds or until off; None for a poll without an answer.
+
+        A poll that fails ends its session and the next one logs in again,
+        so a BMC that comes back within the wait can still confirm the off."""
         observed: list[str | None] = []
-        if off is not OffCommand.REFUSED:
-            deadline = clock() + self.off_wait
+        deadline = clock() + self.off_wait
+        try:
             while clock() < deadline:
+                state: str | None
                 try:
-                    state = self.power_state(target)
+                    if session is None:
+                        session = self._login(target)
+                    state = self._read_power(session, target)
                 except IpmiError:
                     state = None
+                    if session is not None:
+                        self._logout(session, target)
+                        session = None
                 observed.append(state)
                 if state == "off":
                     break
                 time.sleep(POLL_INTERVAL)
-            steps.append(f"power states seen: {', '.join(s or 'no answer' for s in observed) or 'none'}")
-        return FenceReport(judge(off, observed, off_error), tuple(steps))
+        finally:
+            if session is not None:
+                self._logout(session, target)
+        return observed
 
     def power_on(self, target: IpmiTarget) -> None:
         """Start a fenced node again, once its VMs run elsewhere."""
-        self._power(target, "on")
+        with self._session(target) as session:
+            self._call(session, target, lambda s: s.set_power("on"), "power on")
+
+
+def _forget(ipmi_session: Any) -> None:
+    """Drop a pyghmi session from pyghmi's own tables.
+
+    `Session.__new__` hands out any session it finds there instead of
+    logging in anew: one still counted alive in `bmc_handlers`, or one left
+    in `initting_sessions`, which pyghmi does not clear after a successful
+    login, so even a logged-out session would be joined and fail ("no longer
+    connected"). Keepalives keep a session looking alive. Removed from all
+    three, the session can only be used by whoever still holds it.
+    """
+    from pyghmi.ipmi.private import session as pyghmi_session
+    from pyghmi.ipmi.private import util as pyghmi_util
+
+    known = pyghmi_session.Session
+    with pyghmi_util.protect(pyghmi_session.KEEPALIVE_SESSIONS):
+        known.keepalive_sessions.pop(ipmi_session, None)
+    for key, candidate in list(known.initting_sessions.items()):
+        if candidate is ipmi_session:
+            known.initting_sessions.pop(key, None)
+    for address, handlers in list(known.bmc_handlers.items()):
+        for port, candidate in list(handlers.items()):
+            if candidate is ipmi_session:
+                handlers.pop(port, None)
+        if not handlers:
+            known.bmc_handlers.pop(address, None)

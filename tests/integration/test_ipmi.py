@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -98,6 +99,21 @@ def test_bmc_that_does_not_answer_is_a_failed_fence(machine):
     assert chassis.read_state(node_dir)["power"] == "on"
     chassis.request(node_dir, "bmc-up")
     assert IpmiDriver(call_timeout=5).power_state(target) == "on"
+
+
+def test_second_fence_with_the_bmc_down_fails_fast_instead_of_trusting_the_old_session(machine):
+    node_dir, target = machine
+    driver = IpmiDriver()
+    assert driver.fence(target).verdict.outcome == "confirmed"
+    driver.power_on(target)
+    wait_for(lambda: chassis.read_state(node_dir)["power"] == "on", 10, what="power on")
+    chassis.request(node_dir, "bmc-down")
+    started = time.monotonic()
+    report = driver.fence(target)
+    took = time.monotonic() - started
+    assert report.verdict.outcome == "failed", report
+    assert took < driver.call_timeout + 1, f"the second fence took {took:.1f}s"
+    assert chassis.read_state(node_dir)["power"] == "on"
 
 
 def test_cut_link_stops_keepalives_and_heal_restores_them(machine, zk):
