@@ -60,17 +60,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from cli.views import node_summary  # noqa: E402
+from pvcd.devcluster import processes  # noqa: E402
 from pvcd.vm.records import ActualState, VmRecord, VmStatus  # noqa: E402
 from pvcd.zk import nodes, schema  # noqa: E402
-from pvcd.devcluster import processes  # noqa: E402
 from pvcd.zk.store import Store, StoreError  # noqa: E402
 
 RUNS = 5
@@ -157,7 +158,7 @@ class DeathWatch:
                 return
             time.sleep(0.002)
 
-    def __enter__(self) -> "DeathWatch":
+    def __enter__(self) -> DeathWatch:
         if not self._alive():
             raise BenchError(f"pvcd PID {self.pid} is not running before the crash")
         self._thread.start()
@@ -216,7 +217,7 @@ class Bench:
 
     # -- reading ---------------------------------------------------------------
 
-    def summaries(self, now_ms: float | None = None) -> dict[str, dict]:
+    def summaries(self, now_ms: float | None = None) -> dict[str, dict[str, Any]]:
         now = int(now_ms) if now_ms is not None else self.store.server_time_ms()
         return {v.name: node_summary(v, now) for v in nodes.read_cluster(self.store)}
 
@@ -231,7 +232,7 @@ class Bench:
             states[name] = (VmRecord.from_json(record.value), VmStatus.from_json(status.value), status.mtime_ms)
         return states
 
-    def quiet(self) -> dict[str, dict] | None:
+    def quiet(self) -> dict[str, dict[str, Any]] | None:
         """Every node runs, keepalive on time, ready, no fence pending; one primary."""
         nodes_now = self.summaries()
         if len(nodes_now) != NODES:
@@ -243,12 +244,12 @@ class Bench:
             return None
         return nodes_now
 
-    def wait_quiet(self) -> dict[str, dict]:
+    def wait_quiet(self) -> dict[str, dict[str, Any]]:
         return wait_until(self.quiet, 120 + 4 * self.interval, "the cluster to be quiet (all run, ready, on time)")
 
     # -- one run ---------------------------------------------------------------
 
-    def pick_victim(self, nodes_now: dict[str, dict]) -> str:
+    def pick_victim(self, nodes_now: dict[str, dict[str, Any]]) -> str:
         candidates = sorted(name for name, n in nodes_now.items()
                             if n["coordinator_state"] != "primary" and n["domain_state"] == "ready")
         if not candidates:
@@ -317,7 +318,10 @@ class Bench:
                         and status.node == record.node for record, status, _ in states.values()
                     ):
                         done_ms = max(mtime for _, _, mtime in states.values())
-                        placed = {name: status.node for name, (_, status, _) in states.items()}
+                        # Every status.node is set (checked just above); the test narrows the type.
+                        placed = {
+                            name: status.node for name, (_, status, _) in states.items() if status.node is not None
+                        }
                 if seen_ms is None:
                     zk_now = self.store.server_time_ms()
                     where: dict[str, list[str]] = {}
@@ -463,7 +467,7 @@ def print_table(report: dict[str, Any]) -> None:
     for c in report["configs"]:
         s = c["seconds"]
         cells = "".join(f"{s[p]['median']:>8.2f} ({s[p]['min']:.2f}-{s[p]['max']:.2f})".rjust(w)
-                        for p, w in zip(PARTS, (20, 20, 18, 18)))
+                        for p, w in zip(PARTS, (20, 20, 18, 18), strict=True))
         faster = c["times_faster_than_typical"]
         mark = "" if c["like_for_like"] else "*"
         print(f"{c['keepalive_interval']}x{c['fence_intervals']:<5}{cells}{c['target_s']:>8.0f}"
@@ -501,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/failover.py: {exc}", file=sys.stderr)
         return 2
 
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_before = os.getloadavg()
     configs = []
     rng = random.Random(args.seed)
@@ -516,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "failover",
         "date": started.isoformat(timespec="seconds"),
-        "duration_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()),
+        "duration_s": round((datetime.datetime.now(datetime.UTC) - started).total_seconds()),
         "nodes": NODES,
         "vms": args.vms,
         "runs": args.runs,

@@ -92,7 +92,9 @@ def crash_run(lab: Lab, address: str, macs: dict[str, str]) -> dict[str, float |
     started = time.monotonic()
     lab.nodes[old].signal(signal.SIGKILL)
     new, answered = wait_answer(lab, address, macs, old, SESSION_TIMEOUT + 20)
-    lab.nodes[old].process.wait(timeout=10)
+    killed = lab.nodes[old].process
+    assert killed is not None  # it was running: it just received the signal
+    killed.wait(timeout=10)
     lab.nodes[old].start()
     return {"from": old, "to": new, "seconds": answered - started}
 
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=RUNS, help=f"runs of each kind (default {RUNS})")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        print("bench/handover.py: run as root (it creates network namespaces, veth pairs and a bridge)", file=sys.stderr)
+        print("bench/handover.py: run as root (it creates network namespaces, veth pairs and a bridge)",
+              file=sys.stderr)
         return 2
     if not zookeeper_available():
         print("bench/handover.py: ZooKeeper is not installed; run ./setup.sh test once", file=sys.stderr)
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Primary coordinator handover, {len(COORDINATORS)} coordinators in network namespaces, "
           f"session timeout {SESSION_TIMEOUT:g}s, median of {args.runs}:")
     print(f"  planned (pvc node primary X -> floating IP answers from X): {results['planned']['median_seconds']:.3f}s "
-          f"(target <= {PLANNED_TARGET:g}s; inside the cluster: {results['planned']['pvc_reported_median_seconds']:.3f}s)")
+          f"(target <= {PLANNED_TARGET:g}s; "
+          f"inside the cluster: {results['planned']['pvc_reported_median_seconds']:.3f}s)")
     print(f"  crash   (SIGKILL primary -> floating IP answers from the new primary): "
           f"{results['crash']['median_seconds']:.3f}s (target <= {CRASH_TARGET:g}s)")
     print(f"Results written to {args.out}")

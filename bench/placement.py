@@ -22,7 +22,9 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ParamSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -38,6 +40,8 @@ VM_SIZES_MIB = (512, 1024, 2048, 4096, 8192, 16384)
 LIMITED_SHARE = 0.1
 RUNS = 5
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "placement.json"
+
+P = ParamSpec("P")
 
 
 def make_nodes(rng: random.Random) -> list[NodeCapacity]:
@@ -88,18 +92,17 @@ def spread(nodes: tuple[NodeCapacity, ...] | list[NodeCapacity]) -> float:
     return max(used) / statistics.fmean(used)
 
 
-def timed(fn, *args) -> tuple[Plan, float]:
+def timed(fn: Callable[P, Plan], *args: P.args, **kwargs: P.kwargs) -> tuple[Plan, float]:
     """The plan and the median wall time in milliseconds over RUNS runs."""
     times = []
-    plan = None
     for _ in range(RUNS):
         start = time.perf_counter()
-        plan = fn(*args)
+        plan = fn(*args, **kwargs)
         times.append((time.perf_counter() - start) * 1000.0)
     return plan, statistics.median(times)
 
 
-def run(seed: int) -> dict:
+def run(seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     nodes = make_nodes(rng)
     vms = make_vms(rng, [n.name for n in nodes])
@@ -135,7 +138,7 @@ def run(seed: int) -> dict:
     }
 
 
-def print_table(report: dict) -> None:
+def print_table(report: dict[str, Any]) -> None:
     print(
         f"{report['vms']} VMs ({report['vm_memory_mib_total'] // 1024} GiB) onto {report['nodes']} nodes "
         f"of {report['node_memory_mib'] // 1024} GiB; seed {report['seed']}; "

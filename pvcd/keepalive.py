@@ -35,7 +35,7 @@ class StateRecord:
         return {"daemon": self.daemon, "coordinator": self.coordinator, "domain": self.domain}
 
     @classmethod
-    def from_json(cls, value: Any) -> "StateRecord":
+    def from_json(cls, value: Any) -> StateRecord:
         value = value if isinstance(value, dict) else {}
         return cls(
             daemon=str(value.get("daemon", "unknown")),

@@ -60,7 +60,9 @@ class LiveMigration:
     how = "live"
     leaves_running = True
 
-    def __init__(self, timeout: float = DEFAULT_MIGRATION_TIMEOUT, uri_template: str = "qemu+tcp://{address}/system") -> None:
+    def __init__(
+        self, timeout: float = DEFAULT_MIGRATION_TIMEOUT, uri_template: str = "qemu+tcp://{address}/system"
+    ) -> None:
         self.timeout = timeout
         self.uri_template = uri_template
 
@@ -89,7 +91,9 @@ class LiveMigration:
             except libvirt.libvirtError as exc:
                 log.warning("Aborting the live migration of VM %s to %s failed: %s", vm, uri, exc)
             worker.join(30)
-            raise MigrationFailed(f"live migration of VM {vm} to {uri} did not finish within {self.timeout:g}s; aborted")
+            raise MigrationFailed(
+                f"live migration of VM {vm} to {uri} did not finish within {self.timeout:g}s; aborted"
+            )
         error = outcome.get("error")
         if isinstance(error, libvirt.libvirtError):
             raise MigrationFailed(f"live migration of VM {vm} to {uri} failed: {error.get_error_message() or error}")

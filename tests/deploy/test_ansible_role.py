@@ -79,7 +79,9 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,7 @@ def test_every_rendered_configuration_validates(deployed: dict) -> None:
     for number, node in enumerate(NODES, start=1):
         path = playbook.root(node) / "etc/pvc/pvcd.yaml"
         check = subprocess.run([str(VENV_BIN / "pvcd"), "--check-config", str(path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+                               capture_output=True, text=True, check=False)
         assert check.returncode == 0, check.stderr
         assert path.stat().st_mode & 0o777 == 0o600  # it holds passwords
         config = load_config(str(path))
@@ -137,9 +139,8 @@ def test_zookeeper_configuration_on_the_coordinators(deployed: dict) -> None:
     ids = set()
     for node in NODES:
         conf = playbook.root(node) / "etc/zookeeper/conf"
-        settings = dict(
-            line.split("=", 1) for line in (conf / "zoo.cfg").read_text().splitlines() if line and not line.startswith("#")
-        )
+        lines = (conf / "zoo.cfg").read_text().splitlines()
+        settings = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
         assert {k: v for k, v in settings.items() if k.startswith("server.")} == {
             "server.1": "pvc-hv1:2888:3888",
             "server.2": "pvc-hv2:2888:3888",

@@ -14,7 +14,6 @@ import configparser
 import re
 from pathlib import Path
 
-
 import pvcd
 from deploy_helpers import (
     PACKAGES,

@@ -110,7 +110,9 @@ exit "${FAKE_EXIT:-0}"
 """
 
 
-def run_helper(tmp_path: Path, action: str, config: Path | None = None, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def run_helper(
+    tmp_path: Path, action: str, config: Path | None = None, **env: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "pvc").write_text(FAKE_PVC)
@@ -130,8 +132,7 @@ def run_helper(tmp_path: Path, action: str, config: Path | None = None, **env: s
     result = subprocess.run(
         [sys.executable, str(REPO / "debian" / "pvc-flush"), action],
         env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         timeout=60,
         check=False,

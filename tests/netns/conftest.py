@@ -7,7 +7,7 @@ lab creates is removed at the end, whatever happened.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from functools import partial
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_floating_ips_only_on_the_primary_and_they_answer_ping(nodes):
     for address in floating:
         # Held under a kernel lifetime shorter than the session timeout (the lease).
         assert lab.nodes[primary].addresses()[address]["ifa_valid"] < SESSION_TIMEOUT
-        assert wait_for(lambda: lab.answers_from(primary, address), 5, what=f"{address} to answer ping")
+        assert wait_for(partial(lab.answers_from, primary, address), 5, what=f"{address} to answer ping")
     assert lab.roles()[primary] == "primary"
 
 
@@ -68,7 +69,7 @@ def test_killed_primary_is_replaced(nodes):
     # The dead node's namespace lost the floating IPs by itself (their kernel lifetime ran out).
     assert all(old not in holders for holders in lab.floating_holders().values())
     for address in lab.floating_ips().values():
-        assert wait_for(lambda: lab.answers_from(new, address), 5, what=f"{address} to answer from {new}")
+        assert wait_for(partial(lab.answers_from, new, address), 5, what=f"{address} to answer from {new}")
 
 
 def test_planned_handover_both_ways(nodes):
@@ -86,7 +87,7 @@ def test_planned_handover_both_ways(nodes):
             assert lab.wait_holder(timeout=2) == new
             # Gratuitous ARP moved the observer's cache to the new primary's MAC.
             for address in lab.floating_ips().values():
-                assert wait_for(lambda: lab.answers_from(new, address), 5, what=f"{address} to answer from {new}")
+                assert wait_for(partial(lab.answers_from, new, address), 5, what=f"{address} to answer from {new}")
             assert lab.roles() == {new: "primary", old: "secondary"}
     assert sampler.overlaps() == []
 
