@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Callable
 
 from pvcd.vm.domains import DomainError, Domains
 from pvcd.vm.migration import MigrationFailed, Migrator, migration_address, migrator_for
@@ -219,14 +219,14 @@ class VmReconciler:
         return VmStatus(node=self.node, state=state, message=message)
 
     def _start(self, action: Action, view: VmView) -> None:
-        view = self._start_domain(view)
-        if view is None:
+        started = self._start_domain(view)
+        if started is None:
             return
-        write = vms.VmWrite(self.store, view).status(self._status(ActualState.RUNNING))
+        write = vms.VmWrite(self.store, started).status(self._status(ActualState.RUNNING))
         if action.then is not None:
-            write.record(view.record.with_state(action.then))
+            write.record(started.record.with_state(action.then))
         write.commit()
-        log.info("VM %s started on node %s", view.name, self.node)
+        log.info("VM %s started on node %s", started.name, self.node)
 
     def _start_domain(self, view: VmView) -> VmView | None:
         """Claim the VM, check memory, define and start it; on failure put it in `fail` and return None.
@@ -364,7 +364,9 @@ class VmReconciler:
         except DomainError as exc:
             self._abort_move(view, str(exc))
             return
-        self._release_now(view, "shutdown", self._status(ActualState.STOPPED, f"{outcome} to move to {migration.target}"))
+        self._release_now(
+            view, "shutdown", self._status(ActualState.STOPPED, f"{outcome} to move to {migration.target}")
+        )
 
     def _release(self, action: Action, view: VmView) -> None:
         """Source of a move with nothing running here: tidy up and release at once."""
@@ -423,4 +425,7 @@ class VmReconciler:
         if status != view.status:
             write.status(status)
         write.commit()
-        log.info("VM %s arrived on node %s from %s (%s, %s)", view.name, self.node, migration.source, migration.kind, migration.how)
+        log.info(
+            "VM %s arrived on node %s from %s (%s, %s)",
+            view.name, self.node, migration.source, migration.kind, migration.how,
+        )
