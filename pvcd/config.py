@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar, overload
 
 import yaml
 
@@ -346,6 +346,16 @@ _ABSENT = object()
 _REQUIRED: Any = object()
 
 
+def _is_bad(value: object) -> bool:
+    """Whether ``value`` is the placeholder of a value that failed validation.
+
+    A function rather than ``value is _BAD`` at each use: _BAD is typed Any so
+    that it fits any field, and an ``is`` comparison would make a type checker
+    narrow _BAD to the type of the value it was compared with.
+    """
+    return value is _BAD
+
+
 class _Invalid(Exception):
     """A value check failed; the message is the problem, without the key path."""
 
@@ -381,7 +391,7 @@ class _Section:
 
     def value(self, key: str, check: Callable[[object], T], default: T = _REQUIRED) -> T:
         raw = self.raw(key)
-        if raw is _BAD:
+        if _is_bad(raw):
             return _BAD
         if raw is _ABSENT:
             if default is _REQUIRED:
@@ -394,6 +404,12 @@ class _Section:
             self.report(key, str(problem))
             return _BAD
 
+    @overload
+    def section(self, key: str, missing: str = ...) -> _Section: ...
+
+    @overload
+    def section(self, key: str, missing: str | None) -> _Section | None: ...
+
     def section(self, key: str, missing: str | None = _MISSING) -> _Section | None:
         """The mapping under ``key``.
 
@@ -404,7 +420,7 @@ class _Section:
         behind by commenting out every line under the key, counts as absent.
         """
         raw = self.raw(key)
-        if raw is _BAD:
+        if _is_bad(raw):
             return self._dead(key)
         if raw is _ABSENT or (missing != _MISSING and _is_none(raw)):
             if missing is None:
@@ -519,7 +535,7 @@ def _coordinators(cluster: _Section, default_port: int) -> tuple[Coordinator, ..
     """The coordinator list; its entries' problems carry their index, e.g. ``[1]``."""
     path = cluster.key_path("coordinators")
     raw = cluster.raw("coordinators")
-    if raw is _BAD:
+    if _is_bad(raw):
         return _BAD
     if raw is _ABSENT:
         cluster.report("coordinators", _MISSING)
@@ -535,7 +551,7 @@ def _coordinators(cluster: _Section, default_port: int) -> tuple[Coordinator, ..
     for index, entry in enumerate(raw):
         entry_path = f"{path}[{index}]"
         coordinator = _coordinator(entry, entry_path, default_port, cluster.problems)
-        if coordinator.name is _BAD:
+        if _is_bad(coordinator.name):
             continue
         if coordinator.name in first_path:
             cluster.problems.append(
@@ -717,7 +733,7 @@ def _node_networking(
     first_on_device: dict[str, str] = {}
     for name in NETWORK_NAMES:
         network = getattr(networking, name)
-        if network.device is _BAD or network.mtu is _BAD:
+        if _is_bad(network.device) or _is_bad(network.mtu):
             continue
         other = first_on_device.setdefault(network.device, name)
         if getattr(networking, other).mtu != network.mtu:
@@ -738,7 +754,7 @@ def _node_network(
         "address", lambda value: _node_address(value, node, network, network_path)
     )
     section.finish()
-    mode, interface = (_BAD, _BAD) if address is _BAD else address
+    mode, interface = (_BAD, _BAD) if _is_bad(address) else address
     return NodeNetwork(device=device, mtu=mtu, address=interface, address_mode=mode)
 
 
@@ -809,7 +825,7 @@ def _is_none(value: object) -> bool:
     return value is None or value == "None"
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     # bool is a subclass of int, but True is not a number of seconds.
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -1001,7 +1017,7 @@ def _interface_in(
     The prefix length must match too: an interface address with another
     prefix would install a wrong on-link route.
     """
-    if network is _BAD:
+    if _is_bad(network):
         return interface
     _check_host_in(interface.ip, network, network_path, value)
     if interface.network.prefixlen != network.prefixlen:
@@ -1020,7 +1036,7 @@ def _gateway(
         gateway = ipaddress.IPv4Address(value)
     except ValueError:
         raise _expected("must be an IPv4 address (e.g. 10.0.0.1) or None", value) from None
-    if network is not _BAD:
+    if not _is_bad(network):
         _check_host_in(gateway, network, network_path, value)
     return gateway
 
@@ -1036,11 +1052,11 @@ def _node_address(
     interface = _interface(
         value, "must be None, by-id or an IPv4 address in CIDR form (e.g. 10.0.0.1/24)"
     )
-    if network is None or network is _BAD:
+    if network is None or _is_bad(network):
         return "static", interface
     _interface_in(value, interface, network.network, f"{network_path}.network")
     floating_ip = network.floating_ip
-    if floating_ip is not _BAD and interface.ip == floating_ip.ip:
+    if not _is_bad(floating_ip) and interface.ip == floating_ip.ip:
         raise _expected(f"must not be the floating IP {network_path}.floating_ip", value)
     return "static", interface
 
@@ -1056,7 +1072,7 @@ def _by_id_address(
     """
     if network is None:
         raise _Invalid("by-id requires pvc.cluster.networks")
-    if node is _BAD or network is _BAD or network.network is _BAD:
+    if _is_bad(node) or _is_bad(network) or _is_bad(network.network):
         return _BAD
     number = re.search(r"[0-9]+$", node)
     if number is None:
@@ -1075,6 +1091,6 @@ def _by_id_address(
     if subnet.prefixlen <= 30 and host == subnet.num_addresses - 1:
         raise _Invalid(f"{origin} is the broadcast address of {where}")
     interface = ipaddress.IPv4Interface((int(subnet.network_address) + host, subnet.prefixlen))
-    if network.floating_ip is not _BAD and interface.ip == network.floating_ip.ip:
+    if not _is_bad(network.floating_ip) and interface.ip == network.floating_ip.ip:
         raise _Invalid(f"{origin} is the floating IP {network_path}.floating_ip {network.floating_ip}")
     return interface
