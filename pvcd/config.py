@@ -46,6 +46,11 @@ MIN_SESSION_TIMEOUT_WITH_ADDRESSES = 3.0
 DEFAULT_FLUSH_CONCURRENCY = 2
 DEFAULT_FLUSH_ON_SHUTDOWN = False
 DEFAULT_STORM_GUARD_SHARE = 0.5
+DEFAULT_WATCHDOG_DEVICE = "/dev/watchdog"
+WATCHDOG_TIMEOUT_RANGE = (2, 600)
+"""Seconds; Linux watchdog drivers take whole seconds, softdog up to 65535."""
+MIN_WATCHDOG_TIMEOUT_INTERVALS = 2
+"""A watchdog must outlast two keepalive intervals, or one slow keepalive resets a healthy host."""
 MTU_RANGE = (576, 9216)
 
 AddressMode = Literal["none", "by-id", "static"]
@@ -138,6 +143,14 @@ class Ipmi:
 
 
 @dataclass(frozen=True, slots=True)
+class Watchdog:
+    """The host watchdog pvcd arms at start and pets after each delivered keepalive."""
+
+    device: str
+    timeout: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fencing:
     keepalive_interval: int
     fence_intervals: int
@@ -147,6 +160,7 @@ class Fencing:
     ipmi: Ipmi
     storm_guard_share: float = DEFAULT_STORM_GUARD_SHARE
     self_fence_command: str | None = None
+    watchdog: Watchdog | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,6 +679,7 @@ def _fencing(section: _Section) -> Fencing:
     ipmi_section.finish()
     storm_guard_share = section.value("storm_guard_share", _share, DEFAULT_STORM_GUARD_SHARE)
     self_fence_command = section.value("self_fence_command", _text, None)
+    watchdog = _watchdog(section.section("watchdog", None), keepalive_interval)
     section.finish()
     return Fencing(
         keepalive_interval=keepalive_interval,
@@ -675,7 +690,23 @@ def _fencing(section: _Section) -> Fencing:
         ipmi=ipmi,
         storm_guard_share=storm_guard_share,
         self_fence_command=self_fence_command,
+        watchdog=watchdog,
     )
+
+
+def _watchdog(section: _Section | None, keepalive_interval: object) -> Watchdog | None:
+    if section is None:
+        return None
+    device = section.value("device", _absolute_path, DEFAULT_WATCHDOG_DEVICE)
+    timeout = section.value("timeout", _int_in(WATCHDOG_TIMEOUT_RANGE))
+    if _is_int(keepalive_interval) and _is_int(timeout) and timeout < MIN_WATCHDOG_TIMEOUT_INTERVALS * keepalive_interval:
+        section.report(
+            "timeout",
+            f"must be at least {MIN_WATCHDOG_TIMEOUT_INTERVALS} keepalive intervals "
+            f"({MIN_WATCHDOG_TIMEOUT_INTERVALS * keepalive_interval}s), got {timeout}",
+        )
+    section.finish()
+    return Watchdog(device=device, timeout=timeout)
 
 
 def _migration(section: _Section) -> Migration:

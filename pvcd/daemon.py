@@ -33,6 +33,7 @@ from pvcd.keepalive import (
     keepalive_log_line,
 )
 from pvcd.fencing.fencer import Fencer, check_own_bmc, ipmi_record
+from pvcd.fencing.flow import Fence, NodeFencing, acknowledges
 from pvcd.fencing.policy import should_self_fence
 from pvcd.fencing.recovery import recover_vms
 from pvcd.fencing.self_fence import destroy_all_domains, run_command
@@ -42,6 +43,8 @@ from pvcd.vm.flush import FlushRunner, initial_domain_state, read_report
 from pvcd.vm.migration import node_addresses
 from pvcd.vm.reconciler import VmReconciler
 from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
+from pvcd.supervisor import Supervisor, timed
+from pvcd.watchdog import Watchdog, WatchdogState
 from pvcd.zk import nodes
 from pvcd.zk.store import Store, StoreError, StoreUnavailable, VersionConflict
 
@@ -58,6 +61,10 @@ RECONNECT_DELAY = 1.0
 SILENCE_CHECK_SHARE = 0.25
 # How long a flush_on_shutdown may take before the daemon stops regardless.
 FLUSH_ON_SHUTDOWN_TIMEOUT = 600.0
+# A self-fence waits this long for VM actions already under way, and gives
+# libvirt this long to destroy the domains, before it runs its command anyway.
+SELF_FENCE_DRAIN_TIMEOUT = 5.0
+SELF_FENCE_DESTROY_TIMEOUT = 10.0
 
 
 def default_collectors(config: Config, hypervisor: Hypervisor | None) -> dict[str, Callable[[], Any]]:
@@ -78,6 +85,14 @@ class NodeDaemon:
         self.config = config
         self.name = config.node
         self.stop_event = threading.Event()
+        self.supervisor = Supervisor(config.node, self._on_loop_failing)
+        self.watchdog = Watchdog(config.fencing.watchdog.device, config.fencing.watchdog.timeout) if (
+            config.fencing.watchdog is not None
+        ) else None
+        self.watchdog_state = WatchdogState(None, False, None, "no watchdog configured (pvc.system.fencing.watchdog)")
+        self.acknowledged_fence: str | None = None
+        """The id of the last fence of this node that this daemon knows about and acted on."""
+        self._self_fence_lock = threading.Lock()
         self.hypervisor = Hypervisor(config.hypervisor.libvirt_uri) if config.functions.enable_hypervisor else None
         self.collectors = Collectors(collectors or default_collectors(config, self.hypervisor))
         self.store = Store(
@@ -107,6 +122,7 @@ class NodeDaemon:
                 config,
                 is_primary=self._is_primary,
                 recover=lambda dead: recover_vms(self.store, dead, config.migration.target_selector),
+                run_loop=self.supervisor.run,
             )
             self.coordinator.services.register(self.fencer)
         # When the node last delivered a keepalive (monotonic): the self-fence clock.
@@ -145,10 +161,13 @@ class NodeDaemon:
         try:
             if not self._connect():
                 return 0
+            self._check_session_timeout()
+            self._arm_watchdog()
             self._register()
             threading.Thread(target=check_own_bmc, args=(self.config,), name="bmc-check", daemon=True).start()
             if self.config.fencing.suicide_intervals > 0:
-                threading.Thread(target=self._watch_silence, name="self-fence", daemon=True).start()
+                self.supervisor.spawn("self-fence", self._check_silence, self.stop_event,
+                                      self.interval * SILENCE_CHECK_SHARE)
             self._set_daemon_state(DaemonState.RUN)
             log.info("Node %s is running (coordinator state %s)", self.name, self.state.coordinator)
             if self.coordinator is not None:
@@ -172,6 +191,40 @@ class NodeDaemon:
                 self.stop_event.wait(RECONNECT_DELAY)
         return False
 
+    def _check_session_timeout(self) -> None:
+        configured = self.config.cluster.zookeeper.session_timeout
+        granted = self.store.negotiated_session_timeout
+        if granted is not None and abs(granted - configured) > 0.01:
+            log.warning(
+                "ZooKeeper granted a %.1fs session timeout, not the configured %.1fs "
+                "(pvc.cluster.zookeeper.session_timeout is outside the server's minSessionTimeout/maxSessionTimeout); "
+                "pvcd uses %.1fs",
+                granted, configured, granted,
+            )
+
+    def _arm_watchdog(self) -> None:
+        if self.watchdog is None:
+            log.warning(
+                "Node %s has no watchdog (pvc.system.fencing.watchdog is not set): if its BMC cannot power it off "
+                "when it dies, its VMs wait for an operator even with failed_fence: migrate", self.name,
+            )
+            return
+        self.watchdog_state = self.watchdog.arm()
+        if not self.watchdog_state.armed:
+            log.error(
+                "Node %s has no armed watchdog (%s): if its BMC cannot power it off when it dies, its VMs wait "
+                "for an operator even with failed_fence: migrate", self.name, self.watchdog_state.problem,
+            )
+
+    def _fencing_settings(self) -> NodeFencing:
+        """What the primary judges and fences this node by: its own settings, never the primary's."""
+        fencing = self.config.fencing
+        return NodeFencing(
+            float(fencing.keepalive_interval),
+            fencing.fence_intervals,
+            self.watchdog_state.timeout if self.watchdog_state.armed else None,
+        )
+
     def _register(self) -> None:
         info = {
             "name": self.name,
@@ -181,23 +234,27 @@ class NodeDaemon:
             "pid": os.getpid(),
             "addresses": node_addresses(self.config),
             "target_selector": self.config.migration.target_selector,
+            "fencing": self._fencing_settings().to_json(),
+            "watchdog": self.watchdog_state.to_json(),
         }
         while not self.stop_event.is_set():
             try:
                 # A node that was flushed (by command or at shutdown) comes back flushed;
                 # one that was fenced comes back fenced, whatever else it was.
                 domain = initial_domain_state(read_report(self.store, self.name))
-                fence = nodes.read_fence(self.store, self.name)
-                if fence.get("outcome") is not None:
+                fence = Fence.from_record(nodes.read_fence(self.store, self.name))
+                if fence is not None:
                     domain = DomainState.FENCED
-                    log.warning(
-                        "Node %s was fenced (%s, by %s); it takes no VMs until 'pvc node ready %s'",
-                        self.name, fence.get("outcome"), fence.get("by"), self.name,
-                    )
                 with self._state_lock:
                     self.state = replace(self.state, domain=domain)
+                if fence is not None:
+                    # Its VMs run elsewhere now; a host whose daemon alone restarted may still run
+                    # the old copies. No self_fence_command here: it would reboot a fenced host forever.
+                    self._self_fence(f"it was fenced (fence {fence.id}, {fence.outcome}) before this pvcd started; "
+                                     f"it takes no VMs until 'pvc node ready {self.name}'", fence, at_start=True)
                 self.versions = nodes.register(self.store, self.name, info, self.state, ipmi_record(self.config))
                 self.last_delivered = time.monotonic()
+                self._acknowledge(self.versions.fence_record)
                 log.info("Registered node %s in ZooKeeper", self.name)
                 return
             except StoreError as exc:
@@ -220,22 +277,24 @@ class NodeDaemon:
         log.info("Node %s daemon state is now %s", self.name, wanted)
         self._publish_state()
 
-    def set_domain_state(self, wanted: DomainState) -> None:
+    def set_domain_state(self, wanted: DomainState) -> bool:
         """Called by the flush runner; the node's state record has one writer, the daemon.
 
-        A fenced node stays fenced until an operator has cleared its fence record."""
-        if self.state.domain == DomainState.FENCED and wanted != DomainState.FENCED:
+        A fenced node stays fenced until an operator has cleared its fence
+        record: the change is refused (False) and the command must stop."""
+        if wanted != DomainState.FENCED:
             try:
-                pending = nodes.read_fence(self.store, self.name).get("outcome") is not None
+                pending = Fence.from_record(nodes.read_fence(self.store, self.name)) is not None
             except StoreError:
-                pending = True
+                pending = self.state.domain == DomainState.FENCED
             if pending:
                 log.warning("Node %s stays fenced (not %s) until 'pvc node ready %s'", self.name, wanted, self.name)
-                return
+                return False
         with self._state_lock:
             self.state = replace(self.state, domain=wanted)
         log.info("Node %s domain state is now %s", self.name, wanted)
         self._publish_state()
+        return True
 
     def _is_primary(self) -> bool:
         return (
@@ -289,7 +348,12 @@ class NodeDaemon:
     def _keepalive_loop(self) -> None:
         next_at = time.monotonic()
         while not self.stop_event.is_set():
-            self.keepalive_once()
+            try:
+                self.keepalive_once()
+            except Exception as exc:
+                self.supervisor.failed("keepalive", exc)
+            else:
+                self.supervisor.succeeded("keepalive")
             next_at += self.interval
             now = time.monotonic()
             if next_at < now:
@@ -305,7 +369,12 @@ class NodeDaemon:
             with self._write_lock:
                 if self.versions is None:
                     self.versions = nodes.read_versions(self.store, self.name)
+                    self._acknowledge(self.versions.fence_record)
                 record = build_keepalive(self.versions.counter + 1, self.interval, collected.values, collected.stale)
+                loops = self.supervisor.to_json()
+                if loops:
+                    record["loops"] = loops
+                sent = time.monotonic()
                 self.versions = nodes.send_keepalive(
                     self.store, self.name, self.versions, self.state, record, timeout=self.interval
                 )
@@ -323,6 +392,10 @@ class NodeDaemon:
             log.error("Keepalive of node %s not sent: %s", self.name, exc)
             return False
         self.last_delivered = time.monotonic()
+        if self.watchdog is not None and self.last_delivered - sent <= self.interval:
+            # Only a keepalive accepted within one interval of being sent proves the node
+            # alive now; the fencer's watchdog window counts on this bound.
+            self.watchdog.pet()
         self._log_keepalive(record)
         return True
 
@@ -331,30 +404,73 @@ class NodeDaemon:
     def _check_fence(self) -> None:
         """After a refused keepalive: was this node declared dead while it ran?"""
         try:
-            fence = nodes.read_fence(self.store, self.name)
-        except StoreError as exc:
+            self.versions = nodes.read_versions(self.store, self.name)
+        except (StoreError, LookupError) as exc:
+            self.versions = None
             log.warning("Cannot read the fence record of node %s: %s", self.name, exc)
             return
-        if fence.get("outcome") is not None and self.state.domain != DomainState.FENCED:
-            self._self_fence(f"primary {fence.get('by')} fenced it while it was silent ({fence.get('reason')})")
-        elif fence.get("outcome") is None and self.state.domain == DomainState.FENCED:
-            log.warning("The fence of node %s was cleared by an operator", self.name)
+        self._acknowledge(self.versions.fence_record)
 
-    def _watch_silence(self) -> None:
+    def _acknowledge(self, record: dict[str, Any]) -> None:
+        """Compare the node's fence record with the fence this daemon last acknowledged.
+
+        By content (the fence's id), not by version: a daemon that lost its session
+        re-reads versions, and a fence declared meanwhile must not pass for one it knew.
+        """
+        fence = Fence.from_record(record)
+        if acknowledges(fence, self.acknowledged_fence):
+            return
+        if fence is None:
+            log.warning("The fence %s of node %s was cleared by an operator", self.acknowledged_fence, self.name)
+            self.acknowledged_fence = None
+            return
+        self._self_fence(
+            f"primary {record.get('by')} fenced it (fence {fence.id}, step {fence.step}) while it was silent: "
+            f"{record.get('reason')}",
+            fence,
+        )
+
+    def _check_silence(self) -> None:
         """The self-fence clock runs in its own thread: a keepalive stuck on a
         black-holed connection must not delay it."""
         suicide = self.config.fencing.suicide_intervals
-        while not self.stop_event.wait(self.interval * SILENCE_CHECK_SHARE):
-            silent = time.monotonic() - self.last_delivered
-            if self.state.domain != DomainState.FENCED and should_self_fence(silent, suicide, self.interval):
-                self._self_fence(f"no keepalive delivered for {silent:.1f}s ({suicide} intervals of {self.interval}s)")
+        silent = time.monotonic() - self.last_delivered
+        if self.state.domain != DomainState.FENCED and should_self_fence(silent, suicide, self.interval):
+            self._self_fence(f"no keepalive delivered for {silent:.1f}s ({suicide} intervals of {self.interval}s)")
 
-    def _self_fence(self, reason: str) -> None:
-        with self._state_lock:
-            self.state = replace(self.state, domain=DomainState.FENCED)
-        destroy_all_domains(self.hypervisor, self.name, reason)
-        run_command(self.config.fencing.self_fence_command, self.name)
-        self._publish_state()
+    def _self_fence(self, reason: str, fence: Fence | None = None, at_start: bool = False) -> None:
+        """Destroy every VM of this host, then run the configured command, whatever libvirt does.
+
+        The node is marked fenced first, so the reconciler starts nothing more;
+        VM actions already under way are waited for (bounded) so that no start
+        completes after the destroy; every libvirt call is bounded too.
+        """
+        with self._self_fence_lock:
+            if fence is not None:
+                self.acknowledged_fence = fence.id
+            with self._state_lock:
+                self.state = replace(self.state, domain=DomainState.FENCED)
+            if self.vm_reconciler is not None:
+                self.vm_reconciler.drain(SELF_FENCE_DRAIN_TIMEOUT)
+            try:
+                timed(f"self-fence of node {self.name}",
+                      lambda: destroy_all_domains(self.hypervisor, self.name, reason), SELF_FENCE_DESTROY_TIMEOUT)
+            except Exception as exc:
+                log.critical("Self-fence of node %s: destroying its VMs failed: %s", self.name, exc)
+            if not at_start:
+                run_command(self.config.fencing.self_fence_command, self.name)
+        if not at_start:
+            self._publish_state()
+
+    def _on_loop_failing(self, loop: str, error: str | None) -> None:
+        """A loop that keeps failing makes a coordinator step down until it works again."""
+        if self.coordinator is None:
+            return
+        if error is None:
+            if not self.supervisor.failing():
+                self.coordinator.set_unfit(None)
+            return
+        self.coordinator.set_unfit(f"its {loop} loop keeps failing ({error})")
 
     def _log_keepalive(self, record: dict[str, Any]) -> None:
         logging_config = self.config.logging
@@ -375,7 +491,10 @@ class NodeDaemon:
     # -- shutdown ------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        """Step down as coordinator, publish shutdown then stop, and close the session, all within the stop budget."""
+        """Step down as coordinator, publish shutdown then stop, and close the session, all within the stop budget.
+
+        The watchdog is disarmed only here, on a clean stop: a daemon that dies
+        any other way leaves it armed, and the host is reset."""
         if self.flush_runner is not None:
             self.flush_runner.stop(1.0)
         if self.vm_reconciler is not None:
@@ -393,6 +512,8 @@ class NodeDaemon:
             log.warning("Closing the ZooKeeper session failed: %s", exc)
         if self.hypervisor is not None:
             self.hypervisor.close()
+        if self.watchdog is not None:
+            self.watchdog.disarm()
         self._remove_pid_file()
         log.info("Node %s stopped", self.name)
 

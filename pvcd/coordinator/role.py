@@ -102,6 +102,7 @@ class CoordinatorRole:
         self._publisher = _Publisher(publish)
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._unfit: str | None = None
         self._lock = threading.Lock()
         self._connected = False
         self._observation: Observation | None = None
@@ -114,7 +115,15 @@ class CoordinatorRole:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
-        """Start the loop; the store must be connected (the daemon starts us after registering)."""
+        """Start the loop; the store must be connected (the daemon starts us after registering).
+
+        Every duration derives from the session timeout the server granted, not
+        the configured one: a lease longer than the real session could outlive it."""
+        granted = self._store.negotiated_session_timeout
+        if granted is not None and granted != self.timing.session_timeout:
+            self.timing = Timing(granted)
+            self._eligible = self._floating is None or self.timing.can_hold_addresses
+            self._election.timeout = self.timing.observe_timeout
         if not self._eligible:
             log.error(
                 "Node %s will not become primary: pvc.cluster.zookeeper.session_timeout %.1fs is too short "
@@ -139,6 +148,16 @@ class CoordinatorRole:
         if self._floating is not None:
             self._floating.close()
         self._publisher.stop(timeout=0.5)
+
+    def set_unfit(self, reason: str | None) -> None:
+        """Step down and stay down while `reason` holds (a loop of this node keeps failing); None: fit again."""
+        if reason != self._unfit:
+            if reason is None:
+                log.warning("Node %s may be primary coordinator again", self.node)
+            else:
+                log.error("Node %s steps down and will not be primary coordinator: %s", self.node, reason)
+        self._unfit = reason
+        self._wake.set()
 
     @property
     def acting(self) -> bool:
@@ -223,7 +242,7 @@ class CoordinatorRole:
             token=self._election.token,
             acting=self.acting,
             connected=connected,
-            stand_down=self._stopping.is_set() or not self._eligible,
+            stand_down=self._stopping.is_set() or not self._eligible or self._unfit is not None,
             now=now,
             observation=observation,
             vacant_since=self._vacant_since,
@@ -242,6 +261,8 @@ class CoordinatorRole:
                 self._hold()
             elif step is Step.RELINQUISH:
                 reason, expected = relinquish_reason(view, self.timing)
+                if self._unfit is not None and not self._stopping.is_set():
+                    reason, expected = self._unfit, False
                 self._relinquish(reason, expected)
             elif step is Step.RELEASE and observation is not None:
                 self._election.release(observation)

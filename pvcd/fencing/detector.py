@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pvcd.config import DEFAULT_STORM_GUARD_SHARE
+from pvcd.fencing.flow import NodeFencing
 
 # Daemon states in which a node is expected to send keepalives. A node that
 # stopped cleanly (`stop`) or is being shut down is not dead.
@@ -51,12 +52,13 @@ class NodeStatus:
 
     name: str
     daemon_state: str
-    fence_pending: bool  # a fence outcome awaits an operator or recovery: never fence twice
+    fence_pending: bool  # the node has a fence already: never fence twice
+    fencing: NodeFencing | None
+    """The node's own published settings; None (nothing usable published): never judged dead."""
 
 
 class Verdict(StrEnum):
     NOTHING = "nothing"
-    DISABLED = "disabled"
     MAINTENANCE = "maintenance"
     STORM = "storm"
     FENCE = "fence"
@@ -70,7 +72,7 @@ class Decision:
     reason: str = ""
 
 
-def suspect_window(interval: float, fence_intervals: int) -> float:
+def suspect_window(fencing: NodeFencing) -> float:
     """Silence after which a node counts towards the storm guard.
 
     Nodes cut off together by one network fault fall silent within a moment
@@ -78,29 +80,30 @@ def suspect_window(interval: float, fence_intervals: int) -> float:
     see them together, instead of fencing the first one a fraction of a second
     before the others' windows run out.
     """
-    window = interval * fence_intervals
-    return max(window - interval, window / 2)
+    window = fencing.fence_window
+    return max(window - fencing.keepalive_interval, window / 2)
 
 
 def dead_nodes(
     nodes: list[NodeStatus],
     tracker: LivenessTracker,
     now: float,
-    interval: float,
-    fence_intervals: int,
     me: str,
-    window: float | None = None,
+    suspects: bool = False,
 ) -> list[str]:
-    """Nodes expected to send keepalives whose keepalive has not moved for the window
-    (by default the fence window: keepalive_interval × fence_intervals)."""
-    window = interval * fence_intervals if window is None else window
+    """Nodes expected to send keepalives whose keepalive has not moved for their own
+    fence window (keepalive_interval × fence_intervals), or with `suspects` their
+    storm-guard window. A node with fence_intervals 0 is never dead."""
     return sorted(
         node.name
         for node in nodes
         if node.name != me
+        and node.fencing is not None
+        and node.fencing.fence_intervals > 0
         and node.daemon_state in EXPECTS_KEEPALIVES
         and node.name in tracker.seen
-        and tracker.silent_for(node.name, now) >= window
+        and tracker.silent_for(node.name, now)
+        >= (suspect_window(node.fencing) if suspects else node.fencing.fence_window)
     )
 
 
@@ -108,21 +111,17 @@ def decide(
     nodes: list[NodeStatus],
     tracker: LivenessTracker,
     now: float,
-    interval: float,
-    fence_intervals: int,
     me: str,
     maintenance: bool,
     storm_share: float = DEFAULT_STORM_GUARD_SHARE,
 ) -> Decision:
-    """What the primary should do about dead nodes this round: at most one fence."""
-    if fence_intervals == 0:
-        return Decision(Verdict.DISABLED, reason="fence_intervals is 0")
-    dead = dead_nodes(nodes, tracker, now, interval, fence_intervals, me)
+    """What the primary should do about dead nodes this round: at most one new fence."""
+    dead = dead_nodes(nodes, tracker, now, me)
     if not dead:
         return Decision(Verdict.NOTHING)
     if maintenance:
         return Decision(Verdict.MAINTENANCE, tuple(dead), reason="maintenance mode is on")
-    suspects = dead_nodes(nodes, tracker, now, interval, fence_intervals, me, suspect_window(interval, fence_intervals))
+    suspects = dead_nodes(nodes, tracker, now, me, suspects=True)
     if len(suspects) > storm_share * len(nodes):
         return Decision(
             Verdict.STORM,

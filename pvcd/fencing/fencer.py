@@ -1,10 +1,11 @@
-"""The fence flow: runs on every node, acts only while that node is primary.
+"""The fence flow: runs on every coordinator, acts only while that node is primary.
 
 Each round it observes every node's keepalive version, asks the pure detector
-what to do, and carries out at most one fence under a cluster-wide ZooKeeper
-lock: mark the node as being fenced (which also makes any keepalive of a merely
-frozen node fail from then on), power it off over IPMI, judge the outcome, and
-recover its VMs only when the policy allows.
+whether a new fence is due, and asks the pure state machine (`flow`) what every
+fence already in ZooKeeper needs next — including fences another primary began
+and could not finish. All of it happens under one cluster-wide lock, so at most
+one fence acts at a time. Every step is written to the node's fence record
+before the next one starts (see `flow` and docs/fencing.md).
 """
 
 from __future__ import annotations
@@ -12,23 +13,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from kazoo.exceptions import LockTimeout
 
 from pvcd.config import DEFAULT_IPMI_PORT, Config
+from pvcd.fencing import flow
 from pvcd.fencing.detector import LivenessTracker, NodeStatus, Verdict, decide
+from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
 from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
 from pvcd.fencing.outcome import FenceOutcome
-from pvcd.fencing.policy import FenceAction, Recovery, after_fence
+from pvcd.supervisor import Supervisor
 from pvcd.zk import nodes, schema
-from pvcd.zk.store import Store, StoreError
+from pvcd.zk.nodes import NodeView
+from pvcd.zk.store import Store, StoreError, VersionConflict
 
 log = logging.getLogger("pvcd.fencing")
 
-FENCING = "fencing"
-"""The outcome recorded while a fence is under way."""
 ROUND_SHARE = 0.25
 """Rounds run four times per keepalive interval, so detection lags by at most a quarter interval."""
 
@@ -80,6 +83,11 @@ def storage_fence(node: str) -> None:
     log.info("Storage fencing of node %s: no managed storage to cut off", node)
 
 
+def node_fencing(view: NodeView) -> NodeFencing | None:
+    """The fencing settings the node published for itself at registration."""
+    return NodeFencing.from_json(view.info.get("fencing"))
+
+
 class Fencer:
     """A primary-only service: started on takeover with no liveness history,
     stopped on relinquish. Every step that acts re-checks that this node is
@@ -95,7 +103,9 @@ class Fencer:
         recover: Recover,
         driver: IpmiDriver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        run_loop: Callable[[str, Callable[[], None], threading.Event, float], None] | None = None,
     ) -> None:
+        """`run_loop(name, body, stop_event, period)` runs the rounds: the daemon's supervisor."""
         self.store = store
         self.config = config
         self.me = config.node
@@ -103,12 +113,14 @@ class Fencer:
         self.recover = recover
         self.driver = driver or IpmiDriver()
         self.clock = clock
-        self.interval = config.fencing.keepalive_interval
+        self.policy = Policy(config.fencing.successful_fence, config.fencing.failed_fence)
+        self.run_loop = run_loop or Supervisor(config.node).run
         self.tracker = LivenessTracker()
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self._storm_logged: tuple[str, ...] = ()
         self._maintenance_logged: tuple[str, ...] = ()
+        self._unjudged_logged: tuple[str, ...] = ()
 
     def start(self) -> None:
         # A primary term starts with no history: silence is only ever counted
@@ -117,7 +129,10 @@ class Fencer:
         self._storm_logged = ()
         self._maintenance_logged = ()
         self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, args=(self.stop_event,), name="fencer", daemon=True)
+        period = self.config.fencing.keepalive_interval * ROUND_SHARE
+        self.thread = threading.Thread(
+            target=self.run_loop, args=("fencer", self._round, self.stop_event, period), name="fencer", daemon=True
+        )
         self.thread.start()
         log.info("Fencer started on primary %s", self.me)
 
@@ -126,46 +141,72 @@ class Fencer:
         if self.thread is not None:
             self.thread.join(0.5)
 
-    def _loop(self, stop_event: threading.Event) -> None:
-        while not stop_event.wait(self.interval * ROUND_SHARE):
-            if not self.is_primary():
-                continue
-            try:
-                self.run_once()
-            except StoreError as exc:
-                log.warning("Fencing round skipped: %s", exc)
+    def _round(self) -> None:
+        """One round; a ZooKeeper or BMC failure is expected now and then and skips the round,
+        anything else goes to the supervisor (logged with its traceback, counted, retried)."""
+        if not self.is_primary():
+            return
+        try:
+            self.run_once()
+        except (StoreError, IpmiError) as exc:
+            log.warning("Fencing round skipped: %s", exc)
 
     # -- one round -------------------------------------------------------------
 
     def run_once(self) -> None:
         now = self.clock()
         views = nodes.read_cluster(self.store)
-        fences = {view.name: view.fence for view in views}
+        by_name = {view.name: view for view in views}
         for view in views:
             if view.keepalive_version is not None:
                 self.tracker.observe(view.name, view.keepalive_version, now)
         statuses = [
-            NodeStatus(view.name, view.state.daemon, fences[view.name].get("outcome") is not None) for view in views
+            NodeStatus(view.name, view.state.daemon, Fence.from_record(view.fence) is not None, node_fencing(view))
+            for view in views
         ]
-        maintenance = self._maintenance()
+        self._log_unjudged(statuses)
         decision = decide(
-            statuses,
-            self.tracker,
-            now,
-            self.interval,
-            self.config.fencing.fence_intervals,
-            self.me,
-            maintenance,
-            self.config.fencing.storm_guard_share,
+            statuses, self.tracker, now, self.me, self._maintenance(), self.config.fencing.storm_guard_share
         )
         self._record_storm(decision.dead if decision.verdict == Verdict.STORM else (), decision.reason)
         held_by_maintenance = decision.dead if decision.verdict == Verdict.MAINTENANCE else ()
         if held_by_maintenance and held_by_maintenance != self._maintenance_logged:
             log.warning("Nodes %s look dead but maintenance mode is on: not fencing", ", ".join(held_by_maintenance))
         self._maintenance_logged = held_by_maintenance
-        self._resume_recoveries(fences, now)
-        if decision.verdict == Verdict.FENCE and decision.target is not None:
-            self._fence(decision.target)
+        due = self._due(views)
+        if not due and decision.verdict != Verdict.FENCE:
+            return
+        with self._locked() as locked:
+            if not locked:
+                return
+            for name, action in due:
+                self._carry_on(name, action, by_name[name])
+            if decision.verdict == Verdict.FENCE and decision.target is not None:
+                self._declare(by_name[decision.target])
+
+    def _due(self, views: list[NodeView]) -> list[tuple[str, Next]]:
+        """Fences in ZooKeeper that need a step now, whoever started them."""
+        now_ms: int | None = None
+        due = []
+        for view in views:
+            fence = Fence.from_record(view.fence)
+            if fence is None or fence.step in (Step.RECOVERED, Step.HELD):
+                continue
+            if fence.step is Step.WAITING_WATCHDOG and now_ms is None:
+                now_ms = self.store.server_time_ms()
+            action = flow.next_action(fence, node_fencing(view), now_ms or 0)
+            if action is not Next.NOTHING:
+                due.append((view.name, action))
+        return due
+
+    def _log_unjudged(self, statuses: list[NodeStatus]) -> None:
+        unjudged = tuple(s.name for s in statuses if s.fencing is None and s.name != self.me)
+        if unjudged and unjudged != self._unjudged_logged:
+            log.error(
+                "Nodes %s published no usable fencing settings (an older pvcd?): they are never fenced automatically",
+                ", ".join(unjudged),
+            )
+        self._unjudged_logged = unjudged
 
     def _maintenance(self) -> bool:
         found = self.store.get(schema.MAINTENANCE)
@@ -174,86 +215,161 @@ class Fencer:
     def _record_storm(self, dead: tuple[str, ...], reason: str) -> None:
         if dead == self._storm_logged:
             return
-        self._storm_logged = dead
         value = {"storm": {"dead": list(dead), "reason": reason, "since_ms": self.store.server_time_ms()}} if dead else {}
-        if dead:
-            log.error("Storm guard: not fencing anyone: %s (nodes: %s)", reason, ", ".join(dead))
-        else:
-            log.info("Storm guard cleared")
         found = self.store.get(schema.FAULTS)
         if found is None:
             self.store.ensure_path(schema.CLUSTER)
             self.store.create(schema.FAULTS, value)
         else:
             self.store.set(schema.FAULTS, value, found.version)
+        if dead:
+            log.error("Storm guard: not fencing anyone: %s (nodes: %s)", reason, ", ".join(dead))
+        else:
+            log.info("Storm guard cleared")
+        self._storm_logged = dead
 
-    # -- fencing ---------------------------------------------------------------
+    # -- the lock --------------------------------------------------------------
 
-    def _fence(self, node: str) -> None:
-        lock = self.store.client.Lock(schema.FENCE_LOCK, identifier=self.me)
-        try:
-            if not lock.acquire(timeout=self.interval):
-                return
-        except LockTimeout:
+    class _Lock:
+        def __init__(self, fencer: Fencer) -> None:
+            self.lock = fencer.store.client.Lock(schema.FENCE_LOCK, identifier=fencer.me)
+            self.timeout = fencer.config.fencing.keepalive_interval
+            self.held = False
+
+        def __enter__(self) -> bool:
+            try:
+                self.held = bool(self.lock.acquire(timeout=self.timeout))
+            except LockTimeout:
+                self.held = False
+            return self.held
+
+        def __exit__(self, *_exc: object) -> None:
+            if self.held:
+                self.lock.release()
+
+    def _locked(self) -> Fencer._Lock:
+        return Fencer._Lock(self)
+
+    # -- the steps -------------------------------------------------------------
+
+    def _declare(self, view: NodeView) -> None:
+        """Declare the fence, in one transaction with the check that the keepalive has not moved."""
+        node = view.name
+        seen = self.tracker.seen.get(node)
+        fencing = node_fencing(view)
+        if seen is None or fencing is None or not self.is_primary():
             return
-        try:
-            self._fence_locked(node)
-        finally:
-            lock.release()
-
-    def _fence_locked(self, node: str) -> None:
-        before = self.store.get(schema.node_fence(node))
+        fence_found = self.store.get(schema.node_fence(node))
         keepalive = self.store.get(schema.node_keepalive(node))
-        if before is None or keepalive is None or (before.value or {}).get("outcome") is not None:
+        if fence_found is None or keepalive is None or keepalive.version != seen.version:
+            return
+        if Fence.from_record(fence_found.value) is not None:
             return
         silent_for = self.tracker.silent_for(node, self.clock())
-        seen = self.tracker.seen.get(node)
-        if seen is None or keepalive.version != seen.version or not self.is_primary():
+        reason = (
+            f"no keepalive for {silent_for:.1f}s ({fencing.fence_intervals} intervals of "
+            f"{fencing.keepalive_interval:g}s)"
+        )
+        record: dict[str, Any] = {
+            "id": uuid.uuid4().hex,
+            "step": str(Step.DECLARED),
+            "outcome": flow.IN_PROGRESS,
+            "by": self.me,
+            "started_ms": self.store.server_time_ms(),
+            "reason": reason,
+            "keepalive_version": keepalive.version,
+            "keepalive_mtime_ms": keepalive.mtime_ms,
+            "fencing": fencing.to_json(),
+            "recovered": False,
+        }
+        try:
+            self.store.transaction().check(schema.node_keepalive(node), seen.version).set(
+                schema.node_fence(node), record, fence_found.version
+            ).commit()
+        except VersionConflict:
+            log.info("Not fencing node %s: its keepalive moved while the fence was being declared", node)
             return
-        started = self.store.server_time_ms()
-        reason = f"no keepalive for {silent_for:.1f}s ({self.config.fencing.fence_intervals} intervals of {self.interval}s)"
-        log.warning("Fencing node %s: %s", node, reason)
-        record: dict[str, Any] = {"outcome": FENCING, "by": self.me, "started_ms": started, "reason": reason}
-        self.store.set(schema.node_fence(node), record, before.version)
-        version = before.version + 1
-        report_steps: tuple[str, ...]
+        log.warning("Fencing node %s (fence %s): %s", node, record["id"], reason)
+        self._power_off(node, record, fencing)
+
+    def _carry_on(self, node: str, action: Next, view: NodeView) -> None:
+        """A step of a fence found in ZooKeeper: one this primary began, or one it inherited."""
+        found = self.store.get(schema.node_fence(node))
+        if found is None or not isinstance(found.value, dict) or Fence.from_record(found.value) is None:
+            return
+        record = dict(found.value)
+        if record.get("by") != self.me and record.get("resumed_by") != self.me:
+            log.warning("Carrying on fence %s of node %s at step %s, begun by primary %s",
+                        record.get("id"), node, record.get("step"), record.get("by"))
+            record["resumed_by"] = self.me
+        if action is Next.POWER_OFF:
+            self._power_off(node, record, node_fencing(view))
+        elif action is Next.RECOVER:
+            self._recover(node, record)
+
+    def _write(self, node: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Write the next step; refused when the record changed (an operator readied the node, say)."""
+        found = self.store.get(schema.node_fence(node))
+        if found is None or not isinstance(found.value, dict) or found.value.get("id") != record.get("id"):
+            raise VersionConflict(f"{schema.node_fence(node)}: the fence {record.get('id')} is no longer current")
+        self.store.set(schema.node_fence(node), record, found.version)
+        return record
+
+    def _power_off(self, node: str, record: dict[str, Any], fencing: NodeFencing | None) -> None:
+        if not self.is_primary():
+            return
+        record = self._write(node, dict(record, step=str(Step.POWERING_OFF)))
         target = self._ipmi_target(node)
+        steps: tuple[str, ...] = ()
         if target is None:
-            outcome, why, report_steps = FenceOutcome.FAILED, "the node published no BMC address", ()
+            outcome, why = FenceOutcome.FAILED, "the node published no BMC address"
         else:
             report = self.driver.fence(target)
-            outcome, why, report_steps = report.verdict.outcome, report.verdict.reason, report.steps
-        action = after_fence(
-            outcome,
-            self.config.fencing.successful_fence,
-            self.config.fencing.failed_fence,
-            self.config.fencing.suicide_intervals,
-            self.interval,
-            self.tracker.silent_for(node, self.clock()),
-        )
+            outcome, why, steps = report.verdict.outcome, report.verdict.reason, report.steps
+        after = flow.after_outcome(outcome, self.policy, fencing)
         log.log(
             logging.WARNING if outcome == FenceOutcome.CONFIRMED else logging.ERROR,
-            "Fence of node %s: %s (%s); %s",
-            node,
-            outcome,
-            why,
-            action.reason,
+            "Fence %s of node %s: %s (%s); %s", record["id"], node, outcome, why, after.reason,
         )
-        record.update(
+        record = self._write(node, dict(
+            record,
+            step=str(after.step),
             outcome=str(outcome),
             outcome_reason=why,
-            steps=list(report_steps),
+            steps=list(steps),
             finished_ms=self.store.server_time_ms(),
-            recovery=str(action.recovery),
-            node_state=str(action.node_state),
-            action_reason=action.reason,
-            recovered=False,
-        )
-        self.store.set(schema.node_fence(node), record, version)
-        if action.recovery == Recovery.RECOVER:
-            self._recover(node)
-        if outcome == FenceOutcome.CONFIRMED and target is not None:
+            node_state=after.node_state,
+            action_reason=after.reason,
+        ))
+        if after.step is Step.RECOVERING:
+            self._recover(node, record)
+        elif after.step is Step.HELD and target is not None:
             self._power_on(node, target)
+
+    def _recover(self, node: str, record: dict[str, Any]) -> None:
+        if not self.is_primary():
+            log.warning("Not recovering the VMs of node %s: this node is no longer primary", node)
+            return
+        if record.get("step") != Step.RECOVERING:
+            log.warning("Recovering the VMs of node %s: %s", node, _why_now(record))
+            record = self._write(node, dict(record, step=str(Step.RECOVERING)))
+        storage_fence(node)
+        result = self.recover(node)
+        for vm, target in sorted(result.moved.items()):
+            log.warning("Recovered VM %s of fenced node %s on node %s", vm, node, target)
+        for vm, why in sorted(result.unplaced.items()):
+            log.error("VM %s of fenced node %s could not be placed: %s; left stopped", vm, node, why)
+        target = self._ipmi_target(node)
+        if record.get("outcome") == FenceOutcome.CONFIRMED and target is not None:
+            self._power_on(node, target)
+        self._write(node, dict(
+            record,
+            step=str(Step.RECOVERED),
+            recovered=True,
+            recovered_vms=result.moved,
+            unplaced_vms=result.unplaced,
+            recovered_ms=self.store.server_time_ms(),
+        ))
 
     def _power_on(self, node: str, target: IpmiTarget) -> None:
         try:
@@ -270,42 +386,10 @@ class Fencer:
         port = int(value.get("port", DEFAULT_IPMI_PORT))
         return IpmiTarget(str(value["host"]), port, str(value["user"]), str(value["password"]))
 
-    # -- recovery --------------------------------------------------------------
 
-    def _resume_recoveries(self, fences: dict[str, dict[str, Any]], now: float) -> None:
-        """Recoveries that waited: for the self-fence window, or for an operator's confirmation."""
-        for node, record in fences.items():
-            if record.get("recovered") is not False or record.get("outcome") in (None, FENCING):
-                continue
-            if record.get("confirmed_by_operator"):
-                log.warning("Operator confirmed node %s is off; recovering its VMs", node)
-                self._recover(node)
-            elif record.get("recovery") == Recovery.WAIT_SELF_FENCE:
-                action: FenceAction = after_fence(
-                    FenceOutcome(record["outcome"]),
-                    self.config.fencing.successful_fence,
-                    self.config.fencing.failed_fence,
-                    self.config.fencing.suicide_intervals,
-                    self.interval,
-                    self.tracker.silent_for(node, now),
-                )
-                if action.recovery == Recovery.RECOVER:
-                    log.warning("Node %s: %s", node, action.reason)
-                    self._recover(node)
-
-    def _recover(self, node: str) -> None:
-        if not self.is_primary():
-            log.warning("Not recovering the VMs of node %s: this node is no longer primary", node)
-            return
-        storage_fence(node)
-        result = self.recover(node)
-        for vm, target in sorted(result.moved.items()):
-            log.warning("Recovered VM %s of fenced node %s on node %s", vm, node, target)
-        for vm, why in sorted(result.unplaced.items()):
-            log.error("VM %s of fenced node %s could not be placed: %s; left stopped", vm, node, why)
-        found = self.store.get(schema.node_fence(node))
-        if found is None or not isinstance(found.value, dict):
-            return
-        record = dict(found.value, recovered=True, recovered_vms=result.moved, unplaced_vms=result.unplaced,
-                      recovered_ms=self.store.server_time_ms())
-        self.store.set(schema.node_fence(node), record, found.version)
+def _why_now(record: dict[str, Any]) -> str:
+    if record.get("confirmed_by_operator"):
+        return "an operator confirmed it is off"
+    if record.get("step") == Step.WAITING_WATCHDOG:
+        return "its watchdog window has passed since its last keepalive"
+    return f"fence step {record.get('step')}"

@@ -101,6 +101,21 @@ class VmReconciler:
     def wake(self) -> None:
         self._wake.set()
 
+    def drain(self, timeout: float) -> list[str]:
+        """Wait for the VM actions under way; the VMs still busy at the deadline.
+
+        For a self-fence: once the node is held nothing new is submitted, and
+        after this returns no start already begun can complete after the destroy
+        (unless libvirt hangs past the deadline, which the caller logs).
+        """
+        with self._busy_lock:
+            futures = dict(self._busy)
+        _done, pending = wait(futures.values(), timeout=timeout)
+        busy = sorted(vm for vm, future in futures.items() if future in pending)
+        if busy:
+            log.critical("Node %s: VM actions on %s still under way after %.0fs", self.node, ", ".join(busy), timeout)
+        return busy
+
     def _on_vms_changed(self, _data: bytes | None, _stat: object) -> bool:
         if self._stop.is_set():
             return False  # kazoo removes the watch
@@ -158,7 +173,8 @@ class VmReconciler:
 
     def _submit(self, action: Action) -> Future[None] | None:
         with self._busy_lock:
-            if action.vm in self._busy or self._stop.is_set():
+            # held() again here: a pass that began before the node was fenced must not start anything after.
+            if action.vm in self._busy or self._stop.is_set() or self.held() is not None:
                 return None
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"vm-{self.node}")

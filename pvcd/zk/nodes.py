@@ -10,7 +10,7 @@ wakes up later — finds out at its very next keepalive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pvcd.keepalive import StateRecord
@@ -29,6 +29,10 @@ class Versions:
     keepalive: int
     counter: int
     fence: int
+    fence_record: dict[str, Any] = field(default_factory=lambda: dict(NO_FENCE))
+    """The fence record as read at version `fence`: the node compares its content with
+    the fence it last acknowledged, so a fence declared while it was cut off is never
+    taken for one it already knew."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ def register(
     else:
         transaction.set(schema.node_ipmi(name), ipmi, ipmi_record.version)
     transaction.commit()
-    return Versions(versions.state + 1, versions.keepalive, versions.counter, versions.fence)
+    return replace(versions, state=versions.state + 1)
 
 
 def read_versions(store: Store, name: str) -> Versions:
@@ -93,7 +97,8 @@ def read_versions(store: Store, name: str) -> Versions:
         fence = store.get(schema.node_fence(name))
         assert fence is not None
     counter = keepalive.value.get("counter", 0) if isinstance(keepalive.value, dict) else 0
-    return Versions(state.version, keepalive.version, int(counter), fence.version)
+    record = fence.value if isinstance(fence.value, dict) else dict(NO_FENCE)
+    return Versions(state.version, keepalive.version, int(counter), fence.version, record)
 
 
 def clear_fence(store: Store, name: str) -> bool:
@@ -123,13 +128,13 @@ def send_keepalive(
     store.transaction().check(schema.node_fence(name), versions.fence).set(
         schema.node_state(name), state.to_json(), versions.state
     ).set(schema.node_keepalive(name), record, versions.keepalive).commit(timeout)
-    return Versions(versions.state + 1, versions.keepalive + 1, record["counter"], versions.fence)
+    return replace(versions, state=versions.state + 1, keepalive=versions.keepalive + 1, counter=record["counter"])
 
 
 def write_state(store: Store, name: str, versions: Versions, state: StateRecord) -> Versions:
     """Publish a state change at once rather than at the next keepalive."""
     store.set(schema.node_state(name), state.to_json(), versions.state)
-    return Versions(versions.state + 1, versions.keepalive, versions.counter, versions.fence)
+    return replace(versions, state=versions.state + 1)
 
 
 def read_node(store: Store, name: str) -> NodeView | None:

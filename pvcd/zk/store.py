@@ -152,6 +152,8 @@ class Store:
         self.session_timeout = session_timeout
         self.connect_timeout = connect_timeout
         self._listeners: list[Callable[[str], None]] = []
+        self.negotiated_session_timeout: float | None = None
+        """Seconds, as the server granted it at the last session (re)establishment; None before."""
         self.client = self._new_client()
 
     def _new_client(self) -> KazooClient:
@@ -166,7 +168,26 @@ class Store:
         )
         for listener in self._listeners:
             client.add_listener(lambda state, listener=listener: listener(str(state)))
+        self._capture_negotiated_timeout(client)
         return client
+
+    def _capture_negotiated_timeout(self, client: KazooClient) -> None:
+        """Learn the session timeout the server granted.
+
+        The server clamps the requested timeout to its own minimum and maximum,
+        and every lease pvcd derives from the session must use what was granted.
+        kazoo computes it when a session is established but does not keep it;
+        its connection handler returns the read timeout, two thirds of it.
+        """
+        connection = client._connection
+        establish = connection._connect
+
+        def connect(*args: Any) -> Any:
+            read_timeout_ms, connect_timeout_ms = establish(*args)
+            self.negotiated_session_timeout = read_timeout_ms * 1.5 / 1000.0
+            return read_timeout_ms, connect_timeout_ms
+
+        connection._connect = connect
 
     def start(self) -> None:
         """Open a session; a failed attempt leaves the store ready for another."""
