@@ -699,7 +699,11 @@ def _watchdog(section: _Section | None, keepalive_interval: object) -> Watchdog 
         return None
     device = section.value("device", _absolute_path, DEFAULT_WATCHDOG_DEVICE)
     timeout = section.value("timeout", _int_in(WATCHDOG_TIMEOUT_RANGE))
-    if _is_int(keepalive_interval) and _is_int(timeout) and timeout < MIN_WATCHDOG_TIMEOUT_INTERVALS * keepalive_interval:
+    if (
+        _is_int(keepalive_interval)
+        and _is_int(timeout)
+        and timeout < MIN_WATCHDOG_TIMEOUT_INTERVALS * keepalive_interval
+    ):
         section.report(
             "timeout",
             f"must be at least {MIN_WATCHDOG_TIMEOUT_INTERVALS} keepalive intervals "
