@@ -1,26 +1,36 @@
-"""A simulated machine for one local node: power, a BMC, and a network link.
+"""A simulated machine for one local node: power, a hypervisor, a BMC, a watchdog and a network link.
 
-Each local node runs inside a chassis process that owns three things a real
-host has:
+Each local node runs inside a chassis process that owns what a real host has:
 
-- **power**: the node's `pvcd` is the chassis' child; powering off kills it with
-  SIGKILL (its simulated VMs die with it, as on a real host) and powering on
-  starts it again;
+- **a hypervisor**: one libvirtd serving libvirt's test driver
+  (`libvirt_host.py`); the node's `pvcd` connects to it as a production node
+  connects to qemu:///system, so the VMs live in libvirtd, not in `pvcd`:
+  killing `pvcd` leaves them running;
+- **power**: powering on starts a fresh, empty libvirtd, then `pvcd` (both the
+  chassis' children); powering off kills both with SIGKILL, `pvcd` first (a
+  power loss gives the daemon no last word), and so every VM of the host;
 - **a BMC**: an IPMI-over-UDP server on 127.0.0.1, built on pyghmi's simulator,
   that drives the power above; it can be made to stop answering, at once
   (`bmc-down`) or right after its next power-off (`bmc-flaky`);
+- **a watchdog**: a FIFO device `pvcd` arms and pets (`watchdog.py`); when it
+  expires the chassis resets the host (power off, power on);
 - **a network link to ZooKeeper**: a TCP relay the node's configuration points
   at; cutting it black-holes the traffic in both directions while the node keeps
-  running, as a partition would.
+  running, as a partition would;
+- **a journal** (`journal.jsonl`, see journal.py and recorder.py): every domain
+  start and stop on the host, power and watchdog events, on the machine's
+  monotonic clock: the ground truth `pvc-devcluster check` reads.
 
 Faults are asked for over a UNIX socket (`chassis.sock` in the node directory);
-the chassis writes what it is doing to `chassis.json` after every change.
+the chassis writes what it is doing to `chassis.json` after every change and
+logs to its standard output (`chassis.log`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import select
 import signal
@@ -28,18 +38,28 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.serversession as pyghmi_serversession
 
-from pvcd.config import load_config
+from pvcd.config import ConfigError, Watchdog, load_config
+from pvcd.devcluster import journal, layout, watchdog
+from pvcd.devcluster.libvirt_host import Libvirtd, LibvirtdError
+from pvcd.devcluster.recorder import DomainRecorder, JournalWriter, ensure_event_loop
 
 CONTROL_SOCKET = "chassis.sock"
 STATE_FILE = "chassis.json"
 RELAY_BUFFER = 65536
+PVCD_STOP_TIMEOUT = 8.0
+WATCHDOG_TICK = 0.05
+"""How often an armed watchdog is checked for expiry: it fires at most this late."""
+
+log = logging.getLogger("pvcd.devcluster.chassis")
 
 _SHA1 = 1
 
@@ -63,81 +83,226 @@ pyghmi_serversession.ServerSession.create_open_session_response = _refuse_other_
 )
 
 
+class ChassisError(Exception):
+    """The chassis cannot run; the message says why."""
+
+
 @dataclass
 class ChassisState:
     name: str
     chassis_pid: int
     pvcd_pid: int | None
+    libvirtd_pid: int | None
+    libvirt_uri: str
     power: str
     bmc: str
     link: str
     bmc_port: int
     relay_port: int
+    watchdog: str
+    watchdog_device: str | None
+    watchdog_timeout: int | None
+    watchdog_resets: int
+    journal: str
 
 
 class Chassis:
     def __init__(self, args: argparse.Namespace) -> None:
-        self.directory = Path(args.node_dir)
+        self.paths = layout.NodePaths(args.name, Path(args.node_dir))
+        self.directory = self.paths.directory
         self.config = Path(args.config)
         self.log = Path(args.log)
         self.lock = threading.RLock()
         self.process: subprocess.Popen[bytes] | None = None
+        try:
+            config = load_config(str(self.config))
+        except ConfigError as exc:
+            raise ChassisError(f"cannot read the node configuration: {exc.problems[0]}") from exc
+        uri = layout.chassis_libvirt_uri(self.paths)
+        self.libvirtd = Libvirtd(self.paths.libvirt_root, self.directory, uri, self.directory / "libvirtd.log")
+        self.recorder: DomainRecorder | None = None
+        self.writer = JournalWriter(self.paths.journal, args.name)
+        self.fifo, self.timer = self._watchdog(config.fencing.watchdog)
         self.state = ChassisState(
             name=args.name,
             chassis_pid=os.getpid(),
             pvcd_pid=None,
+            libvirtd_pid=None,
+            libvirt_uri=uri,
             power="off",
             bmc="up",
             link="up",
             bmc_port=args.bmc_port,
             relay_port=args.relay_port,
+            watchdog=watchdog.DISARMED if self.timer else watchdog.NONE,
+            watchdog_device=str(self.fifo.path) if self.fifo else None,
+            watchdog_timeout=int(self.timer.timeout) if self.timer else None,
+            watchdog_resets=0,
+            journal=str(self.paths.journal),
         )
         self.relay = Relay(args.relay_port, args.zookeeper)
-        ipmi = load_config(str(self.config)).fencing.ipmi
+        ipmi = config.fencing.ipmi
         self.bmc = SimulatedBmc(self, {ipmi.user: ipmi.password}, args.bmc_port)
         self.stopping = threading.Event()
 
+    def _watchdog(self, config: Watchdog | None) -> tuple[watchdog.Fifo | None, watchdog.WatchdogTimer | None]:
+        """The watchdog device the node's configuration names, if the chassis can offer it.
+
+        Only inside the node directory: a chassis never creates device files
+        elsewhere (a hand-written configuration may name /dev/watchdog).
+        """
+        if config is None:
+            return None, None
+        device = Path(config.device)
+        if device.parent != self.directory:
+            log.warning("The node's watchdog device %s is not in %s: this chassis offers no watchdog",
+                        device, self.directory)
+            return None, None
+        try:
+            return watchdog.Fifo(device), watchdog.WatchdogTimer(config.timeout)
+        except watchdog.WatchdogDeviceError as exc:
+            raise ChassisError(str(exc)) from exc
+
     # -- power ---------------------------------------------------------------
 
-    def power_on(self) -> None:
+    def power_on(self) -> bool:
+        """Start an empty host: its libvirtd first, then pvcd. False if libvirtd would not start."""
         with self.lock:
             if self.state.power == "on":
-                return
+                return True
+            try:
+                conn = self.libvirtd.start()
+                self._empty_host(conn)
+            except (LibvirtdError, libvirt.libvirtError) as exc:
+                self.libvirtd.kill()
+                log.error("Cannot power on: %s", exc)
+                return False
+            self.recorder = DomainRecorder(conn, self.writer)
+            self.writer.write(journal.POWER_ON, detail=f"libvirtd pid {self.libvirtd.pid}")
+            self.recorder.attach()
             env = dict(os.environ, PVCD_CONFIG_FILE=str(self.config), PYTHONUNBUFFERED="1")
-            with open(self.log, "ab") as log:
+            with open(self.log, "ab") as pvcd_log:
+                # From the node directory: a `pvcd` folder in the caller's working
+                # directory must not shadow the installed package.
                 self.process = subprocess.Popen(
                     [sys.executable, "-m", "pvcd.main"],
-                    stdout=log,
+                    stdout=pvcd_log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     env=env,
+                    cwd=self.directory,
                 )
             self.state.power = "on"
             self.state.pvcd_pid = self.process.pid
+            self.state.libvirtd_pid = self.libvirtd.pid
             self._save()
+            log.info("Powered on: libvirtd pid %s at %s, pvcd pid %s", self.libvirtd.pid, self.libvirtd.uri,
+                     self.process.pid)
+            return True
 
-    def power_off(self) -> None:
+    @staticmethod
+    def _empty_host(conn: libvirt.virConnect) -> None:
+        """libvirt's default test host starts with a running domain `test`; a real host powers on with none."""
+        for domain in conn.listAllDomains():
+            if domain.isActive():
+                domain.destroy()
+            if domain.isPersistent():
+                domain.undefine()
+
+    def power_off(self, reason: str) -> None:
+        """Power loss: pvcd, then libvirtd and every VM of the host, killed; the journal says which died."""
         with self.lock:
-            if self.process is not None:
-                if self.process.poll() is None:
-                    self.process.send_signal(signal.SIGKILL)
-                self.process.wait()
-            self.process = None
+            if self.state.power == "off":
+                return
+            self._kill_pvcd()
+            self.libvirtd.kill()
+            gone = time.monotonic()
+            stopped = self.recorder.detach(reason, gone) if self.recorder else []
+            self.recorder = None
+            self.writer.write(journal.POWER_OFF, via=reason, t=gone)
+            if self.fifo is not None and self.timer is not None:
+                self.fifo.read()
+                self._set_watchdog(watchdog.DISARMED, "power off", journal_it=self.timer.state == watchdog.ARMED)
+                self.timer.disarm()
             self.state.power = "off"
             self.state.pvcd_pid = None
+            self.state.libvirtd_pid = None
             self._save()
+            log.info("Powered off (%s): pvcd and libvirtd killed; VMs gone with the host: %s",
+                     reason, ", ".join(stopped) or "none")
+
+    def _kill_pvcd(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+        self.process = None
 
     def reap(self) -> None:
-        """Collect a pvcd that died by itself: the machine stays powered on."""
+        """Notice a pvcd or a libvirtd that died by itself: the machine stays powered on."""
         with self.lock:
             if self.process is not None and self.process.poll() is not None:
+                log.warning("pvcd (pid %s) exited with status %s; the host stays on and its VMs keep running",
+                            self.process.pid, self.process.returncode)
+                self.process = None
+                self.state.pvcd_pid = None
                 self._save()
+            status = self.libvirtd.exited()
+            if status is not None and self.state.power == "on":
+                pid = self.libvirtd.pid
+                self.libvirtd.kill()
+                gone = time.monotonic()
+                stopped = self.recorder.detach(journal.LIBVIRTD_EXIT, gone) if self.recorder else []
+                self.recorder = None
+                self.writer.write(journal.LIBVIRTD_EXIT, detail=f"status {status}", t=gone)
+                self.state.libvirtd_pid = None
+                self._save()
+                log.error("libvirtd (pid %s) exited by itself with status %s; VMs gone with it: %s. See %s; "
+                          "power-cycle the node to get a hypervisor again", pid, status, ", ".join(stopped) or "none",
+                          self.libvirtd.log)
+
+    # -- watchdog ------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Read the watchdog device; reset the host when it expires."""
+        assert self.fifo is not None and self.timer is not None
+        while not self.stopping.is_set():
+            readable, _, _ = select.select([self.fifo], [], [], WATCHDOG_TICK)
+            with self.lock:
+                data = self.fifo.read() if readable else b""
+                if self.state.power != "on":
+                    continue
+                now = time.monotonic()
+                changed = self.timer.feed(data, now)
+                if changed is not None:
+                    self._set_watchdog(changed, "pvcd wrote 'V' (magic close)" if changed == watchdog.DISARMED
+                                       else "first write")
+                if self.timer.expired(now):
+                    self._watchdog_reset()
+
+    def _set_watchdog(self, state: str, why: str, journal_it: bool = True) -> None:
+        self.state.watchdog = state
+        if journal_it:
+            event = journal.WATCHDOG_ARMED if state == watchdog.ARMED else journal.WATCHDOG_DISARMED
+            self.writer.write(event, detail=why)
+            log.info("Watchdog %s (%s)", state, why)
+        self._save()
+
+    def _watchdog_reset(self) -> None:
+        assert self.timer is not None
+        log.warning("Watchdog expired: not petted for %ss; resetting the host (power off, power on)",
+                    self.timer.timeout)
+        self.writer.write(journal.WATCHDOG_RESET, detail=f"not petted for {self.timer.timeout}s")
+        self.state.watchdog_resets += 1
+        self.power_off("watchdog")
+        self.power_on()
 
     # -- faults --------------------------------------------------------------
 
     def handle(self, command: str) -> dict[str, Any]:
         actions = {
-            "power-off": self.power_off,
+            "power-off": lambda: self.power_off("power-off"),
+            "crash": lambda: self.power_off("power-loss"),
             "power-on": self.power_on,
             "cut": lambda: self._set_link("down"),
             "heal": lambda: self._set_link("up"),
@@ -149,7 +314,8 @@ class Chassis:
         }
         if command not in actions:
             return {"error": f"unknown chassis command {command!r}"}
-        actions[command]()
+        if actions[command]() is False:
+            return {"error": f"{command} failed; see {self.paths.chassis_log}"}
         with self.lock:
             return asdict(self.state)
 
@@ -175,16 +341,18 @@ class Chassis:
     def serve(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        threading.Thread(target=self.relay.serve, name="relay", daemon=True).start()
+        threading.Thread(target=self.bmc.listen, name="bmc", daemon=True).start()
+        if self.fifo is not None:
+            threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+        if not self.power_on():
+            raise ChassisError(f"the host did not power on; see {self.libvirtd.log}")
         control_path = self.directory / CONTROL_SOCKET
-        if control_path.exists():
-            control_path.unlink()
+        control_path.unlink(missing_ok=True)
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         control.bind(str(control_path))
         control.listen(8)
         control.settimeout(0.2)
-        threading.Thread(target=self.relay.serve, name="relay", daemon=True).start()
-        threading.Thread(target=self.bmc.listen, name="bmc", daemon=True).start()
-        self.power_on()
         while not self.stopping.is_set():
             self.reap()
             try:
@@ -203,20 +371,29 @@ class Chassis:
         self.shutdown(control, control_path)
 
     def shutdown(self, control: socket.socket, control_path: Path) -> None:
-        """Stop the node cleanly (SIGTERM first), then everything else."""
+        """Stop the node cleanly (SIGTERM to pvcd first), then its libvirtd, then everything else."""
         with self.lock:
             if self.process is not None and self.process.poll() is None:
                 self.process.send_signal(signal.SIGCONT)
                 self.process.terminate()
                 try:
-                    self.process.wait(timeout=8)
+                    self.process.wait(timeout=PVCD_STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
             self.process = None
+            if self.state.power == "on":
+                self.libvirtd.stop()
+                gone = time.monotonic()
+                if self.recorder is not None:
+                    self.recorder.detach("shutdown", gone)
+                self.writer.write(journal.POWER_OFF, via="shutdown", t=gone)
+            self.recorder = None
             self.state.power = "off"
             self.state.pvcd_pid = None
+            self.state.libvirtd_pid = None
             self._save()
+            log.info("Chassis stopped: pvcd and libvirtd stopped")
         control.close()
         control_path.unlink(missing_ok=True)
 
@@ -245,7 +422,7 @@ class SimulatedBmc(pyghmi_bmc.Bmc):
         return self.chassis.state.power
 
     def power_off(self) -> None:
-        self.chassis.power_off()
+        self.chassis.power_off("bmc")
         if self.chassis.state.bmc == "flaky":
             # It did power the node off, but nobody will ever hear about it.
             self.chassis.handle("bmc-down")
@@ -254,14 +431,14 @@ class SimulatedBmc(pyghmi_bmc.Bmc):
         self.chassis.power_on()
 
     def power_reset(self) -> None:
-        self.chassis.power_off()
+        self.chassis.power_off("bmc-reset")
         self.chassis.power_on()
 
     def power_cycle(self) -> None:
         self.power_reset()
 
     def power_shutdown(self) -> None:
-        self.chassis.power_off()
+        self.chassis.power_off("bmc")
 
     def cold_reset(self) -> None:
         """Resetting the BMC itself does not touch the host."""
@@ -357,7 +534,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zookeeper", required=True, help="HOST:PORT of the real ZooKeeper")
     parser.add_argument("--relay-port", type=int, required=True)
     parser.add_argument("--bmc-port", type=int, required=True)
-    Chassis(parser.parse_args(argv)).serve()
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format=f"%(asctime)s chassis {args.name}: %(levelname)s %(message)s")
+    ensure_event_loop()
+    try:
+        Chassis(args).serve()
+    except ChassisError as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 

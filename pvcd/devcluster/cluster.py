@@ -5,9 +5,10 @@ process is stopped by the PID written there, and only after checking that the
 PID still runs the command we started (PIDs get reused).
 
 Each node runs inside a chassis process (`chassis.py`): the chassis owns the
-node's pvcd, its BMC simulator and its link to ZooKeeper. The pvcd PID changes
-when the BMC power-cycles the node, so the current one is read from the
-chassis' state file; cluster.json keeps the PID the node started with.
+node's libvirtd (its simulated host), its pvcd, its BMC simulator, its watchdog
+and its link to ZooKeeper. The pvcd and libvirtd PIDs change when the node is
+power-cycled, so the current ones are read from the chassis' state file;
+cluster.json keeps the pvcd PID the node started with.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from pvcd.config import ConfigError, parse_config
-from pvcd.devcluster import chassis, layout
+from pvcd.devcluster import chassis, layout, libvirt_host
 from pvcd.devcluster.processes import free_port, pid_alive, pid_cmdline, stop_pid
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import nodes
@@ -32,7 +33,10 @@ from pvcd.zk.store import Store, StoreError
 
 NODE_STOP_TIMEOUT = 15.0
 CHASSIS_START_TIMEOUT = 20.0
-FAULTS = ("crash", "hang", "resume", "cut", "heal", "bmc-down", "bmc-up", "bmc-flaky", "power-off", "power-on")
+FAULTS = ("crash", "daemon-crash", "daemon-hang", "daemon-resume", "cut", "heal", "bmc-down", "bmc-up", "bmc-flaky",
+          "power-off", "power-on")
+DAEMON_SIGNALS = {"daemon-crash": signal.SIGKILL, "daemon-hang": signal.SIGSTOP, "daemon-resume": signal.SIGCONT}
+"""Faults of the node's pvcd alone: its host (libvirtd and the VMs) keeps running."""
 
 
 class ClusterError(Exception):
@@ -45,14 +49,15 @@ class NodeRecord:
     pid: int | None
     config: str
     log: str
-    host_xml: str
+    libvirt_uri: str
+    journal: str
     directory: str
     chassis_pid: int | None
     bmc_port: int
     relay_port: int
 
     def current(self) -> dict:
-        """The chassis' own account of the node: power, pvcd PID, BMC, link."""
+        """The chassis' own account of the node: power, pvcd and libvirtd PIDs, BMC, watchdog, link."""
         return chassis.read_state(Path(self.directory)) or {}
 
 
@@ -116,7 +121,12 @@ def node_pid(node: NodeRecord) -> int | None:
 
 
 def start_chassis(node: NodeRecord, zookeeper: str) -> None:
-    """Start the node's chassis, which powers the node on; wait for its pvcd."""
+    """Start the node's chassis, which powers the node on; wait for its pvcd and its control socket.
+
+    From the node directory: a `pvcd` folder in the caller's working directory
+    must not shadow the installed package (`python -m` puts the working
+    directory first on the module path).
+    """
     directory = Path(node.directory)
     (directory / chassis.STATE_FILE).unlink(missing_ok=True)
     with open(directory / "chassis.log", "ab") as log:
@@ -130,6 +140,7 @@ def start_chassis(node: NodeRecord, zookeeper: str) -> None:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=directory,
         )
     node.chassis_pid = process.pid
     deadline = time.monotonic() + CHASSIS_START_TIMEOUT
@@ -137,7 +148,7 @@ def start_chassis(node: NodeRecord, zookeeper: str) -> None:
         if process.poll() is not None:
             raise ClusterError(f"chassis of {node.name} exited; see {directory / 'chassis.log'}")
         pid = node.current().get("pvcd_pid")
-        if pid:
+        if pid and (directory / chassis.CONTROL_SOCKET).exists():
             node.pid = pid
             return
         time.sleep(0.1)
@@ -145,13 +156,18 @@ def start_chassis(node: NodeRecord, zookeeper: str) -> None:
 
 
 def stop_chassis(node: NodeRecord, timeout: float = NODE_STOP_TIMEOUT) -> None:
-    """Stop the chassis; it stops its pvcd with SIGTERM first."""
+    """Stop the chassis, which stops its pvcd (SIGTERM first) and its libvirtd; then whatever a dead chassis left."""
     if chassis_running(node):
         assert node.chassis_pid is not None
         stop_pid(node.chassis_pid, timeout=timeout)
-    pid = node.current().get("pvcd_pid")
+    state = node.current()
+    pid = state.get("pvcd_pid")
     if pid and pid_alive(pid) and node.config in " ".join(_env_of(pid)):
         stop_pid(pid, timeout=timeout)
+    libvirtd = state.get("libvirtd_pid")
+    if libvirtd:
+        paths = layout.NodePaths(node.name, Path(node.directory))
+        libvirt_host.stop_orphan(libvirtd, libvirt_host.Libvirtd.config_path(paths.libvirt_root))
     node.chassis_pid = None
 
 
@@ -170,11 +186,11 @@ def fault(record: ClusterRecord, name: str, kind: str) -> dict:
         raise ClusterError(f"unknown fault {kind!r}; one of {', '.join(FAULTS)}")
     if not chassis_running(node):
         raise ClusterError(f"node {name} is not running (its chassis is stopped)")
-    if kind in ("crash", "hang", "resume"):
+    if kind in DAEMON_SIGNALS:
         pid = node.current().get("pvcd_pid")
         if not pid or not pid_alive(pid):
-            raise ClusterError(f"node {name} has no running pvcd to {kind}")
-        os.kill(pid, {"crash": signal.SIGKILL, "hang": signal.SIGSTOP, "resume": signal.SIGCONT}[kind])
+            raise ClusterError(f"node {name} has no running pvcd to {kind.removeprefix('daemon-')}")
+        os.kill(pid, DAEMON_SIGNALS[kind])
         return node.current()
     answer = chassis.request(Path(node.directory), kind)
     if "error" in answer:
@@ -187,6 +203,9 @@ def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
     if count < 1:
         raise ClusterError(f"--nodes must be at least 1, got {count}")
     workdir = workdir.resolve()
+    problem = layout.node_paths(workdir, layout.node_names(count)[-1]).socket_problem()
+    if problem:
+        raise ClusterError(problem)
     workdir.mkdir(parents=True, exist_ok=True)
     if record_path(workdir).exists():
         existing = load(workdir)
@@ -211,9 +230,10 @@ def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
     for name in names:
         paths = layout.node_paths(workdir, name)
         paths.directory.mkdir(parents=True, exist_ok=True)
-        paths.host_xml.write_text(layout.host_xml())
+        # A new cluster's ground truth starts empty: an earlier run's hosts are gone.
+        paths.journal.unlink(missing_ok=True)
         relay_port, bmc_port = free_port(), free_port()
-        document = layout.node_config(name, paths, names, relay_port, timing, bmc_port)
+        document = layout.node_config(name, paths, names, relay_port, timing, bmc_port, in_chassis=True)
         try:
             parse_config(document)
         except ConfigError as exc:
@@ -221,14 +241,18 @@ def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
             raise ClusterError(f"the node configuration would be invalid: {exc.problems[0]}") from exc
         paths.config.write_text(yaml.safe_dump(document, sort_keys=False))
         record.nodes.append(
-            NodeRecord(name, None, str(paths.config), str(paths.log), str(paths.host_xml), str(paths.directory),
-                       None, bmc_port, relay_port)
+            NodeRecord(name, None, str(paths.config), str(paths.log), layout.chassis_libvirt_uri(paths),
+                       str(paths.journal), str(paths.directory), None, bmc_port, relay_port)
         )
     try:
         for node in record.nodes:
             start_chassis(node, server.address)
-    finally:
+    except ClusterError:
+        # Nothing of a cluster that did not start may keep running.
         save(record)
+        down(workdir)
+        raise
+    save(record)
     return record
 
 

@@ -10,7 +10,7 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from pvcd.devcluster import cluster, layout
+from pvcd.devcluster import check, cluster, layout
 from pvcd.devcluster.processes import pid_alive
 from pvcd.zk.store import quiet_kazoo
 
@@ -31,20 +31,30 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--failed-fence", choices=("migrate", "None"), default="None")
     up.add_argument("--session-timeout", type=float, default=layout.Timing.session_timeout, metavar="S",
                     help="ZooKeeper session timeout of the nodes (default %(default)s)")
+    up.add_argument("--watchdog-timeout", type=int, metavar="S",
+                    help=f"seconds the chassis' watchdog waits for pvcd to pet it before it resets the host "
+                         f"(default {layout.WATCHDOG_INTERVALS} keepalive intervals)")
+    up.add_argument("--no-watchdog", action="store_true", help="give the nodes no watchdog device")
     up.add_argument("--detach", action="store_true", help="return once the cluster runs instead of staying in the foreground")
     for name, text in (("status", "show what runs"), ("down", "stop everything the launcher started")):
         command = sub.add_parser(name, help=text)
         command.add_argument("--workdir", type=Path, required=True)
         command.add_argument("--format", choices=("pretty", "json"), default="pretty")
+    checker = sub.add_parser("check", help="check the chassis journals: no VM on two hosts, every VM to start runs once "
+                             "(exit 0 clean, 1 violations, 2 error)")
+    checker.add_argument("--workdir", type=Path, required=True)
+    checker.add_argument("--format", choices=("pretty", "json"), default="pretty")
     fault = sub.add_parser("fault", help="inject a fault into one node, or several at the same moment")
     fault.add_argument("--workdir", type=Path, required=True)
     fault.add_argument("node", help="a node name, or several separated by commas (hv2,hv3) to hit them together")
     fault.add_argument(
         "kind",
         choices=cluster.FAULTS,
-        help="crash: SIGKILL its pvcd (BMC stays on); hang/resume: SIGSTOP/SIGCONT; cut/heal: sever/restore its "
-        "link to ZooKeeper; bmc-down/bmc-up: its BMC stops/starts answering; bmc-flaky: its BMC goes silent right "
-        "after its next power-off; power-off/power-on: through the chassis",
+        help="crash: power loss (pvcd, libvirtd and every VM of the host die; it stays off until powered on through "
+        "the BMC); daemon-crash: SIGKILL its pvcd only (its VMs keep running); daemon-hang/daemon-resume: "
+        "SIGSTOP/SIGCONT its pvcd; cut/heal: sever/restore its link to ZooKeeper; bmc-down/bmc-up: its BMC "
+        "stops/starts answering; bmc-flaky: its BMC goes silent right after its next power-off; "
+        "power-off/power-on: through the chassis",
     )
     return parser
 
@@ -71,8 +81,9 @@ def _print_status(status: dict, output_format: str) -> None:
     for node in status["nodes"]:
         machine = node["chassis"] or {}
         print(f"{node['name']:<6} pid {str(node['pid']):<8} {'running' if node['running'] else 'stopped':<8} "
-              f"power {machine.get('power', 'off'):<4} BMC {machine.get('bmc', '-')}:{node['bmc_port']:<6} "
-              f"link {machine.get('link', '-'):<5} config {node['config']}  log {node['log']}")
+              f"power {machine.get('power', 'off'):<4} libvirtd {str(machine.get('libvirtd_pid')):<8} "
+              f"BMC {machine.get('bmc', '-')}:{node['bmc_port']:<6} link {machine.get('link', '-'):<5} "
+              f"watchdog {machine.get('watchdog', '-'):<9} config {node['config']}  log {node['log']}")
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -80,6 +91,8 @@ def _up(args: argparse.Namespace) -> int:
         raise cluster.ClusterError(f"--keepalive-interval must be a positive integer, got {args.keepalive_interval}")
     if args.fence_intervals < 0:
         raise cluster.ClusterError(f"--fence-intervals must be a non-negative integer, got {args.fence_intervals}")
+    if args.watchdog_timeout is not None and args.no_watchdog:
+        raise cluster.ClusterError("--watchdog-timeout and --no-watchdog exclude each other")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -90,6 +103,8 @@ def _up(args: argparse.Namespace) -> int:
         successful_fence=args.successful_fence,
         failed_fence=args.failed_fence,
         session_timeout=args.session_timeout,
+        watchdog=not args.no_watchdog,
+        watchdog_timeout=args.watchdog_timeout,
     )
     record = cluster.up(args.workdir, args.nodes, timing)
     late = cluster.wait_until_running(record, START_TIMEOUT)
@@ -109,9 +124,22 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Exit 0 when clean, 1 on violations, 2 when the check cannot be made."""
+    try:
+        report = check.check(cluster.load(args.workdir.resolve()))
+    except (cluster.ClusterError, check.CheckError) as exc:
+        print(f"pvc-devcluster: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.format == "json" else check.render(report))
+    return 0 if report["clean"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet_kazoo()
+    if args.command == "check":
+        return _check(args)
     try:
         if args.command == "up":
             return _up(args)
@@ -127,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             states = {name: cluster.fault(record, name, args.kind) for name in names}
             for name, state in states.items():
                 print(f"{name}: {args.kind} done; power {state.get('power')}, BMC {state.get('bmc')}, "
-                      f"link {state.get('link')}, pvcd pid {state.get('pvcd_pid')}")
+                      f"link {state.get('link')}, pvcd pid {state.get('pvcd_pid')}, "
+                      f"libvirtd pid {state.get('libvirtd_pid')}, watchdog {state.get('watchdog')}")
             return 0
         record = cluster.down(args.workdir)
         _print_status(_status(record), args.format)
