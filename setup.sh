@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   zookeeper            # the coordination store (run by the tests and the demo)
   default-jre-headless # ZooKeeper's runtime
   libvirt-dev          # headers for building libvirt-python
+  libvirt-daemon       # libvirtd: each local node's simulated host (pvc-devcluster's chassis)
   pkg-config
   gcc
   python3-dev
@@ -72,6 +73,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ -n "$own_policy" ]; then rm -f "$policy"; fi
 fi
+
+# libvirtd's QEMU driver looks this user up at start and, without it, the whole
+# daemon exits; Debian's libvirt-daemon-system would create it, but that package
+# also installs services the local cluster does not want.
+id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin libvirt-qemu
 
 # An isolated venv on Debian's interpreter: the Python libraries come from PyPI
 # at the versions setup.cfg allows, not from the python3-* packages installed
