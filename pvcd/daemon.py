@@ -13,14 +13,20 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pvcd import __version__, hostinfo
 from pvcd.collect import Collectors
 from pvcd.config import Config
 from pvcd.coordinator.role import coordinator_role
+from pvcd.fencing.fencer import Fencer, check_own_bmc, ipmi_record
+from pvcd.fencing.flow import Fence, NodeFencing, acknowledges
+from pvcd.fencing.policy import should_self_fence
+from pvcd.fencing.recovery import recover_vms
+from pvcd.fencing.self_fence import destroy_all_domains, run_command
 from pvcd.hypervisor import Hypervisor
 from pvcd.keepalive import (
     COLLECT_BUDGET_SHARE,
@@ -32,18 +38,13 @@ from pvcd.keepalive import (
     cluster_log_line,
     keepalive_log_line,
 )
-from pvcd.fencing.fencer import Fencer, check_own_bmc, ipmi_record
-from pvcd.fencing.flow import Fence, NodeFencing, acknowledges
-from pvcd.fencing.policy import should_self_fence
-from pvcd.fencing.recovery import recover_vms
-from pvcd.fencing.self_fence import destroy_all_domains, run_command
 from pvcd.network.addresses import apply_node_networking
+from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
+from pvcd.supervisor import Supervisor, timed
 from pvcd.vm.domains import Domains
 from pvcd.vm.flush import FlushRunner, initial_domain_state, read_report
 from pvcd.vm.migration import node_addresses
 from pvcd.vm.reconciler import VmReconciler
-from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
-from pvcd.supervisor import Supervisor, timed
 from pvcd.watchdog import Watchdog, WatchdogState
 from pvcd.zk import nodes
 from pvcd.zk.store import Store, StoreError, StoreUnavailable, VersionConflict
@@ -341,7 +342,9 @@ class NodeDaemon:
                 self.versions = nodes.write_state(self.store, self.name, self.versions, self.state)
             except (StoreError, LookupError) as exc:
                 self.versions = None
-                log.warning("Could not publish state of node %s now (%s); the next keepalive carries it", self.name, exc)
+                log.warning(
+                    "Could not publish state of node %s now (%s); the next keepalive carries it", self.name, exc
+                )
 
     # -- keepalive -----------------------------------------------------------
 

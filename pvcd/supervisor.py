@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("pvcd.supervisor")
 
@@ -89,7 +90,9 @@ class Supervisor:
         else:
             log.error("Loop %s of node %s failed again (%d in a row): %s", name, self.node, consecutive, error)
         if became_failing:
-            log.critical("Loop %s of node %s keeps failing (%d times in a row): %s", name, self.node, consecutive, error)
+            log.critical(
+                "Loop %s of node %s keeps failing (%d times in a row): %s", name, self.node, consecutive, error
+            )
             if self.on_failing is not None:
                 self.on_failing(name, error)
         return consecutive

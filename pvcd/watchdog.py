@@ -73,7 +73,9 @@ class Watchdog:
                 log.warning("Watchdog %s: cannot set its timeout (%s); assuming %ds", self.device, exc, self.timeout)
             return self.timeout
         if granted != self.timeout:
-            log.warning("Watchdog %s runs with a %ds timeout, not the configured %ds", self.device, granted, self.timeout)
+            log.warning(
+                "Watchdog %s runs with a %ds timeout, not the configured %ds", self.device, granted, self.timeout
+            )
         return int(granted)
 
     def pet(self) -> None:

@@ -7,8 +7,9 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -23,12 +24,14 @@ def node_document(
     names: list[str] | None = None,
     keepalive_interval: int = 1,
     fence_intervals: int = 3,
+    **timing: Any,
 ) -> dict[str, Any]:
-    """A node's pvcd.yaml document, as the local cluster launcher writes it."""
+    """A node's pvcd.yaml document, as the local cluster launcher writes it; `timing`
+    overrides other fields of the launcher's `Timing` (fence actions, intervals)."""
     paths = layout.node_paths(workdir, name)
     paths.directory.mkdir(parents=True, exist_ok=True)
     paths.host_xml.write_text(layout.host_xml())
-    timing = layout.Timing(keepalive_interval=keepalive_interval, fence_intervals=fence_intervals)
+    timing = layout.Timing(keepalive_interval=keepalive_interval, fence_intervals=fence_intervals, **timing)
     return layout.node_config(name, paths, names or [name], zookeeper_port, timing)
 
 
@@ -40,7 +43,7 @@ class DaemonProcess:
         self.log_path = config_path.parent / "pvcd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         env = dict(os.environ, PVCD_CONFIG_FILE=str(self.config_path), PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -113,7 +116,7 @@ class VmNode:
         self.migrator = migrator
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
 
-    def start(self) -> "VmNode":
+    def start(self) -> VmNode:
         self.thread.start()
         wait_for(lambda: self.daemon.flush_runner is not None and self.daemon.vm_reconciler is not None, 15,
                  what=f"node {self.name} to register and start its VM services")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
@@ -59,7 +60,8 @@ class Election:
     def prepare(self) -> None:
         """Create the claims directory if this is the cluster's first coordinator."""
         client = self.store.client
-        self._wait("creating " + schema.PRIMARY, [client.ensure_path_async(schema.PRIMARY)], time.monotonic() + self.timeout)
+        deadline = time.monotonic() + self.timeout
+        self._wait("creating " + schema.PRIMARY, [client.ensure_path_async(schema.PRIMARY)], deadline)
 
     def observe(self, watch: Callable[[Any], None]) -> Observation:
         """Claims and handover request in one round trip, leaving watches on both.
@@ -83,17 +85,23 @@ class Election:
         else:
             data, stat = handover
             request, version = _handover(data), stat.version
-        return Observation(sent_at=sent_at, claims=tuple(claims_of(children)), handover=request, handover_version=version)
+        return Observation(
+            sent_at=sent_at, claims=tuple(claims_of(children)), handover=request, handover_version=version
+        )
 
     def claim(self, observation: Observation) -> None:
         """Create our claim, deleting the handover request (if any) in the same transaction."""
         transaction = self.store.client.transaction()
         transaction.create(
-            schema.primary_claim_prefix(self.node, self.token), encode({"node": self.node}), ephemeral=True, sequence=True
+            schema.primary_claim_prefix(self.node, self.token),
+            encode({"node": self.node}),
+            ephemeral=True,
+            sequence=True,
         )
         if observation.handover_version is not None:
             transaction.delete(schema.HANDOVER, version=observation.handover_version)
-        (results,) = self._wait("claiming the primary role", [transaction.commit_async()], time.monotonic() + self.timeout)
+        deadline = time.monotonic() + self.timeout
+        (results,) = self._wait("claiming the primary role", [transaction.commit_async()], deadline)
         failures = [type(result).__name__ for result in results if isinstance(result, Exception)]
         if failures:
             raise ElectionUnavailable(f"claim refused ({', '.join(failures)}): the election changed meanwhile")

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pvcd.config import Config
 from pvcd.coordinator.decide import (
@@ -200,7 +201,9 @@ class CoordinatorRole:
                 try:
                     self._relinquish("an unexpected error in the coordinator loop", expected=False)
                 except Exception:
-                    log.exception("Node %s could not step down cleanly; the floating IPs expire by themselves", self.node)
+                    log.exception(
+                        "Node %s could not step down cleanly; the floating IPs expire by themselves", self.node
+                    )
             if step in (Step.WAIT, Step.HOLD) or not progressed:
                 self._wake.wait(self.timing.tick)
 
@@ -316,7 +319,9 @@ class CoordinatorRole:
         if not self.acting:
             return
         started = time.monotonic()
-        (log.info if expected else log.warning)("Node %s relinquishes the primary coordinator role: %s", self.node, reason)
+        (log.info if expected else log.warning)(
+            "Node %s relinquishes the primary coordinator role: %s", self.node, reason
+        )
         self._set_state(CoordinatorState.RELINQUISH)
         self.services.stop_all(self.timing.service_budget)
         if self._floating is not None:

@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kazoo.exceptions import LockTimeout
 
@@ -187,7 +188,7 @@ class Fencer:
     def _due(self, views: list[NodeView]) -> list[tuple[str, Next]]:
         """Fences in ZooKeeper that need a step now, whoever started them."""
         now_ms: int | None = None
-        due = []
+        due: list[tuple[str, Next]] = []
         for view in views:
             fence = Fence.from_record(view.fence)
             if fence is None or fence.step in (Step.RECOVERED, Step.HELD):
@@ -215,7 +216,9 @@ class Fencer:
     def _record_storm(self, dead: tuple[str, ...], reason: str) -> None:
         if dead == self._storm_logged:
             return
-        value = {"storm": {"dead": list(dead), "reason": reason, "since_ms": self.store.server_time_ms()}} if dead else {}
+        value: dict[str, Any] = {}
+        if dead:
+            value = {"storm": {"dead": list(dead), "reason": reason, "since_ms": self.store.server_time_ms()}}
         found = self.store.get(schema.FAULTS)
         if found is None:
             self.store.ensure_path(schema.CLUSTER)
@@ -359,9 +362,9 @@ class Fencer:
             log.warning("Recovered VM %s of fenced node %s on node %s", vm, node, target)
         for vm, why in sorted(result.unplaced.items()):
             log.error("VM %s of fenced node %s could not be placed: %s; left stopped", vm, node, why)
-        target = self._ipmi_target(node)
-        if record.get("outcome") == FenceOutcome.CONFIRMED and target is not None:
-            self._power_on(node, target)
+        bmc = self._ipmi_target(node)
+        if record.get("outcome") == FenceOutcome.CONFIRMED and bmc is not None:
+            self._power_on(node, bmc)
         self._write(node, dict(
             record,
             step=str(Step.RECOVERED),

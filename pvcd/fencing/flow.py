@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from pvcd.fencing.outcome import FenceOutcome
 
@@ -121,7 +121,7 @@ class NodeFencing:
         return cls(float(interval), intervals, None if watchdog is None else int(watchdog))
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -194,7 +194,8 @@ def after_outcome(outcome: FenceOutcome, policy: Policy, node: NodeFencing | Non
         return AfterOutcome(
             Step.WAITING_OPERATOR,
             "fence-failed",
-            "fence failed and failed_fence is None; run 'pvc node confirm-fenced' once you have checked the node is off",
+            "fence failed and failed_fence is None; "
+            "run 'pvc node confirm-fenced' once you have checked the node is off",
         )
     window = node.watchdog_window if node is not None else None
     if window is None:

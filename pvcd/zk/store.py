@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
@@ -81,26 +82,26 @@ class Versioned:
 class Transaction:
     """A multi-op ZooKeeper transaction: all operations apply, or none."""
 
-    def __init__(self, store: "Store") -> None:
+    def __init__(self, store: Store) -> None:
         self._request = store.client.transaction()
         self._paths: list[str] = []
 
-    def create(self, path: str, value: Any, ephemeral: bool = False) -> "Transaction":
+    def create(self, path: str, value: Any, ephemeral: bool = False) -> Transaction:
         self._request.create(path, encode(value), ephemeral=ephemeral)
         self._paths.append(path)
         return self
 
-    def set(self, path: str, value: Any, version: int) -> "Transaction":
+    def set(self, path: str, value: Any, version: int) -> Transaction:
         self._request.set_data(path, encode(value), version=version)
         self._paths.append(path)
         return self
 
-    def check(self, path: str, version: int) -> "Transaction":
+    def check(self, path: str, version: int) -> Transaction:
         self._request.check(path, version)
         self._paths.append(path)
         return self
 
-    def delete(self, path: str, version: int = -1) -> "Transaction":
+    def delete(self, path: str, version: int = -1) -> Transaction:
         self._request.delete(path, version=version)
         self._paths.append(path)
         return self
@@ -116,7 +117,7 @@ class Transaction:
             raise StoreUnavailable(f"transaction on {', '.join(self._paths)}: timed out") from exc
         except KazooException as exc:
             raise _translate(exc, ", ".join(self._paths)) from exc
-        for path, result in zip(self._paths, results):
+        for path, result in zip(self._paths, results, strict=False):
             if isinstance(result, Exception) and not _is_rollback(result):
                 raise _translate(result, path)
         return results

@@ -85,16 +85,16 @@ class VmWrite:
         self._view = view
         self._after = view
 
-    def check_record(self) -> "VmWrite":
+    def check_record(self) -> VmWrite:
         self._txn.check(schema.vm(self._view.name), self._view.record_version)
         return self
 
-    def record(self, record: VmRecord) -> "VmWrite":
+    def record(self, record: VmRecord) -> VmWrite:
         self._txn.set(schema.vm(self._view.name), record.to_json(), self._view.record_version)
         self._after = dataclasses.replace(self._after, record=record, record_version=self._view.record_version + 1)
         return self
 
-    def status(self, status: VmStatus) -> "VmWrite":
+    def status(self, status: VmStatus) -> VmWrite:
         path = schema.vm_status(self._view.name)
         if self._view.status_version < 0:
             self._txn.create(path, status.to_json())
@@ -103,17 +103,17 @@ class VmWrite:
         self._after = dataclasses.replace(self._after, status=status, status_version=self._view.status_version + 1)
         return self
 
-    def check_status(self) -> "VmWrite":
+    def check_status(self) -> VmWrite:
         if self._view.status_version >= 0:
             self._txn.check(schema.vm_status(self._view.name), self._view.status_version)
         return self
 
-    def create_migration(self, migration: Migration) -> "VmWrite":
+    def create_migration(self, migration: Migration) -> VmWrite:
         self._txn.create(schema.vm_migration(self._view.name), migration.to_json())
         self._after = dataclasses.replace(self._after, migration=migration, migration_version=0)
         return self
 
-    def migration(self, migration: Migration) -> "VmWrite":
+    def migration(self, migration: Migration) -> VmWrite:
         assert self._view.migration_version is not None, "no migration to update"
         self._txn.set(schema.vm_migration(self._view.name), migration.to_json(), self._view.migration_version)
         self._after = dataclasses.replace(
@@ -121,7 +121,7 @@ class VmWrite:
         )
         return self
 
-    def delete_migration(self) -> "VmWrite":
+    def delete_migration(self) -> VmWrite:
         assert self._view.migration_version is not None, "no migration to delete"
         self._txn.delete(schema.vm_migration(self._view.name), self._view.migration_version)
         self._after = dataclasses.replace(self._after, migration=None, migration_version=None)
@@ -184,7 +184,9 @@ def request_move(store: Store, view: VmView, record: VmRecord, migration: Migrat
     return write.commit()
 
 
-def write_after_fence(store: Store, view: VmView, record: VmRecord, migration: Migration | None, status: VmStatus) -> VmView:
+def write_after_fence(
+    store: Store, view: VmView, record: VmRecord, migration: Migration | None, status: VmStatus
+) -> VmView:
     """Write what `records.after_fence` decided, in one transaction."""
     write = VmWrite(store, view).status(status)
     if record != view.record:
