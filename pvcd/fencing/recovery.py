@@ -1,62 +1,238 @@
 """Restart a fenced node's VMs elsewhere: one plan for the whole batch.
 
 Called by the fencer only once the policy allows it (the node is known off).
-The planner places every VM of the node at once, reserving capacity as it
-goes, so the batch spreads instead of piling onto the emptiest node; each VM
-is then handed over in its own version-checked transaction
-(`records.after_fence`), with the dead node as `lastnode` so that
-`pvc node ready` can bring the VMs home.
+The planner places every VM that no longer runs anywhere at once, reserving
+capacity as it goes, so the batch spreads instead of piling onto the emptiest
+node; each VM is then handed over in its own version-checked transaction,
+with the dead node as `lastnode` so that `pvc node ready` can bring the VMs
+home.
+
+Which VMs of the dead node are placed (`to_place`):
+
+* those assigned to it, including those moving to it (`records.after_fence`
+  redirects or cancels such a move);
+* those it released to another node that has not started them yet: the VM
+  runs nowhere, and the move is cleared in the same transaction that places
+  it. Without a node for it, it is left to its move's target if that node is
+  alive, unfenced and can still start it;
+* those whose move away from it was requested but never acted on, when the
+  move's target cannot finish it (late or fenced): the VM never left the dead
+  node, so nothing runs it.
+
+A VM the dead node released to a node that has since claimed it (its status
+says that node is starting or running it) is that node's: the recovery leaves
+it alone. A live migration under way is released to its target, which may
+already run the VM (`records.after_fence`).
+
+The decisions are pure (`plan_recovery`, `recovered`); `recover_vms` reads
+ZooKeeper, writes, and logs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 from pvcd.fencing.fencer import RecoveryResult
-from pvcd.migration.planner import plan_batch
+from pvcd.states import DaemonState
 from pvcd.vm import placement, records
+from pvcd.vm.records import SHOULD_RUN, ActualState, Migration, MovePhase, VmRecord, VmState, VmStatus, VmView
 from pvcd.zk import nodes, vms
-from pvcd.zk.store import Store, VersionConflict
+from pvcd.zk.nodes import NodeView
+from pvcd.zk.store import AlreadyExists, NotFound, Store, VersionConflict
 
 log = logging.getLogger("pvcd.fencing")
 
 WRITE_ATTEMPTS = 5
 
+Change = tuple[VmRecord, Migration | None, VmStatus]
+"""A VM's record, migration (None: none, or delete it) and status, written in one transaction."""
 
-def _belongs_to(view: records.VmView, dead: str) -> bool:
+
+def _moving_away(view: VmView, dead: str) -> Migration | None:
     migration = view.migration
-    return view.record.node == dead or (migration is not None and dead in (migration.source, migration.target))
+    return migration if migration is not None and migration.source == dead else None
+
+
+def _claimed_elsewhere(view: VmView, dead: str) -> bool:
+    """Another node's status on the VM: it is starting or running it, so it is that node's now."""
+    return view.status.active and view.status.node != dead
+
+
+def involved(view: VmView, dead: str) -> bool:
+    """Whether the VM's records name the dead node and the recovery must rewrite them."""
+    migration = view.migration
+    if view.record.node == dead:
+        return True
+    if migration is None or dead not in (migration.source, migration.target):
+        return False
+    return not (migration.source == dead and migration.phase == MovePhase.RELEASED and _claimed_elsewhere(view, dead))
+
+
+def to_place(view: VmView, dead: str, can_finish: Collection[str]) -> bool:
+    """Whether the planner must find the VM a node (see the module docstring)."""
+    if view.record.node == dead:
+        return True
+    migration = _moving_away(view, dead)
+    if migration is None:
+        return False
+    if migration.phase == MovePhase.RELEASED:
+        return not _claimed_elsewhere(view, dead)
+    return migration.phase == MovePhase.REQUESTED and migration.target not in can_finish
+
+
+def _as_on(view: VmView, dead: str) -> VmView:
+    """The VM as still on the dead node, for planning: its current node is then
+    the dead one (never a candidate), and the node its cut-short move was
+    heading for does not count it as arriving, so it is reserved only where
+    the plan puts it."""
+    return dataclasses.replace(view, record=dataclasses.replace(view.record, node=dead))
+
+
+def nodes_finishing_moves(node_views: Iterable[NodeView], late: Collection[str]) -> frozenset[str]:
+    """Nodes that will carry a move to them through: running, not late, not fenced."""
+    return frozenset(
+        view.name
+        for view in node_views
+        if view.state.daemon == DaemonState.RUN and view.name not in late and not placement.is_fenced(view.fence)
+    )
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    """What the recovery of one dead node will do, decided before anything is written.
+
+    `vms`: every VM whose records it rewrites; `targets`: the node chosen for
+    each VM placed; `unplaced`: the VMs to place that no node can take, with
+    why; `can_finish`: the nodes that will finish a move to them;
+    `unknown_selectors`: VMs whose record names a selector this version does
+    not know (they were planned with the cluster's selector), for the log.
+    """
+
+    vms: tuple[str, ...]
+    targets: Mapping[str, str]
+    unplaced: Mapping[str, str]
+    can_finish: frozenset[str]
+    unknown_selectors: Mapping[str, str]
+
+
+def plan_recovery(
+    dead: str, views: Mapping[str, VmView], node_views: list[NodeView], now_ms: int, selector: str
+) -> RecoveryPlan:
+    """Plan the recovery of `dead`'s VMs from the cluster as read at `now_ms` (ZooKeeper's clock)."""
+    late = placement.late_nodes(node_views, now_ms) | {dead}
+    can_finish = nodes_finishing_moves(node_views, late)
+    mine = sorted(name for name, view in views.items() if involved(view, dead))
+    placing = {name: _as_on(views[name], dead) for name in mine if to_place(views[name], dead, can_finish)}
+    plan = placement.plan_requests(
+        (placement.vm_request(view.record) for view in placing.values()),
+        placement.capacities(node_views, {**views, **placing}, late),
+        selector,
+    )
+    unknown = {name: placement.unknown_selector(view.record) for name, view in placing.items()}
+    return RecoveryPlan(
+        vms=tuple(mine),
+        targets={placed.vm: placed.node for placed in plan.placements},
+        unplaced={item.vm: item.detail or str(item.reason) for item in plan.unplaced},
+        can_finish=can_finish,
+        unknown_selectors={name: odd for name, odd in unknown.items() if odd is not None},
+    )
+
+
+def recovered(view: VmView, dead: str, replacement: str | None, can_finish: Collection[str]) -> Change | None:
+    """What to write for one VM once `dead` is off, or None to leave the VM alone.
+
+    `replacement` is the node the plan chose (None: none could take it).
+    Evaluated again on a fresh read after every conflicting write, so a VM
+    claimed by its move's target in the meantime is left to that target.
+    """
+    if not involved(view, dead):
+        return None
+    migration = _moving_away(view, dead)
+    if migration is None or not to_place(view, dead, can_finish):
+        return records.after_fence(view, dead, replacement)
+    if replacement is None and migration.phase == MovePhase.RELEASED and migration.target in can_finish:
+        return None
+    return _placed_from_cut_move(view, migration, dead, replacement)
+
+
+def _placed_from_cut_move(view: VmView, migration: Migration, dead: str, replacement: str | None) -> Change:
+    """A VM whose move away from `dead` was cut short: it goes to `replacement` and the move ends.
+
+    `lastnode` stays what the move set (`dead` for a migrate), or else becomes
+    the node it was heading for, so `pvc vm unmigrate` can still take it there.
+    """
+    record = view.record
+    fenced = VmStatus(dead, ActualState.STOPPED, f"node {dead} was fenced")
+    if replacement is None:
+        if record.state in SHOULD_RUN:
+            why = f"node {dead} was fenced while moving the VM to {migration.target}, and no node could take it"
+            record = record.with_state(VmState.FAIL, why)
+        return dataclasses.replace(record, node=dead), None, fenced
+    heading = record.lastnode or migration.target
+    if record.state in SHOULD_RUN:
+        state = VmState.START
+    elif record.state == VmState.SHUTDOWN:
+        state = VmState.STOP
+    else:
+        state = record.state
+    placed = dataclasses.replace(
+        record, node=replacement, lastnode=None if heading == replacement else heading, state=state, reason=None
+    )
+    return placed, None, fenced
+
+
+class _KeptChanging(Exception):
+    """The VM's records changed under every attempt to write its recovery."""
 
 
 def recover_vms(store: Store, dead: str, selector: str) -> RecoveryResult:
     """Plan and hand over every VM of `dead`; report where each went or why not."""
-    views, _damaged = vms.read_vms(store)
-    node_views = nodes.read_cluster(store)
-    late = placement.late_nodes(node_views, store.server_time_ms()) | {dead}
-    mine = [view for view in views.values() if _belongs_to(view, dead)]
-    plan = plan_batch(
-        [view.record.request() for view in mine if view.record.node == dead],
-        placement.capacities(node_views, views, late),
-        selector,
-    )
-    targets = {placed.vm: placed.node for placed in plan.placements}
-    unplaced = {item.vm: item.detail or str(item.reason) for item in plan.unplaced}
-    moved = {}
-    for view in mine:
-        replacement = targets.get(view.name)
-        for _attempt in range(WRITE_ATTEMPTS):
-            record, migration, status = records.after_fence(view, dead, replacement)
-            try:
-                vms.write_after_fence(store, view, record, migration, status)
-                break
-            except VersionConflict:
-                fresh = vms.read_vm(store, view.name)
-                if fresh is None:
-                    break
-                view = fresh
-        else:
-            unplaced[view.name] = "its record kept changing while it was being recovered"
+    views, damaged = vms.read_vms(store)
+    plan = plan_recovery(dead, views, nodes.read_cluster(store), store.server_time_ms(), selector)
+    for name, odd in sorted(plan.unknown_selectors.items()):
+        log.warning(
+            "VM %s of fenced node %s names target selector %r, which this version does not know; "
+            "placed with the cluster's selector %s",
+            name, dead, odd, selector,
+        )
+    for name, problem in sorted(damaged.items()):
+        log.error("VM %s has a damaged record and is not recovered if it ran on node %s: %s", name, dead, problem)
+    moved: dict[str, str] = {}
+    unplaced = dict(plan.unplaced)
+    for name in plan.vms:
+        try:
+            now = _hand_over(store, views[name], dead, plan)
+        except _KeptChanging:
+            unplaced[name] = "its record kept changing while it was being recovered"
             continue
-        if record.node != dead:
-            moved[view.name] = record.node
-    return RecoveryResult(moved=moved, unplaced={vm: why for vm, why in unplaced.items() if vm not in moved})
+        if now is None or now.record.node != dead:
+            unplaced.pop(name, None)
+            if now is not None:
+                moved[name] = now.record.node
+        else:
+            unplaced.setdefault(name, "no node could take the VM")
+    return RecoveryResult(moved=moved, unplaced=unplaced)
+
+
+def _hand_over(store: Store, view: VmView, dead: str, plan: RecoveryPlan) -> VmView | None:
+    """Write the VM's change, deciding again on a fresh read after a conflict.
+
+    Returns the VM as it ends up (a VM left alone as read, e.g. to its move's
+    target), or None when it was removed meanwhile.
+    """
+    for _attempt in range(WRITE_ATTEMPTS):
+        change = recovered(view, dead, plan.targets.get(view.name), plan.can_finish)
+        if change is None:
+            return view
+        record, migration, status = change
+        try:
+            return vms.write_after_fence(store, view, record, migration, status)
+        except (VersionConflict, NotFound, AlreadyExists):
+            fresh = vms.read_vm(store, view.name)
+            if fresh is None:
+                return None
+            view = fresh
+    raise _KeptChanging(view.name)

@@ -53,6 +53,9 @@ class Reason(StrEnum):
     TARGET_IS_CURRENT = "target_is_current"
     TARGET_OUTSIDE_LIMIT = "target_outside_limit"
     TARGET_NO_MEMORY = "target_no_memory"
+    INVALID_RECORD = "invalid_record"
+    """Set by the callers (`pvcd.vm.placement.vm_request`), never by the planner:
+    the VM's record cannot be turned into a request."""
 
 
 @dataclass(frozen=True)

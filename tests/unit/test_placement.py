@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pvcd.keepalive import StateRecord
 from pvcd.migration.planner import (
     Placement,
     Reason,
+    Unplaced,
     batch_order,
     greedy_one_at_a_time,
     plan_batch,
@@ -23,6 +25,10 @@ from pvcd.migration.selectors import (
     candidates,
     rank,
 )
+from pvcd.states import DomainState
+from pvcd.vm import placement as cluster_placement
+from pvcd.vm.records import VmRecord, VmState
+from pvcd.zk.nodes import NodeView
 
 GIB = 1024
 
@@ -408,3 +414,50 @@ def test_unplaced_vms_had_no_candidate_left(vms: list[VmRequest], nodes: list[No
                 assert not candidates(request, nodes)
         else:
             assert unplaced.reason.value.startswith("target_")
+
+
+# --- the planner's input from ZooKeeper (pvcd.vm.placement) -------------------
+
+
+def cluster_node(name: str, fence: dict | None = None, domain: str = "ready") -> NodeView:
+    keepalive = {"interval": 5, "memory": {"total": 64 * GIB, "allocated": 0}, "vcpus": {"allocated": 0},
+                 "load": 0.0, "vms": {"count": 0, "running": []}}
+    return NodeView(name, {}, StateRecord("run", "client", domain), keepalive, 1_000_000, 3,
+                    fence or {"outcome": None})
+
+
+def record(name: str, node: str = "dead", selector: str | None = None, memory: int = 4 * GIB) -> VmRecord:
+    return VmRecord(name=name, uuid=f"u-{name}", xml="<domain/>", memory_mib=memory, vcpus=2,
+                    state=VmState.START, node=node, node_selector=selector)
+
+
+def test_a_fenced_node_that_still_says_ready_takes_no_vms() -> None:
+    # hv2 ignores its fence (its own state record still says ready); hv3 has more room used.
+    ignoring = cluster_node("hv2", fence={"outcome": "confirmed", "by": "hv1"})
+    nodes = [ignoring, cluster_node("hv3"), cluster_node("hv4", fence={"outcome": "fencing"})]
+    figures = cluster_placement.capacities(nodes, {})
+    assert [n.name for n in figures if n.accepts_vms] == ["hv3"]
+    plan = plan_batch([vm("v1"), vm("v2")], figures, "mem")
+    assert {p.node for p in plan.placements} == {"hv3"}
+    # Not even a node planning its own return may treat itself as ready while fenced.
+    returning = cluster_node("hv2", {"outcome": "confirmed"}, "unflush")
+    [fenced] = cluster_placement.capacities([returning], {}, treat_as_ready="hv2")
+    assert not fenced.accepts_vms and fenced.domain_state == DomainState.FENCED
+    # Once an operator cleared the fence (outcome None, the old one kept as `last`), it takes VMs.
+    readied = cluster_node("hv2", {"outcome": None, "last": {"outcome": "confirmed"}})
+    [cleared] = cluster_placement.capacities([readied], {})
+    assert cleared.accepts_vms
+
+
+def test_a_record_with_an_unknown_selector_is_planned_with_the_clusters() -> None:
+    odd = record("odd", selector="least-used")
+    assert cluster_placement.unknown_selector(odd) == "least-used"
+    assert cluster_placement.unknown_selector(record("fine", selector="vms")) is None
+    request = cluster_placement.vm_request(odd)
+    assert isinstance(request, VmRequest) and request.selector is None
+    broken = cluster_placement.vm_request(record("broken", memory=-1))
+    assert isinstance(broken, Unplaced) and broken.reason == Reason.INVALID_RECORD
+    plan = cluster_placement.plan_requests([request, broken, cluster_placement.vm_request(record("other"))],
+                                   cluster_placement.capacities([cluster_node("hv2")], {}), "mem")
+    assert sorted(p.vm for p in plan.placements) == ["odd", "other"]
+    assert [u.vm for u in plan.unplaced] == ["broken"]
