@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 from pvcd.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ConfigError, load_config
+from pvcd.zk import schema
 from pvcd.zk.store import Store, StoreUnavailable
 
 ZOOKEEPER_ENV = "PVC_ZOOKEEPER"
@@ -31,13 +35,80 @@ class Target:
     source: str
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,252})")
+_PORT = re.compile(r"[0-9]{1,5}")
+_SHOWN = 60
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= _SHOWN else f"{text[:_SHOWN]!r}... ({len(text)} characters)"
+
+
+def _host_problem(entry: str) -> str | None:
+    """Why `entry` is not HOST[:PORT] (HOST a name, an IPv4 address or a bracketed IPv6 address), or None."""
+    if entry.startswith("["):
+        address, bracket, rest = entry[1:].partition("]")
+        if not bracket:
+            return f"{_shown(entry)} has no closing ']' after its IPv6 address"
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return f"{_shown(address)} is not an IPv6 address"
+        if rest and not rest.startswith(":"):
+            return f"{_shown(entry)} has {_shown(rest)} after its IPv6 address; expected [ADDRESS]:PORT"
+        port = rest[1:] if rest else None
+    else:
+        host, colon, port_text = entry.partition(":")
+        if not _HOST_NAME.fullmatch(host):
+            if ":" in port_text:
+                return f"{_shown(entry)} looks like an IPv6 address: write it in brackets, [ADDRESS]:PORT"
+            return f"{_shown(host or entry)} is not a host name or address"
+        port = port_text if colon else None
+    if port is not None and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
+        return f"port {_shown(port)} is not a number from 1 to 65535"
+    return None
+
+
+def zookeeper_problem(hosts: str) -> str | None:
+    """Why `hosts` is not HOST[:PORT][,HOST[:PORT]...][/CHROOT], or None (pure).
+
+    Checked before a session is opened: kazoo fails on many mistakes with an
+    exception deep inside its own code, and on a bad chroot not at all.
+    """
+    if not hosts.strip():
+        return "it is empty"
+    if not hosts.isprintable():
+        return "it contains control characters"
+    host_list, slash, chroot = hosts.partition("/")
+    for entry in host_list.split(","):
+        if not entry.strip():
+            return "a host is missing (an empty entry between commas, or nothing before the chroot)"
+        problem = _host_problem(entry.strip())
+        if problem:
+            return problem
+    if slash and chroot:
+        for component in chroot.rstrip("/").split("/"):
+            try:
+                schema.validate_name(component)
+            except ValueError:
+                return f"the chroot {_shown('/' + chroot)} has an empty or invalid path component"
+    return None
+
+
+def _target(hosts: str, timeout: float, source: str) -> Target:
+    problem = zookeeper_problem(hosts)
+    if problem:
+        raise CliError(f"invalid ZooKeeper address from {source}: {problem}; expected HOST:PORT[,HOST:PORT...][/CHROOT]")
+    return Target(hosts, timeout, source)
+
+
 def resolve_target(option: str | None, timeout: float | None, environ: Mapping[str, str] | None = None) -> Target:
     """--zookeeper, else $PVC_ZOOKEEPER, else the local node's configuration file."""
     environ = os.environ if environ is None else environ
-    if option:
-        return Target(option, timeout or DEFAULT_CONNECT_TIMEOUT, "--zookeeper")
+    if option is not None:
+        return _target(option, timeout or DEFAULT_CONNECT_TIMEOUT, "--zookeeper")
     if environ.get(ZOOKEEPER_ENV):
-        return Target(environ[ZOOKEEPER_ENV], timeout or DEFAULT_CONNECT_TIMEOUT, ZOOKEEPER_ENV)
+        return _target(environ[ZOOKEEPER_ENV], timeout or DEFAULT_CONNECT_TIMEOUT, ZOOKEEPER_ENV)
     path = environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE
     if not environ.get(CONFIG_ENV) and not os.path.exists(path):
         raise CliError(f"no ZooKeeper given: use --zookeeper HOST:PORT, set {ZOOKEEPER_ENV}, or set {CONFIG_ENV}")
@@ -45,19 +116,42 @@ def resolve_target(option: str | None, timeout: float | None, environ: Mapping[s
         config = load_config(path)
     except ConfigError as exc:
         raise CliError(f"cannot take the ZooKeeper address from {path}: {exc.problems[0]}") from exc
-    return Target(config.zookeeper_hosts, timeout or config.cluster.zookeeper.connect_timeout, path)
+    return _target(config.zookeeper_hosts, timeout or config.cluster.zookeeper.connect_timeout, path)
+
+
+def _check_cluster(store: Store, target: Target) -> None:
+    """Refuse a ZooKeeper without a pvc cluster (a mistyped chroot, the wrong server):
+    every command would otherwise find "no nodes" and "no VMs" there and succeed.
+    The schema record is written when the first node registers."""
+    chroot = target.hosts.partition("/")[2].rstrip("/")
+    if chroot and not store.exists("/"):
+        raise CliError(
+            f"no pvc cluster at ZooKeeper {_shown(target.hosts)} (from {target.source}): its chroot /{chroot} does not exist"
+        )
+    if not store.exists(schema.SCHEMA):
+        raise CliError(
+            f"no pvc cluster at ZooKeeper {_shown(target.hosts)} (from {target.source}): {schema.SCHEMA} does not exist"
+            + (f" under the chroot /{chroot}" if chroot else "")
+            + "; no pvcd node has registered there"
+        )
 
 
 @contextmanager
 def connect(target: Target) -> Iterator[Store]:
-    store = Store(target.hosts, session_timeout=DEFAULT_SESSION_TIMEOUT, connect_timeout=target.connect_timeout)
+    """A session on the target's ZooKeeper, which must hold a pvc cluster."""
     try:
-        store.start()
+        store = Store(target.hosts, session_timeout=DEFAULT_SESSION_TIMEOUT, connect_timeout=target.connect_timeout)
+    except ValueError as exc:
+        raise CliError(f"invalid ZooKeeper address from {target.source}: {exc}") from exc
+    try:
+        with warnings.catch_warnings():
+            # kazoo warns on stderr about a missing chroot; _check_cluster says it in one line.
+            warnings.simplefilter("ignore")
+            store.start()
     except StoreUnavailable as exc:
         raise CliError(str(exc)) from exc
-    except ValueError as exc:
-        raise CliError(f"invalid ZooKeeper address {target.hosts!r} (from {target.source}): {exc}") from exc
     try:
+        _check_cluster(store, target)
         yield store
     finally:
         store.stop()

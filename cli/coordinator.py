@@ -15,6 +15,7 @@ from typing import Callable
 import click
 
 from cli.connection import CliError, connect, resolve_target
+from cli.names import node_name
 from cli.output import format_option, key_values, to_json
 from pvcd.coordinator.claims import Handover, claims_of
 from pvcd.coordinator.handover import HandoverRefused, primary_request, secondary_request
@@ -26,7 +27,7 @@ from pvcd.zk.store import AlreadyExists, Store
 HANDOVER_WAIT = 15.0
 POLL_INTERVAL = 0.02
 
-_Planner = Callable[[dict[str, NodeView], str | None, Handover | None, bool, str], Handover | None]
+_Planner = Callable[[dict[str, NodeView], str | None, Handover | None, bool, str, int], Handover | None]
 
 
 def register(node_group: click.Group) -> None:
@@ -51,17 +52,16 @@ def _primary_now(store: Store, name: str) -> bool:
 
 
 def _handover(ctx: click.Context, name: str, plan: _Planner, output_format: str) -> None:
-    try:
-        schema.validate_name(name)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+    node_name(name)
     target = resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
     with connect(target) as store:
         views = {view.name: view for view in nodes.read_cluster(store)}
         owner = claim_owner(store)
         found = store.get(schema.HANDOVER)
+        # Read after the nodes, so that the time the reads took can only make a keepalive look older.
+        now = store.server_time_ms()
         try:
-            request = plan(views, owner, Handover.from_json(found.value) if found else None, found is not None, name)
+            request = plan(views, owner, Handover.from_json(found.value) if found else None, found is not None, name, now)
         except HandoverRefused as exc:
             raise CliError(str(exc)) from exc
         if request is None:

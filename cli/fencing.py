@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.connection import CliError, connect, resolve_target
+from cli.names import node_name
 from cli.output import format_option, to_json
 from pvcd.zk import nodes, schema
 from pvcd.zk.store import AlreadyExists
@@ -53,10 +54,7 @@ def confirm_fenced(ctx: click.Context, name: str, output_format: str) -> None:
     Only for a fence whose outcome was ambiguous or failed: check the machine
     is powered off (or its VMs dead) by other means first.
     """
-    try:
-        schema.validate_name(name)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+    node_name(name)
     with connect(resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])) as store:
         if nodes.read_node(store, name) is None:
             raise CliError(f"no node named {name!r}")

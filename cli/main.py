@@ -15,6 +15,7 @@ from cli.connection import CliError, Target, connect, resolve_target
 from cli.coordinator import claim_owner
 from cli.coordinator import register as register_coordinator_commands
 from cli.fencing import register as register_fencing_commands
+from cli.names import node_name
 from cli.vm import register as register_vm_commands
 from cli.output import format_option, key_values, table, to_json
 from cli.views import cluster_summary, node_summary
@@ -80,10 +81,7 @@ def node_list(ctx: click.Context, output_format: str) -> None:
 @click.pass_context
 def node_info(ctx: click.Context, name: str, output_format: str) -> None:
     """One node in detail."""
-    try:
-        schema.validate_name(name)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+    node_name(name)
     with connect(_target(ctx)) as store:
         view = nodes.read_node(store, name)
         if view is None:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import click
 
 from cli.connection import CliError, Target, connect, resolve_target
+from cli.names import node_name
 from cli.output import format_option, key_values, table, to_json
 from pvcd.migration.planner import Plan, plan_batch
 from pvcd.migration.selectors import check_selector
@@ -118,25 +119,58 @@ def plan_text(plan: Plan) -> str:
 
 
 def _view(store: Store, name: str) -> VmView:
+    """The VM named `name`; CliError for a name no VM can have, or no such VM.
+
+    A name today's rule refuses is still looked up when an earlier pvc could
+    have stored it, so that such a VM can be stopped and removed."""
+    refused: InvalidVm | None = None
     try:
-        records.check_vm_name(name)
+        try:
+            records.check_vm_name(name)
+        except InvalidVm as exc:
+            if not records.may_be_stored(name):
+                raise
+            refused = exc
         view = vms.read_vm(store, name)
     except InvalidVm as exc:
         raise CliError(str(exc)) from exc
     if view is None:
-        raise CliError(f"no VM named {name!r}")
+        raise CliError(str(refused) if refused else f"no VM named {records.shown(name)}")
     return view
 
 
 def _node(store: Store, name: str) -> NodeView:
-    try:
-        records.check_vm_name(name)
-    except InvalidVm as exc:
-        raise CliError(f"invalid node name {name!r}") from exc
-    view = nodes.read_node(store, name)
+    view = nodes.read_node(store, node_name(name))
     if view is None:
         raise CliError(f"no node named {name!r}")
     return view
+
+
+def _read_domain_file(path: str) -> str:
+    """The domain XML in `path` (`-`: standard input), refused in one line if it cannot be
+    read, is not UTF-8 text, or is larger than a VM record may be; never read beyond that."""
+    limit = records.MAX_DOMAIN_XML_BYTES
+    try:
+        if path == "-":
+            data = click.get_binary_stream("stdin").read(limit + 1)
+        else:
+            with open(path, "rb") as stream:
+                data = stream.read(limit + 1)
+    except OSError as exc:
+        raise CliError(f"cannot read {records.shown(path)}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise CliError(f"{records.shown(path)}: larger than {limit} bytes ({limit // 1024} KiB), the most a domain XML may have")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + len(data) - len(exc.object)  # the decoder does not count a byte-order mark
+        raise CliError(f"{records.shown(path)}: not UTF-8 text (byte {data[offset]:#04x} at offset {offset})") from exc
+
+
+def _memory_total(view: NodeView) -> int | None:
+    """The node's memory in MiB as its keepalive reported it; None before it has."""
+    total = (view.keepalive.get("memory") or {}).get("total")
+    return total if isinstance(total, int) and not isinstance(total, bool) else None
 
 
 def _selector(node_view: NodeView | None) -> str:
@@ -212,7 +246,7 @@ def vm_group() -> None:
 
 
 @vm_group.command("define")
-@click.argument("xml_file", type=click.File("r"), metavar="FILE.xml")
+@click.argument("xml_file", metavar="FILE.xml")
 @click.option("--node", help="node to define it on (default: chosen by the target selector)")
 @click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on")
 @click.option("--selector", "node_selector", help="target selector for this VM (mem, vcpus, load, vms)")
@@ -221,24 +255,31 @@ def vm_group() -> None:
               help="live: live-migrate (falls back to shutdown); shutdown: stop, move, start")
 @format_option
 @click.pass_context
-def vm_define(ctx: click.Context, xml_file: Any, node: str | None, node_limit: str | None, node_selector: str | None,
+def vm_define(ctx: click.Context, xml_file: str, node: str | None, node_limit: str | None, node_selector: str | None,
               autostart: bool, migration_method: str, output_format: str) -> None:
-    """Define a VM from a libvirt domain XML (it starts stopped)."""
+    """Define a VM from a libvirt domain XML (FILE.xml, or - for standard input; it starts stopped)."""
     try:
-        spec = records.parse_domain_xml(xml_file.read())
+        spec = records.parse_domain_xml(_read_domain_file(xml_file))
         if node_selector is not None:
             check_selector(node_selector)
     except (InvalidVm, ValueError) as exc:
         raise CliError(str(exc)) from exc
-    limit = tuple(n.strip() for n in (node_limit or "").split(",") if n.strip())
+    limit = tuple(node_name(n.strip()) for n in (node_limit or "").split(",") if n.strip())
+    if node is not None:
+        node_name(node)
     with connect(_target(ctx)) as store:
         node_views, all_vms, late = _cluster(store)
-        known = {v.name for v in node_views}
-        unknown = [n for n in (*limit, *([node] if node else [])) if n not in known]
+        by_name = {v.name: v for v in node_views}
+        unknown = [n for n in (*limit, *([node] if node else [])) if n not in by_name]
         if unknown:
             raise CliError(f"no node named {unknown[0]!r}")
         if node is not None and limit and node not in limit:
             raise CliError(f"node {node} is outside the VM's node_limit {list(limit)}")
+        if node is not None:
+            try:
+                records.check_fits_node(spec.name, spec.memory_mib, node, _memory_total(by_name[node]))
+            except InvalidVm as exc:
+                raise CliError(str(exc)) from exc
         if spec.name in all_vms:
             raise CliError(f"a VM named {spec.name!r} already exists")
         owner = next((v.name for v in all_vms.values() if v.record.uuid == spec.uuid), None)
@@ -268,6 +309,8 @@ def vm_define(ctx: click.Context, xml_file: Any, node: str | None, node_limit: s
 @click.pass_context
 def vm_list(ctx: click.Context, node: str | None, state: str | None, output_format: str) -> None:
     """Every VM with its state, node and what actually runs."""
+    if node is not None:
+        node_name(node)
     with connect(_target(ctx)) as store:
         all_vms, damaged = vms.read_vms(store)
     summaries = [

@@ -3,12 +3,19 @@
 `pvc node primary NAME` and `pvc node secondary NAME` read the cluster, ask
 these functions, and only then write a handover request. A refused request
 changes nothing; its message is the single line the operator sees.
+
+A crashed node's state record still says what it was doing when it died, so
+a successor must also be alive: its keepalive, on ZooKeeper's clock, no older
+than the placement's LATE_INTERVALS of its own published interval. Handing
+over to a dead node leaves the cluster without a primary until the dead
+node's session expires and another coordinator takes over.
 """
 
 from __future__ import annotations
 
 from pvcd.coordinator.claims import Handover
 from pvcd.states import CoordinatorState, DaemonState
+from pvcd.vm.placement import LATE_INTERVALS
 from pvcd.zk.nodes import NodeView
 
 
@@ -30,6 +37,28 @@ def _ready(view: NodeView) -> bool:
     return view.state.daemon == DaemonState.RUN and view.state.coordinator == CoordinatorState.SECONDARY
 
 
+def not_alive(view: NodeView, now_ms: int) -> str | None:
+    """Why the node's state record cannot be trusted because its keepalive stopped, or None.
+
+    `now_ms` is ZooKeeper's time (`Store.server_time_ms`), compared with the
+    keepalive znode's mtime: never a node's own clock. The rule is the
+    placement's (`late_nodes`), with the node's own published interval.
+    """
+    if view.keepalive_mtime_ms is None:
+        return f"node {view.name} is not alive: it has sent no keepalive"
+    interval = view.keepalive.get("interval")
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+        return f"node {view.name} is not alive: its keepalive record publishes no interval"
+    age_ms = max(now_ms - view.keepalive_mtime_ms, 0)
+    if age_ms <= LATE_INTERVALS * interval * 1000:
+        return None
+    return f"node {view.name} is not alive: its last keepalive was {age_ms / 1000:.1f}s ago (interval {interval:g}s)"
+
+
+def _alive(view: NodeView, now_ms: int | None) -> bool:
+    return now_ms is None or not_alive(view, now_ms) is None
+
+
 def _no_pending(pending: Handover | None, exists: bool) -> None:
     if not exists:
         return
@@ -41,9 +70,18 @@ def _no_pending(pending: Handover | None, exists: bool) -> None:
 
 
 def primary_request(
-    nodes: dict[str, NodeView], owner: str | None, pending: Handover | None, pending_exists: bool, target: str
+    nodes: dict[str, NodeView],
+    owner: str | None,
+    pending: Handover | None,
+    pending_exists: bool,
+    target: str,
+    now_ms: int | None = None,
 ) -> Handover | None:
-    """The request that makes `target` primary; None when it is primary already."""
+    """The request that makes `target` primary; None when it is primary already.
+
+    With `now_ms` (ZooKeeper's time) a target whose keepalive is late is
+    refused; without it, only the nodes' state records are judged.
+    """
     view = _coordinator(nodes, target)
     if owner == target:
         return None
@@ -54,17 +92,29 @@ def primary_request(
         raise HandoverRefused(
             f"node {target} cannot take over now (daemon {view.state.daemon}, coordinator {view.state.coordinator})"
         )
+    dead = None if now_ms is None else not_alive(view, now_ms)
+    if dead:
+        raise HandoverRefused(dead)
     return Handover(source=owner, target=target)
 
 
 def secondary_request(
-    nodes: dict[str, NodeView], owner: str | None, pending: Handover | None, pending_exists: bool, name: str
+    nodes: dict[str, NodeView],
+    owner: str | None,
+    pending: Handover | None,
+    pending_exists: bool,
+    name: str,
+    now_ms: int | None = None,
 ) -> Handover | None:
-    """The request that makes primary `name` step down for any other coordinator; None when it is not primary."""
+    """The request that makes primary `name` step down for any other coordinator; None when it is not primary.
+
+    With `now_ms`, coordinators whose keepalive is late do not count as ready.
+    """
     _coordinator(nodes, name)
     if owner != name:
         return None
     _no_pending(pending, pending_exists)
-    if not any(_ready(view) for other, view in nodes.items() if other != name and view.info.get("coordinator")):
+    candidates = [view for other, view in nodes.items() if other != name and view.info.get("coordinator")]
+    if not any(_ready(view) and _alive(view, now_ms) for view in candidates):
         raise HandoverRefused(f"no other coordinator is ready to take over from {name}")
     return Handover(source=name, target=None)

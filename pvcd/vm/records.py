@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import uuid as uuid_module
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ _MEMORY_UNITS = {
     "mb": 1000**2, "m": 1024**2, "mib": 1024**2,
     "gb": 1000**3, "g": 1024**3, "gib": 1024**3,
     "tb": 1000**4, "t": 1024**4, "tib": 1024**4,
+    "pb": 1000**5, "p": 1024**5, "pib": 1024**5,
+    "eb": 1000**6, "e": 1024**6, "eib": 1024**6,
 }
 
 
@@ -112,6 +115,28 @@ class DomainSpec:
     xml: str
 
 
+MAX_DOMAIN_XML_BYTES = 256 * 1024
+"""The largest domain XML accepted, in UTF-8 bytes. ZooKeeper refuses a request
+above its jute.maxbuffer (1 MiB by default) by dropping the connection; JSON
+escaping at most triples the XML, so a record stays well under that limit."""
+
+
+class _NoDoctype(ElementTree.TreeBuilder):
+    """libvirt domain XML has no DTD; entities declared in one would make the XML
+    stored differ from the XML that was checked (and can expand enormously)."""
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise InvalidVm("domain XML: a <!DOCTYPE> (DTD or entity declarations) is not allowed")
+
+
+def check_domain_xml_size(size: int) -> None:
+    """Refuse a domain XML of `size` UTF-8 bytes that ZooKeeper could not store safely."""
+    if size > MAX_DOMAIN_XML_BYTES:
+        raise InvalidVm(
+            f"domain XML is {size} bytes; at most {MAX_DOMAIN_XML_BYTES} bytes ({MAX_DOMAIN_XML_BYTES // 1024} KiB) are accepted"
+        )
+
+
 def parse_domain_xml(text: str) -> DomainSpec:
     """Check a domain XML and extract its name, UUID, memory and vCPUs.
 
@@ -119,8 +144,11 @@ def parse_domain_xml(text: str) -> DomainSpec:
     catching them here keeps bad input out of ZooKeeper. A domain without a
     `<uuid>` gets one, so ZooKeeper and every libvirt host agree on it.
     """
+    if not text.strip():
+        raise InvalidVm("domain XML is empty")
+    check_domain_xml_size(len(text.encode("utf-8", "surrogatepass")))
     try:
-        root = ElementTree.fromstring(text, parser=ElementTree.XMLParser(target=ElementTree.TreeBuilder(insert_comments=True)))
+        root = ElementTree.fromstring(text, parser=ElementTree.XMLParser(target=_NoDoctype(insert_comments=True)))
     except ElementTree.ParseError as exc:
         raise InvalidVm(f"malformed domain XML: {exc}") from exc
     if root.tag != "domain":
@@ -143,7 +171,28 @@ def parse_domain_xml(text: str) -> DomainSpec:
         element.text = uuid
         root.insert(list(root).index(root.find("name")) + 1, element)
         text = ElementTree.tostring(root, encoding="unicode")
+        check_domain_xml_size(len(text.encode("utf-8", "surrogatepass")))
     return DomainSpec(name=name, uuid=uuid, memory_mib=_memory_mib(root), vcpus=_vcpus(root), xml=text)
+
+
+MAX_MEMORY_MIB = 2**32
+"""4 PiB, the most an x86-64 host can address (52 bits): anything above is a typo."""
+MAX_VCPUS = 4096
+"""KVM's limit of vCPUs per guest on x86-64 (KVM_MAX_VCPUS)."""
+_NUMBER_DIGITS = 30
+
+
+def _whole_number(text: str, element: str) -> int:
+    """A positive decimal number as libvirt reads it: ASCII digits only (Python's int()
+    would also take '1_000', '+5' or other scripts' digits, and fail on thousands of digits)."""
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidVm(f"domain XML: <{element}> {shown(text)} is not a whole number")
+    if len(text) > _NUMBER_DIGITS:
+        raise InvalidVm(f"domain XML: <{element}> {shown(text)} is far too large")
+    value = int(text)
+    if value <= 0:
+        raise InvalidVm(f"domain XML: <{element}> must be positive")
+    return value
 
 
 def _memory_mib(root: ElementTree.Element) -> int:
@@ -152,14 +201,12 @@ def _memory_mib(root: ElementTree.Element) -> int:
         raise InvalidVm("domain XML: <memory> is missing")
     unit = (element.get("unit") or "KiB").lower()
     if unit not in _MEMORY_UNITS:
-        raise InvalidVm(f"domain XML: <memory unit={element.get('unit')!r}> is not a libvirt memory unit")
-    try:
-        amount = int(element.text.strip())  # type: ignore[union-attr]
-    except ValueError as exc:
-        raise InvalidVm(f"domain XML: <memory> {element.text!r} is not a whole number") from exc
-    if amount <= 0:
-        raise InvalidVm("domain XML: <memory> must be positive")
-    return math.ceil(amount * _MEMORY_UNITS[unit] / _MIB)
+        raise InvalidVm(f"domain XML: <memory unit={shown(element.get('unit') or '')}> is not a libvirt memory unit")
+    amount = _whole_number((element.text or "").strip(), "memory")
+    mib = -(-amount * _MEMORY_UNITS[unit] // _MIB)
+    if mib > MAX_MEMORY_MIB:
+        raise InvalidVm(f"domain XML: <memory> of {mib} MiB is more than any host has (at most {MAX_MEMORY_MIB} MiB)")
+    return mib
 
 
 def _vcpus(root: ElementTree.Element) -> int:
@@ -167,21 +214,76 @@ def _vcpus(root: ElementTree.Element) -> int:
     element = root.find("vcpu")
     if element is None:
         return 1
-    value = element.get("current") or (element.text or "").strip()
-    try:
-        vcpus = int(value)
-    except ValueError as exc:
-        raise InvalidVm(f"domain XML: <vcpu> {value!r} is not a whole number") from exc
-    if vcpus <= 0:
-        raise InvalidVm("domain XML: <vcpu> must be positive")
+    vcpus = _whole_number(element.get("current") or (element.text or "").strip(), "vcpu")
+    if vcpus > MAX_VCPUS:
+        raise InvalidVm(f"domain XML: <vcpu> {vcpus} is more than KVM allows (at most {MAX_VCPUS})")
     return vcpus
 
 
+MAX_VM_NAME = 64
+MAX_NODE_NAME = 253
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SHOWN = 40
+
+
+def shown(text: str) -> str:
+    """Operator input as a short part of a one-line message, however long or strange it is."""
+    if len(text) <= _SHOWN:
+        return repr(text)
+    return f"{text[:_SHOWN]!r}... ({len(text)} characters)"
+
+
 def check_vm_name(name: str) -> str:
+    """Refuse a name a new VM cannot have.
+
+    The name is a libvirt domain name on every node, a ZooKeeper path
+    component and a word in operators' commands and logs: letters, digits,
+    '-', '_' and '.', starting with a letter or digit (as a host name), and
+    at most MAX_VM_NAME characters.
+    """
+    if not name:
+        raise InvalidVm("VM name cannot be used: it is empty")
+    if len(name) > MAX_VM_NAME:
+        raise InvalidVm(
+            f"VM name {shown(name)} cannot be used: it is longer than {MAX_VM_NAME} characters"
+        )
+    if not _HOST_NAME.fullmatch(name):
+        raise InvalidVm(
+            f"VM name {shown(name)} cannot be used: only letters, digits, '-', '_' and '.' are allowed, "
+            f"starting with a letter or digit"
+        )
+    return name
+
+
+def may_be_stored(name: str) -> bool:
+    """Whether an earlier pvc, which only asked for a single path component, could have
+    stored a VM under `name`: such a VM must stay reachable to be stopped or removed.
+    ZooKeeper itself refuses control characters in paths."""
     try:
-        return schema.validate_name(name)
-    except ValueError as exc:
-        raise InvalidVm(f"VM name {name!r} cannot be used: it must be a single path component without surrounding spaces") from exc
+        schema.validate_name(name)
+    except ValueError:
+        return False
+    return name.isprintable()
+
+
+def check_node_name(name: str) -> str:
+    """Refuse what cannot be a node's name (pvcd's configuration allows host names only),
+    before it is used in a ZooKeeper path or a message."""
+    if not name:
+        raise InvalidVm("node name is empty")
+    if len(name) > MAX_NODE_NAME or not _HOST_NAME.fullmatch(name):
+        raise InvalidVm(
+            f"invalid node name {shown(name)}: a node name is a host name (letters, digits, '-', '_' and '.', "
+            f"starting with a letter or digit, at most {MAX_NODE_NAME} characters)"
+        )
+    return name
+
+
+def check_fits_node(name: str, memory_mib: int, node: str, total_mib: int | None) -> None:
+    """Refuse to put a VM on a node that could never run it. A node that has not
+    reported its memory yet (`total_mib` None) cannot be judged, and is not refused."""
+    if total_mib is not None and memory_mib > total_mib:
+        raise InvalidVm(f"VM {name} needs {memory_mib} MiB of memory; node {node} has only {total_mib} MiB in total")
 
 
 @dataclass(frozen=True)

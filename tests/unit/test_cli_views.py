@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from cli.connection import CliError, resolve_target
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kazoo.hosts import collect_hosts
+
+from cli.connection import CliError, resolve_target, zookeeper_problem
 from cli.output import key_values, table
 from cli.views import cluster_summary, node_summary
+from pvcd.coordinator.claims import Handover
+from pvcd.coordinator.handover import HandoverRefused, not_alive, primary_request, secondary_request
 from pvcd.keepalive import StateRecord
 from pvcd.zk.nodes import NodeView
-
-import pytest
 
 
 def view(name, daemon="run", coordinator="secondary", mtime=10_000, interval=1, vms=2):
@@ -57,3 +62,95 @@ def test_resolve_target_precedence(tmp_path):
     with pytest.raises(CliError) as missing:
         resolve_target(None, None, {"PVCD_CONFIG_FILE": str(tmp_path / "none.yaml")})
     assert "none.yaml" in str(missing.value)
+
+
+# -- --zookeeper / $PVC_ZOOKEEPER, checked before kazoo sees them ------------------------------
+
+
+@pytest.mark.parametrize(
+    "hosts, problem",
+    [
+        ("::::", "looks like an IPv6 address: write it in brackets"),
+        (":", "':' is not a host name or address"),
+        ("", "it is empty"),
+        ("h1:2181,,h2:2181", "a host is missing"),
+        ("/pvc", "a host is missing"),
+        ("host:notaport", "port 'notaport' is not a number from 1 to 65535"),
+        ("host:99999", "port '99999' is not a number"),
+        ("host:0", "port '0' is not a number"),
+        ("host:", "port '' is not a number"),
+        ("[::1", "has no closing ']'"),
+        ("[nope]:2181", "'nope' is not an IPv6 address"),
+        ("[::1]x", "expected [ADDRESS]:PORT"),
+        ("h\x01:2181", "control characters"),
+        ("h:1/a//b", "the chroot '/a//b' has an empty or invalid path component"),
+        ("h:1/a/../b", "the chroot"),
+        ("-h:1", "'-h' is not a host name"),
+    ],
+)
+def test_malformed_zookeeper_addresses(hosts, problem):
+    assert problem in (zookeeper_problem(hosts) or "")
+    with pytest.raises(CliError) as refused:
+        resolve_target(hosts, None, {})
+    assert str(refused.value).startswith("invalid ZooKeeper address from --zookeeper: ")
+    with pytest.raises(CliError) as by_env:
+        resolve_target(None, None, {"PVC_ZOOKEEPER": hosts} if hosts else {"PVC_ZOOKEEPER": " "})
+    assert "from PVC_ZOOKEEPER" in str(by_env.value)
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    ["127.0.0.1:2181", "zk1,zk2:2182,zk3.example.org:2181/pvc/prod", "[::1]:2181", "[fe80::1]", "h:1/", "localhost"],
+)
+def test_wellformed_zookeeper_addresses(hosts):
+    assert zookeeper_problem(hosts) is None
+    collect_hosts(hosts)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="ab1.:[]/,-_ \x00f", max_size=30))
+def test_what_passes_the_check_kazoo_accepts(hosts):
+    if zookeeper_problem(hosts) is None:
+        collect_hosts(hosts)
+
+
+# -- what `pvc node primary|secondary` refuses, judged on ZooKeeper's clock ----------------------
+
+
+def coordinator(name, role="secondary", mtime=10_000, interval=1, daemon="run"):
+    return NodeView(name, {"coordinator": True}, StateRecord(daemon, role, "ready"), {"counter": 5, "interval": interval},
+                    mtime, 5)
+
+
+def test_handover_target_must_have_a_fresh_keepalive():
+    cluster = {"hv1": coordinator("hv1", "primary", mtime=20_000), "hv2": coordinator("hv2", mtime=10_000)}
+    assert primary_request(cluster, "hv1", None, False, "hv2", now_ms=12_000) == Handover("hv1", "hv2")
+    with pytest.raises(HandoverRefused) as refused:
+        primary_request(cluster, "hv1", None, False, "hv2", now_ms=22_500)
+    assert str(refused.value) == "node hv2 is not alive: its last keepalive was 12.5s ago (interval 1s)"
+    slow = dict(cluster, hv2=coordinator("hv2", mtime=10_000, interval=10))
+    assert primary_request(slow, "hv1", None, False, "hv2", now_ms=22_500) == Handover("hv1", "hv2")
+
+
+def test_handover_target_without_a_keepalive_or_interval_is_not_alive():
+    never = {"hv1": coordinator("hv1", "primary"), "hv2": coordinator("hv2", mtime=None)}
+    with pytest.raises(HandoverRefused, match="^node hv2 is not alive: it has sent no keepalive$"):
+        primary_request(never, "hv1", None, False, "hv2", now_ms=10_000)
+    silent = {"hv1": coordinator("hv1", "primary"), "hv2": coordinator("hv2", interval=None)}
+    with pytest.raises(HandoverRefused, match="publishes no interval"):
+        primary_request(silent, "hv1", None, False, "hv2", now_ms=10_000)
+
+
+def test_a_node_clock_never_matters_only_zookeepers():
+    """The node's own idea of time is not in its record; ages come from znode mtimes and now_ms."""
+    ahead = {"hv1": coordinator("hv1", "primary"), "hv2": coordinator("hv2", mtime=10_000)}
+    assert not_alive(ahead["hv2"], 9_000) is None  # a clock read before the keepalive: age 0
+    assert not_alive(ahead["hv2"], 12_000) is None
+    assert not_alive(ahead["hv2"], 12_001) == "node hv2 is not alive: its last keepalive was 2.0s ago (interval 1s)"
+
+
+def test_secondary_request_needs_a_live_successor():
+    cluster = {"hv1": coordinator("hv1", "primary", mtime=20_000), "hv2": coordinator("hv2", mtime=10_000)}
+    assert secondary_request(cluster, "hv1", None, False, "hv1", now_ms=11_000) == Handover("hv1", None)
+    with pytest.raises(HandoverRefused, match="no other coordinator is ready to take over from hv1"):
+        secondary_request(cluster, "hv1", None, False, "hv1", now_ms=20_500)

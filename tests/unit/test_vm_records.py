@@ -5,8 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pvcd.vm.records import (
+    MAX_DOMAIN_XML_BYTES,
+    MAX_VM_NAME,
     STATUS_NEW,
     ActualState,
     InvalidVm,
@@ -19,12 +23,17 @@ from pvcd.vm.records import (
     VmState,
     VmStatus,
     VmView,
+    check_fits_node,
+    check_node_name,
+    check_vm_name,
+    may_be_stored,
     move_target,
     moved,
     needs_handshake,
     new_record,
     next_lastnode,
     parse_domain_xml,
+    shown,
     state_change,
 )
 
@@ -86,6 +95,115 @@ def test_missing_uuid_is_added_to_the_xml():
 def test_bad_xml_is_refused_with_a_reason(text, message):
     with pytest.raises(InvalidVm, match=message):
         parse_domain_xml(text)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["bad\x01name", "tab\tname", "new\nline", "a" * 100_000, "a" * (MAX_VM_NAME + 1), "wébé", "☃", "-lead", ".x",
+     "a b", "x;rm", "a/b", "..", "$(reboot)"],
+)
+def test_vm_names_outside_the_rule_are_refused(name):
+    with pytest.raises(InvalidVm, match="cannot be used") as refused:
+        check_vm_name(name)
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 200
+
+
+@pytest.mark.parametrize("name", ["vm1", "web-01.example", "a_b", "A" * MAX_VM_NAME, "0"])
+def test_vm_names_within_the_rule(name):
+    assert check_vm_name(name) == name
+
+
+def test_names_in_the_xml_follow_the_rule():
+    with pytest.raises(InvalidVm, match="longer than 64 characters"):
+        parse_domain_xml(xml(name="a" * 100_000))
+    with pytest.raises(InvalidVm, match="malformed domain XML"):
+        parse_domain_xml(xml(name="bad&#1;name"))
+    with pytest.raises(InvalidVm, match="only letters, digits"):
+        parse_domain_xml(xml(name="bad&#9;name"))
+    with pytest.raises(InvalidVm, match="only letters, digits"):
+        parse_domain_xml(xml(name="&#x2603;"))
+
+
+def test_names_an_older_pvc_may_have_stored_stay_reachable():
+    assert may_be_stored("wébé") and may_be_stored("my vm") and may_be_stored("a" * 1000)
+    assert not may_be_stored("bad\x01name") and not may_be_stored("a/b") and not may_be_stored("..")
+    assert not may_be_stored("") and not may_be_stored(" x")
+
+
+def test_node_names():
+    assert check_node_name("hv1.example.org") == "hv1.example.org"
+    for bad in ("", "hv\x01", "a" * 254, "hv 1", "☃", "hv/1"):
+        with pytest.raises(InvalidVm):
+            check_node_name(bad)
+
+
+def test_shown_keeps_messages_short():
+    assert shown("vm1") == "'vm1'"
+    assert shown("a" * 100_000) == repr("a" * 40) + "... (100000 characters)"
+
+
+def test_domain_xml_size_limit():
+    padding = "x" * (2 * 1024 * 1024)
+    with pytest.raises(InvalidVm, match=f"at most {MAX_DOMAIN_XML_BYTES} bytes"):
+        parse_domain_xml(xml().replace("</domain>", f"<description>{padding}</description></domain>"))
+    fits = xml().replace("</domain>", "<description></description></domain>")
+    room = MAX_DOMAIN_XML_BYTES - len(fits.encode())
+    assert parse_domain_xml(fits.replace("<description>", "<description>" + "x" * room)).name == "vm1"
+    # Adding the UUID may not push the stored XML over the limit either.
+    at_limit = xml(uuid_element="").replace("</domain>", "<description></description></domain>")
+    at_limit = at_limit.replace("<description>", "<description>" + "x" * (MAX_DOMAIN_XML_BYTES - len(at_limit.encode())))
+    with pytest.raises(InvalidVm, match="at most"):
+        parse_domain_xml(at_limit)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "domain XML is empty"),
+        ("  \n", "domain XML is empty"),
+        ("<!DOCTYPE domain [<!ENTITY a 'x'>]><domain type='kvm'><name>&a;</name></domain>", "DOCTYPE"),
+        (xml(memory="1_000"), "'1_000' is not a whole number"),
+        (xml(memory="+5"), "not a whole number"),
+        (xml(memory="1" + "0" * 400), "far too large"),
+        (xml(memory="9" * 5000), "far too large"),
+        (xml(memory="5", unit="EiB"), "more than any host has"),
+        (xml(vcpu="<vcpu>99999999999</vcpu>"), "more than KVM allows"),
+        (xml(vcpu="<vcpu current='x'>2</vcpu>"), "<vcpu> 'x' is not a whole number"),
+    ],
+)
+def test_more_bad_xml_is_refused_in_one_short_line(text, message):
+    with pytest.raises(InvalidVm, match=message) as refused:
+        parse_domain_xml(text)
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 200
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_a_domain_or_refused(text):
+    """Whatever an operator hands in is a DomainSpec or an InvalidVm, never another exception."""
+    try:
+        spec = parse_domain_xml(text)
+    except InvalidVm:
+        return
+    assert check_vm_name(spec.name) == spec.name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_any_name_in_a_domain_is_checked(name):
+    escaped = name.replace("&", "&amp;").replace("<", "&lt;")
+    try:
+        spec = parse_domain_xml(xml(name=escaped))
+    except InvalidVm:
+        return
+    assert check_vm_name(spec.name) == spec.name
+
+
+def test_a_vm_must_fit_its_node():
+    check_fits_node("vm1", 16384, "hv1", 16384)
+    check_fits_node("vm1", 10**6, "hv1", None)
+    with pytest.raises(InvalidVm, match="VM vm1 needs 16385 MiB of memory; node hv1 has only 16384 MiB in total"):
+        check_fits_node("vm1", 16385, "hv1", 16384)
 
 
 def record(**changes) -> VmRecord:
