@@ -15,7 +15,7 @@ from typing import Callable
 import click
 
 from cli.connection import CliError, connect, resolve_target
-from cli.names import node_name
+from cli.inputs import node_name
 from cli.output import format_option, key_values, to_json
 from pvcd.coordinator.claims import Handover, claims_of
 from pvcd.coordinator.handover import HandoverRefused, primary_request, secondary_request

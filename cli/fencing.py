@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.connection import CliError, connect, resolve_target
-from cli.names import node_name
+from cli.inputs import node_name
 from cli.output import format_option, to_json
 from pvcd.zk import nodes, schema
 from pvcd.zk.store import AlreadyExists

@@ -15,17 +15,19 @@ from cli.connection import CliError, Target, connect, resolve_target
 from cli.coordinator import claim_owner
 from cli.coordinator import register as register_coordinator_commands
 from cli.fencing import register as register_fencing_commands
-from cli.names import node_name
+from cli.inputs import Seconds, node_name
 from cli.vm import register as register_vm_commands
 from cli.output import format_option, key_values, table, to_json
 from cli.views import cluster_summary, node_summary
 from pvcd.zk import nodes, schema
 from pvcd.zk.store import StoreError, quiet_kazoo
 
+MAX_CONNECT_TIMEOUT = 3600.0
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--zookeeper", "zookeeper", metavar="HOST:PORT[,...]", help="ZooKeeper to use (else $PVC_ZOOKEEPER, else $PVCD_CONFIG_FILE)")
-@click.option("--timeout", type=click.FloatRange(min=0.1), help="seconds to wait for ZooKeeper (default 5)")
+@click.option("--timeout", type=Seconds(0.1, MAX_CONNECT_TIMEOUT), help="seconds to wait for ZooKeeper (default 5)")
 @click.pass_context
 def pvc(ctx: click.Context, zookeeper: str | None, timeout: float | None) -> None:
     """Operate a pvcd cluster."""
@@ -196,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
+    except OSError as exc:
+        # Output that cannot be written (a full disk, a closed terminal); click itself
+        # turns a closed pipe into exit status 1.
+        click.echo(f"pvc: {exc.strerror or exc}", err=True)
+        return 1
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 
 from cli.connection import CliError, Target, connect, resolve_target
-from cli.names import node_name
+from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
 from pvcd.migration.planner import Plan, plan_batch
 from pvcd.migration.selectors import check_selector
@@ -42,12 +42,13 @@ DEFAULT_SELECTOR = "mem"
 WRITE_ATTEMPTS = 3
 WAIT_POLL = 0.25
 DEFAULT_WAIT_TIMEOUT = 600.0
+MAX_WAIT_TIMEOUT = 86400.0
 
 
 def _wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--wait-timeout",
-        type=click.FloatRange(min=0.1),
+        type=Seconds(0.1, MAX_WAIT_TIMEOUT),
         default=DEFAULT_WAIT_TIMEOUT,
         show_default=True,
         help="seconds --wait waits before giving up (exit 1)",

@@ -242,3 +242,25 @@ def test_handover_to_a_crashed_coordinator_is_refused(zk, zookeeper, write_confi
             "no other coordinator is ready to take over from hv1")
     assert not zk.exists(schema.HANDOVER)
     assert json.loads(zk.get(schema.node_state("hv1"))[0])["coordinator"] == "primary"
+
+
+@pytest.mark.parametrize("args", [("--timeout", "inf"), ("--timeout", "nan"), ("--timeout", "1e308"), ("--timeout", "0")])
+def test_timeouts_that_never_end_or_overflow_are_usage_errors(zookeeper, args):
+    result = run("--zookeeper", zookeeper.address, *args, "node", "list")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "is not a number of seconds from 0.1 to 3600" in result.stderr
+
+
+def test_wait_timeout_nan_is_a_usage_error(zookeeper):
+    result = run("--zookeeper", zookeeper.address, "vm", "start", "vm1", "--wait", "--wait-timeout", "nan")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "'nan' is not a number of seconds from 0.1 to 86400" in result.stderr
+
+
+def test_output_that_cannot_be_written_is_one_line(zk, zookeeper, cluster):
+    cluster(("hv1",))
+    environment = {k: v for k, v in os.environ.items() if k not in ("PVC_ZOOKEEPER", "PVCD_CONFIG_FILE")}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([bin_path("pvc"), "--zookeeper", zookeeper.address, "node", "list"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=60, env=environment)
+    assert result.returncode == 1 and result.stderr == "pvc: No space left on device\n"
