@@ -15,6 +15,14 @@ it starts again when the node is ready. Domain state: `flush`, then `flushed`.
 Ready: domain state `unflush`; the VMs whose `lastnode` is this node come
 back (`unmigrate`, planned so the node is not overfilled), stopped VMs with
 `node_autostart` start here; then `ready`.
+
+A fenced node carries out neither: its VMs are the fencer's to recover, and
+its reconciler is held, so VMs it called back would never start. Before it
+acts and while it waits for moves, the runner reads the node's fence record;
+a fence, or the daemon refusing a domain-state change (it refuses while the
+node is fenced), ends the command at once with a `refused` report that says
+why. A refused command is not run again: `pvc node ready` on a fenced node
+clears the fence and sends a new one.
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pvcd.migration.planner import Plan, plan_batch
+from pvcd.migration.planner import Plan, Unplaced
+from pvcd.migration.selectors import VmRequest
 from pvcd.states import DomainState
-from pvcd.vm.placement import capacities, late_nodes
+from pvcd.vm.placement import capacities, is_fenced, late_nodes, plan_requests, unknown_selector, vm_request
 from pvcd.vm.records import (
     IN_PROGRESS,
     SHOULD_RUN,
@@ -72,6 +81,8 @@ class Phase(StrEnum):
     RUNNING = "running"
     DONE = "done"
     CANCELLED = "cancelled"
+    REFUSED = "refused"
+    """The node is fenced: it stopped (or never started) the command; `reason` says why."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,8 @@ class Report:
     `command_id` is the last operator command the node took on; a flush the
     node does on its own when it shuts down keeps it, so that command is not
     run again at the next start. `moved` lists VMs sent away (flush) or
-    brought back (ready); `left` the VMs that stayed, with why.
+    brought back (ready); `left` the VMs that stayed, with why; `reason` why
+    the command was refused.
     """
 
     command_id: str | None
@@ -114,6 +126,7 @@ class Report:
     phase: Phase
     moved: tuple[str, ...] = ()
     left: Mapping[str, str] = field(default_factory=dict)
+    reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +136,7 @@ class Report:
             "phase": str(self.phase),
             "moved": list(self.moved),
             "left": dict(self.left),
+            "reason": self.reason,
         }
 
     @classmethod
@@ -137,6 +151,7 @@ class Report:
                 phase=Phase(value["phase"]),
                 moved=tuple(value.get("moved") or ()),
                 left=dict(value.get("left") or {}),
+                reason=value.get("reason"),
             )
         except (KeyError, ValueError):
             return None
@@ -150,22 +165,36 @@ def command_to_run(command: Command | None, report: Report | None) -> Command | 
 
     A new command runs; so does one the node was carrying out when it
     stopped (its report still says so). A shutdown flush does not make the
-    last command run again.
+    last command run again, nor does a refusal: the node was fenced, and an
+    operator readies a fenced node with a new command.
     """
     if command is None:
         return None
     if report is None or report.command_id != command.id:
         return command
-    if report.trigger == Trigger.COMMAND and report.phase != Phase.DONE:
+    if report.trigger == Trigger.COMMAND and report.phase not in (Phase.DONE, Phase.REFUSED):
         return command
     return None
 
 
 def initial_domain_state(report: Report | None) -> DomainState:
-    """A node that was flushed (by command or at shutdown) comes back flushed, until told `ready`."""
-    if report is not None and report.kind == CommandKind.FLUSH:
+    """A node that was flushed (by command or at shutdown) comes back flushed, until told `ready`.
+
+    A refused flush never got the node flushed; the fence that refused it,
+    not the report, keeps the node from taking VMs."""
+    if report is not None and report.kind == CommandKind.FLUSH and report.phase != Phase.REFUSED:
         return DomainState.FLUSHED
     return DomainState.READY
+
+
+def fence_refusal(node: str, fence: Mapping[str, Any]) -> str | None:
+    """Why node `node` must not carry out a flush or ready, given its fence record; None if it may."""
+    if not is_fenced(fence):
+        return None
+    return (
+        f"node {node} is fenced ({fence.get('outcome')}, by {fence.get('by') or 'unknown'}): it moves no VMs; "
+        f"'pvc node ready {node}' clears the fence and readies it"
+    )
 
 
 def vms_to_flush(me: str, views: Mapping[str, VmView]) -> list[VmRecord]:
@@ -178,8 +207,8 @@ def vms_to_flush(me: str, views: Mapping[str, VmView]) -> list[VmRecord]:
 
 def flush_plan(me: str, views: Mapping[str, VmView], node_views: list[NodeView], late: frozenset[str], selector: str) -> Plan:
     """Where this node's running VMs go; the same plan `pvc node flush --dry-run` prints."""
-    requests = [record.request() for record in vms_to_flush(me, views)]
-    return plan_batch(requests, capacities(node_views, views, late), selector)
+    requests = [vm_request(record) for record in vms_to_flush(me, views)]
+    return plan_requests(requests, capacities(node_views, views, late), selector)
 
 
 def flush_pending(me: str, views: Mapping[str, VmView]) -> list[str]:
@@ -228,26 +257,48 @@ def return_plan(me: str, views: Mapping[str, VmView], node_views: list[NodeView]
     no other node's plan sends it VMs before its own are home).
     """
     running, _ = vms_to_return(me, views)
-    requests = [record.request(target=me) for record in running]
-    requests += [dataclasses.replace(record.request(target=me), current_node=None) for record in vms_to_autostart(me, views)]
-    return plan_batch(requests, capacities(node_views, views, late, treat_as_ready=me), selector)
+    requests = [vm_request(record, target=me) for record in running]
+    requests += [_starting_here(vm_request(record, target=me)) for record in vms_to_autostart(me, views)]
+    return plan_requests(requests, capacities(node_views, views, late, treat_as_ready=me), selector)
+
+
+def _starting_here(request: VmRequest | Unplaced) -> VmRequest | Unplaced:
+    """A stopped VM of this node starting here is not moving: it has no current node to leave."""
+    return dataclasses.replace(request, current_node=None) if isinstance(request, VmRequest) else request
 
 
 # -- the runner ------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """The node is fenced: the command stops where it is."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Progress:
+    """What a command has done so far; a refusal reports it as it stands."""
+
+    moved: list[str] = field(default_factory=list)
+    left: dict[str, str] = field(default_factory=dict)
 
 
 class FlushRunner:
     """Carries out this node's flush and ready commands, one at a time, in a thread.
 
     `set_domain_state` is the daemon's: the node's state record has one
-    writer, and it is the daemon.
+    writer, and it is the daemon. It returns False when it refuses the change
+    because the node is fenced, and the command then stops.
     """
 
     def __init__(
         self,
         store: Store,
         node: str,
-        set_domain_state: Callable[[DomainState], None],
+        set_domain_state: Callable[[DomainState], bool],
         selector: str,
         concurrency: int = FLUSH_CONCURRENCY,
         move_timeout: float = DEFAULT_MOVE_TIMEOUT,
@@ -322,6 +373,36 @@ class FlushRunner:
         current = self._command()
         return current is not None and current.id != command_id
 
+    # -- the fence -----------------------------------------------------------
+
+    def _check_fence(self) -> None:
+        """Raise _Refused if the node's fence record says it is fenced."""
+        reason = fence_refusal(self.node, nodes.read_fence(self.store, self.node))
+        if reason is not None:
+            raise _Refused(reason)
+
+    def _enter(self, state: DomainState) -> None:
+        """Ask the daemon for a domain state; it refuses while the node is fenced."""
+        if not self.set_domain_state(state):
+            raise _Refused(f"node {self.node} is fenced: the daemon refused domain state {state}")
+
+    def _refused(
+        self, command_id: str | None, kind: CommandKind, trigger: Trigger, reason: str, progress: _Progress
+    ) -> Report:
+        report = Report(
+            command_id, kind, trigger, Phase.REFUSED, tuple(sorted(progress.moved)), dict(progress.left), reason
+        )
+        self._write(report)
+        log.warning(
+            "Node %s: %s (%s) not carried out: %s%s",
+            self.node,
+            kind,
+            f"command {command_id}" if trigger == Trigger.COMMAND else "at shutdown",
+            reason,
+            f"; left: {', '.join(f'{k} ({v})' for k, v in sorted(progress.left.items()))}" if progress.left else "",
+        )
+        return report
+
     # -- flush ---------------------------------------------------------------
 
     def flush_for_shutdown(self, timeout: float) -> Report:
@@ -331,48 +412,57 @@ class FlushRunner:
         return self.flush(report.command_id if report else None, Trigger.SHUTDOWN, lambda: time.monotonic() > deadline)
 
     def flush(self, command_id: str | None, trigger: Trigger, cancelled: Callable[[], bool]) -> Report:
-        """Move every running VM away, then report `flushed`; stop early if `cancelled()`."""
-        self.set_domain_state(DomainState.FLUSH)
+        """Move every running VM away, then report `flushed`; stop early if `cancelled()` or fenced."""
+        progress = _Progress()
+        try:
+            return self._flush(command_id, trigger, cancelled, progress)
+        except _Refused as refused:
+            return self._refused(command_id, CommandKind.FLUSH, trigger, refused.reason, progress)
+
+    def _flush(
+        self, command_id: str | None, trigger: Trigger, cancelled: Callable[[], bool], progress: _Progress
+    ) -> Report:
+        self._check_fence()
+        self._enter(DomainState.FLUSH)
         self._write(Report(command_id, CommandKind.FLUSH, trigger, Phase.RUNNING))
-        moved_away: list[str] = []
-        left: dict[str, str] = {}
         deadline = time.monotonic() + self.move_timeout
         while True:
+            self._check_fence()
             if cancelled():
-                report = Report(command_id, CommandKind.FLUSH, trigger, Phase.CANCELLED, tuple(moved_away), left)
-                log.info("Node %s: flush cancelled after moving %d VMs", self.node, len(moved_away))
+                report = Report(
+                    command_id, CommandKind.FLUSH, trigger, Phase.CANCELLED, tuple(progress.moved), progress.left
+                )
+                log.info("Node %s: flush cancelled after moving %d VMs", self.node, len(progress.moved))
                 self._write(report)
                 return report
             views, _ = vms.read_vms(self.store)
             node_views = nodes.read_cluster(self.store)
             plan = flush_plan(self.node, views, node_views, late_nodes(node_views, self.store.server_time_ms()), self.selector)
             if plan.placements or plan.unplaced:
-                self._log_plan(plan)
+                self._log_plan(plan, views)
                 for unplaced in plan.unplaced:
                     reason = f"flush of {self.node}: {unplaced.detail}"
                     if self._leave_stopped(views[unplaced.vm], reason):
-                        left[unplaced.vm] = reason
-                done, stayed = self._carry_out(
-                    [(p.vm, p.node) for p in plan.placements], MoveKind.MIGRATE, cancelled
-                )
-                moved_away += done
-                left.update(stayed)
+                        progress.left[unplaced.vm] = reason
+                self._carry_out([(p.vm, p.node) for p in plan.placements], MoveKind.MIGRATE, cancelled, progress)
                 deadline = time.monotonic() + self.move_timeout
                 continue
             pending = flush_pending(self.node, views)
             if not pending or time.monotonic() > deadline:
                 for name in pending:
-                    left.setdefault(name, "still moving or stopping when the flush ended")
+                    progress.left.setdefault(name, "still moving or stopping when the flush ended")
                 break
             self._stop.wait(self.poll_interval)
-        self.set_domain_state(DomainState.FLUSHED)
-        report = Report(command_id, CommandKind.FLUSH, trigger, Phase.DONE, tuple(sorted(moved_away)), left)
+        self._enter(DomainState.FLUSHED)
+        report = Report(
+            command_id, CommandKind.FLUSH, trigger, Phase.DONE, tuple(sorted(progress.moved)), progress.left
+        )
         self._write(report)
         log.info(
             "Node %s is flushed: %d VMs moved away%s",
             self.node,
-            len(moved_away),
-            f"; left: {', '.join(f'{k} ({v})' for k, v in sorted(left.items()))}" if left else "",
+            len(progress.moved),
+            f"; left: {', '.join(f'{k} ({v})' for k, v in sorted(progress.left.items()))}" if progress.left else "",
         )
         return report
 
@@ -387,35 +477,54 @@ class FlushRunner:
         log.warning("VM %s fits on no other node: shutting it down on %s with autostart set (%s)", view.name, self.node, reason)
         return True
 
-    def _log_plan(self, plan: Plan) -> None:
+    def _log_plan(self, plan: Plan, views: Mapping[str, VmView]) -> None:
         for placement in plan.placements:
-            log.info("Flush of %s: VM %s goes to %s (selector %s)", self.node, placement.vm, placement.node, placement.selector)
+            odd = unknown_selector(views[placement.vm].record)
+            log.info(
+                "Flush of %s: VM %s goes to %s (selector %s%s)",
+                self.node,
+                placement.vm,
+                placement.node,
+                placement.selector,
+                f"; its own selector {odd!r} is unknown to this version" if odd else "",
+            )
 
     # -- ready ---------------------------------------------------------------
 
     def ready(self, command_id: str) -> Report:
         """Bring back the VMs that left this node, start its autostart VMs, then report `ready`."""
-        self.set_domain_state(DomainState.UNFLUSH)
+        progress = _Progress()
+        try:
+            return self._ready(command_id, progress)
+        except _Refused as refused:
+            return self._refused(command_id, CommandKind.READY, Trigger.COMMAND, refused.reason, progress)
+
+    def _ready(self, command_id: str, progress: _Progress) -> Report:
+        self._check_fence()
+        self._enter(DomainState.UNFLUSH)
         self._write(Report(command_id, CommandKind.READY, Trigger.COMMAND, Phase.RUNNING))
         views, _ = vms.read_vms(self.store)
         node_views = nodes.read_cluster(self.store)
         plan = return_plan(self.node, views, node_views, late_nodes(node_views, self.store.server_time_ms()), self.selector)
         _, stopped = vms_to_return(self.node, views)
         autostart = {r.name for r in vms_to_autostart(self.node, views)}
-        left = {u.vm: f"stays where it is: {u.detail}" for u in plan.unplaced}
+        progress.left.update({u.vm: f"stays where it is: {u.detail}" for u in plan.unplaced})
         for unplaced in plan.unplaced:
             log.warning("VM %s does not come back to %s: %s", unplaced.vm, self.node, unplaced.detail)
         returning = [(p.vm, self.node) for p in plan.placements if p.vm not in autostart]
         returning += [(r.name, self.node) for r in stopped]
-        brought_back, stayed = self._carry_out(returning, MoveKind.UNMIGRATE, functools.partial(self._superseded, command_id))
-        left.update(stayed)
+        self._carry_out(returning, MoveKind.UNMIGRATE, functools.partial(self._superseded, command_id), progress)
         for placement in plan.placements:
-            if placement.vm in autostart and self._autostart(views[placement.vm]):
-                brought_back.append(placement.vm)
-        self.set_domain_state(DomainState.READY)
-        report = Report(command_id, CommandKind.READY, Trigger.COMMAND, Phase.DONE, tuple(sorted(brought_back)), left)
+            if placement.vm in autostart:
+                self._check_fence()
+                if self._autostart(views[placement.vm]):
+                    progress.moved.append(placement.vm)
+        self._enter(DomainState.READY)
+        report = Report(
+            command_id, CommandKind.READY, Trigger.COMMAND, Phase.DONE, tuple(sorted(progress.moved)), progress.left
+        )
         self._write(report)
-        log.info("Node %s is ready: %d VMs back or started", self.node, len(brought_back))
+        log.info("Node %s is ready: %d VMs back or started", self.node, len(progress.moved))
         return report
 
     def _autostart(self, view: VmView) -> bool:
@@ -431,48 +540,56 @@ class FlushRunner:
     # -- moving VMs, a bounded number at a time --------------------------------
 
     def _carry_out(
-        self, moves: list[tuple[str, str]], kind: MoveKind, cancelled: Callable[[], bool]
-    ) -> tuple[list[str], dict[str, str]]:
-        """Request the moves, at most `concurrency` under way; return (arrived, left with why).
+        self, moves: list[tuple[str, str]], kind: MoveKind, cancelled: Callable[[], bool], progress: _Progress
+    ) -> None:
+        """Request the moves, at most `concurrency` under way; add the arrived and the left (with why) to `progress`.
 
         Once cancelled, no more moves start, but those under way are waited
-        for (up to the move timeout), so whatever runs next sees every VM settled.
+        for (up to the move timeout), so whatever runs next sees every VM
+        settled. Once the node is fenced nothing is waited for: the moves
+        under way are the fence recovery's to settle.
         """
         pending = list(moves)
-        in_flight: dict[str, tuple[str, float]] = {}
-        arrived: list[str] = []
-        left: dict[str, str] = {}
+        in_flight: dict[str, tuple[str, str, float]] = {}
         while pending or in_flight:
             if self._stop.is_set():
-                left.update({vm: "the node stopped before it moved" for vm, _ in pending})
+                progress.left.update({vm: "the node stopped before it moved" for vm, _ in pending})
                 break
+            try:
+                self._check_fence()
+            except _Refused:
+                progress.left.update({vm: "not moved: the node was fenced" for vm, _ in pending})
+                progress.left.update({vm: "moving when the node was fenced; the fence recovery settles it"
+                                      for vm in in_flight})
+                raise
             if pending and cancelled():
-                left.update({vm: "cancelled before it moved" for vm, _ in pending})
+                progress.left.update({vm: "cancelled before it moved" for vm, _ in pending})
                 pending = []
             while pending and len(in_flight) < self.concurrency:
                 vm, target = pending.pop(0)
                 move_id = self._request(vm, target, kind)
                 if move_id is None:
-                    left[vm] = "changed meanwhile; not moved"
+                    progress.left[vm] = "changed meanwhile; not moved"
                 else:
-                    in_flight[vm] = (move_id, time.monotonic())
-            for vm, (move_id, started) in list(in_flight.items()):
+                    in_flight[vm] = (move_id, target, time.monotonic())
+            for vm, (move_id, target, started) in list(in_flight.items()):
                 view = vms.read_vm(self.store, vm)
                 if view is None:
-                    left[vm] = "removed while moving"
+                    progress.left[vm] = "removed while moving"
                 elif view.migration is None or view.migration.id != move_id:
                     if view.record.state == VmState.FAIL:
-                        left[vm] = view.record.reason or "failed"
+                        progress.left[vm] = view.record.reason or "failed"
+                    elif view.record.node != target:
+                        progress.left[vm] = f"ended on {view.record.node}, not {target}"
                     else:
-                        arrived.append(vm)
+                        progress.moved.append(vm)
                 elif time.monotonic() - started > self.move_timeout:
-                    left[vm] = f"still moving after {self.move_timeout:g}s"
+                    progress.left[vm] = f"still moving after {self.move_timeout:g}s"
                 else:
                     continue
                 del in_flight[vm]
             if in_flight:
                 self._stop.wait(self.poll_interval)
-        return arrived, left
 
     def _request(self, vm: str, target: str, kind: MoveKind) -> str | None:
         """Ask for one move if the VM is still as planned; the move's id, or None."""

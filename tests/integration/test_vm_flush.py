@@ -6,6 +6,7 @@ SimulatedMigration test double, because libvirt's test driver cannot migrate.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -13,10 +14,12 @@ from collections import Counter
 import pytest
 
 from helpers import vm_cluster, vm_operator, wait_for
+from pvcd.keepalive import StateRecord
 from pvcd.states import DomainState
 from pvcd.vm.flush import (
     Command,
     CommandKind,
+    FlushRunner,
     Phase,
     Trigger,
     command_to_run,
@@ -25,8 +28,8 @@ from pvcd.vm.flush import (
     write_command,
 )
 from pvcd.vm.migration import SimulatedMigration
-from pvcd.vm.records import ActualState, VmState
-from pvcd.zk import nodes
+from pvcd.vm.records import ActualState, VmState, VmStatus
+from pvcd.zk import nodes, schema, vms
 
 @pytest.fixture
 def cluster(zk, make_config):
@@ -233,3 +236,133 @@ def test_flush_moves_at_most_concurrency_vms_at_once(cluster, operator, concurre
         most = max(most, moving)
         time.sleep(0.05)
     assert 1 <= most <= concurrency
+
+
+# -- a fenced node carries out no command (runner only: no daemon, a fake domain-state callback) --------
+
+
+class DomainStates:
+    """The daemon's `set_domain_state`, faked: records each request and answers as told."""
+
+    def __init__(self, applies: bool = True) -> None:
+        self.applies = applies
+        self.asked: list[DomainState] = []
+
+    def __call__(self, wanted: DomainState) -> bool:
+        self.asked.append(wanted)
+        return self.applies
+
+
+def add_node(store, name: str, running: tuple[str, ...] = ()) -> None:
+    """A registered node with one keepalive delivered, so placement does not take it for late."""
+    state = StateRecord("run", "client", "ready")
+    versions = nodes.register(store, name, {"name": name}, state)
+    keepalive = {"counter": 1, "interval": 5, "memory": {"total": 8192, "allocated": 512 * len(running)},
+                 "vcpus": {"allocated": len(running)}, "load": 0.0,
+                 "vms": {"count": len(running), "running": list(running)}}
+    nodes.send_keepalive(store, name, versions, state, keepalive, timeout=5)
+
+
+def fence(store, name: str) -> None:
+    found = store.get(schema.node_fence(name))
+    store.set(schema.node_fence(name), {"outcome": "confirmed", "by": "hv3", "reason": "test"}, found.version)
+
+
+def running_vm(operator, name: str, node: str, lastnode: str | None = None) -> None:
+    """A VM recorded as running on `node` (nobody runs it: no daemon reacts to moves here)."""
+    operator.define(name, node)
+    view = operator.view(name)
+    record = dataclasses.replace(view.record, state=VmState.START, lastnode=lastnode)
+    vms.VmWrite(operator.store, view).record(record).status(VmStatus(node, ActualState.RUNNING)).commit()
+
+
+def run_in_thread(runner: FlushRunner, sent: Command, timeout: float):
+    """The runner's report, or None if it is still busy after `timeout` seconds."""
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("report", runner.run(sent)), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return box.get("report")
+
+
+@pytest.fixture
+def bare(zk, operator):
+    """Two nodes' records, hv1 and hv2, and no daemon."""
+    add_node(operator.store, "hv1")
+    add_node(operator.store, "hv2", running=("away",))
+    yield operator
+
+
+def test_a_ready_left_from_before_a_crash_is_not_carried_out_while_the_node_is_fenced(bare):
+    operator = bare
+    running_vm(operator, "away", "hv2", lastnode="hv1")
+    operator.define("parked", "hv2")
+    view = operator.view("parked")
+    vms.VmWrite(operator.store, view).record(dataclasses.replace(view.record, lastnode="hv1")).commit()
+    sent = command(operator, "hv1", CommandKind.READY)
+    fence(operator.store, "hv1")  # hv1 crashed and was fenced; its restarted pvcd finds the ready
+    states = DomainStates(applies=False)  # the daemon refuses every change while fenced
+    runner = FlushRunner(operator.store, "hv1", states, "mem", move_timeout=5, poll_interval=0.05)
+
+    assert command_to_run(runner._command(), read_report(operator.store, "hv1")) == sent
+    report = run_in_thread(runner, sent, timeout=3)
+
+    assert report is not None, "the runner is still waiting for moves a fenced node can never finish"
+    assert states.asked == [], "a fenced node must not even try to change its domain state"
+    away, parked = operator.view("away"), operator.view("parked")
+    assert (away.record.node, away.migration, away.record.state) == ("hv2", None, VmState.START)
+    assert (parked.record.node, parked.migration) == ("hv2", None)
+    assert report.phase == "refused" and "fenced" in report.to_json()["reason"]
+    stored = read_report(operator.store, "hv1")
+    assert stored == report and command_to_run(sent, stored) is None, "a refused command is not run again"
+    assert initial_domain_state(stored) == DomainState.READY
+
+
+def test_a_refused_domain_state_change_stops_the_command(bare):
+    operator = bare
+    running_vm(operator, "away", "hv2", lastnode="hv1")
+    running_vm(operator, "here", "hv1")
+    states = DomainStates(applies=False)  # fenced as far as the daemon knows, record not read yet
+    runner = FlushRunner(operator.store, "hv1", states, "mem", move_timeout=5, poll_interval=0.05)
+
+    for kind in (CommandKind.READY, CommandKind.FLUSH):
+        sent = command(operator, "hv1", kind)
+        report = run_in_thread(runner, sent, timeout=3)
+        assert report is not None and report.phase == Phase.REFUSED, report
+        assert "refused" in report.reason
+    assert operator.view("away").migration is None and operator.view("here").migration is None
+    assert (operator.view("here").record.node, operator.view("away").record.node) == ("hv1", "hv2")
+
+
+def test_a_node_fenced_in_the_middle_of_a_flush_stops_waiting_for_its_moves(bare):
+    operator = bare
+    running_vm(operator, "here", "hv1")
+    states = DomainStates()
+    runner = FlushRunner(operator.store, "hv1", states, "mem", move_timeout=30, poll_interval=0.05)
+    sent = command(operator, "hv1", CommandKind.FLUSH)
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("report", runner.run(sent)), daemon=True)
+    worker.start()
+    # No daemon releases the VM: the move stays requested until the node is fenced.
+    wait_for(lambda: operator.view("here").migration is not None, 5, what="the flush to request the move")
+    fence(operator.store, "hv1")
+    worker.join(3)
+
+    report = box.get("report")
+    assert report is not None, "the runner still waits for a move after its node was fenced"
+    assert report.phase == Phase.REFUSED and "fenced" in report.reason
+    assert "here" in report.left
+    assert DomainState.FLUSHED not in states.asked
+
+
+def test_a_fenced_node_does_not_flush_at_shutdown(bare):
+    operator = bare
+    running_vm(operator, "here", "hv1")
+    fence(operator.store, "hv1")
+    states = DomainStates()
+    runner = FlushRunner(operator.store, "hv1", states, "mem", move_timeout=5, poll_interval=0.05)
+
+    report = runner.flush_for_shutdown(timeout=3)
+
+    assert report.phase == Phase.REFUSED and report.trigger == Trigger.SHUTDOWN
+    assert states.asked == [] and operator.view("here").migration is None

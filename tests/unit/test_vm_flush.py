@@ -11,6 +11,7 @@ from pvcd.vm.flush import (
     Report,
     Trigger,
     command_to_run,
+    fence_refusal,
     flush_pending,
     flush_plan,
     initial_domain_state,
@@ -72,6 +73,26 @@ def test_commands_run_once_and_resume_after_a_restart():
     # A flush the node did when it shut down does not replay the operator's last command.
     shutdown = Report("c1", CommandKind.FLUSH, Trigger.SHUTDOWN, Phase.CANCELLED)
     assert command_to_run(flush, shutdown) is None
+
+
+def test_a_refused_command_is_final():
+    ready = Command("c1", CommandKind.READY)
+    refused = Report("c1", CommandKind.READY, Trigger.COMMAND, Phase.REFUSED, reason="node hv1 is fenced")
+    assert command_to_run(ready, refused) is None
+    # The operator's `pvc node ready` on a fenced node clears the fence and sends a new command.
+    assert command_to_run(Command("c2", CommandKind.READY), refused) == Command("c2", CommandKind.READY)
+    # A flush refused before it flushed anything does not bring the node back flushed.
+    assert initial_domain_state(Report("c", CommandKind.FLUSH, Trigger.COMMAND, Phase.REFUSED)) == DomainState.READY
+    assert Report.from_json(refused.to_json()) == refused
+
+
+def test_a_fenced_node_may_carry_out_no_command():
+    assert fence_refusal(ME, {"outcome": None}) is None
+    assert fence_refusal(ME, {"outcome": None, "last": {"outcome": "confirmed"}}) is None
+    for outcome in ("fencing", "confirmed", "ambiguous", "failed"):
+        reason = fence_refusal(ME, {"outcome": outcome, "by": "hv3"})
+        assert reason is not None and f"node {ME} is fenced ({outcome}, by hv3)" in reason
+        assert f"pvc node ready {ME}" in reason
 
 
 def test_initial_domain_state():
