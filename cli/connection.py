@@ -98,7 +98,9 @@ def zookeeper_problem(hosts: str) -> str | None:
 def _target(hosts: str, timeout: float, source: str) -> Target:
     problem = zookeeper_problem(hosts)
     if problem:
-        raise CliError(f"invalid ZooKeeper address from {source}: {problem}; expected HOST:PORT[,HOST:PORT...][/CHROOT]")
+        raise CliError(
+            f"invalid ZooKeeper address from {source}: {problem}; expected HOST:PORT[,HOST:PORT...][/CHROOT]"
+        )
     return Target(hosts, timeout, source)
 
 
@@ -124,16 +126,12 @@ def _check_cluster(store: Store, target: Target) -> None:
     every command would otherwise find "no nodes" and "no VMs" there and succeed.
     The schema record is written when the first node registers."""
     chroot = target.hosts.partition("/")[2].rstrip("/")
+    where = f"no pvc cluster at ZooKeeper {_shown(target.hosts)} (from {target.source})"
     if chroot and not store.exists("/"):
-        raise CliError(
-            f"no pvc cluster at ZooKeeper {_shown(target.hosts)} (from {target.source}): its chroot /{chroot} does not exist"
-        )
+        raise CliError(f"{where}: its chroot /{chroot} does not exist")
     if not store.exists(schema.SCHEMA):
-        raise CliError(
-            f"no pvc cluster at ZooKeeper {_shown(target.hosts)} (from {target.source}): {schema.SCHEMA} does not exist"
-            + (f" under the chroot /{chroot}" if chroot else "")
-            + "; no pvcd node has registered there"
-        )
+        under = f" under the chroot /{chroot}" if chroot else ""
+        raise CliError(f"{where}: {schema.SCHEMA} does not exist{under}; no pvcd node has registered there")
 
 
 @contextmanager

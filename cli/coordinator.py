@@ -61,7 +61,8 @@ def _handover(ctx: click.Context, name: str, plan: _Planner, output_format: str)
         # Read after the nodes, so that the time the reads took can only make a keepalive look older.
         now = store.server_time_ms()
         try:
-            request = plan(views, owner, Handover.from_json(found.value) if found else None, found is not None, name, now)
+            pending = Handover.from_json(found.value) if found else None
+            request = plan(views, owner, pending, found is not None, name, now)
         except HandoverRefused as exc:
             raise CliError(str(exc)) from exc
         if request is None:
@@ -80,8 +81,8 @@ def _wait(store: Store, request: Handover, deadline: float) -> str:
     """The new primary once it has taken over; CliError when that takes longer than HANDOVER_WAIT."""
     while True:
         owner = claim_owner(store)
-        done = owner is not None and owner != request.source and (request.target in (None, owner))
-        if done and _primary_now(store, owner):
+        moved = owner != request.source and request.target in (None, owner)
+        if owner is not None and moved and _primary_now(store, owner):
             return owner
         if time.monotonic() > deadline:
             wanted = request.target or "another coordinator"

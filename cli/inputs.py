@@ -26,7 +26,7 @@ def node_name(name: str) -> str:
         raise CliError(str(exc)) from exc
 
 
-class Seconds(click.ParamType):
+class Seconds(click.ParamType[float, Any]):
     """A finite number of seconds from `low` to `high`: a usage error (exit 2) otherwise."""
 
     name = "seconds"

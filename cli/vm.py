@@ -11,6 +11,7 @@ the VM in between, the command reads it again and re-checks (a few times).
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from typing import Any, Callable
@@ -153,14 +154,16 @@ def _read_domain_file(path: str) -> str:
     limit = records.MAX_DOMAIN_XML_BYTES
     try:
         if path == "-":
-            data = click.get_binary_stream("stdin").read(limit + 1)
+            data = sys.stdin.buffer.read(limit + 1)
         else:
             with open(path, "rb") as stream:
                 data = stream.read(limit + 1)
     except OSError as exc:
         raise CliError(f"cannot read {records.shown(path)}: {exc.strerror or exc}") from exc
     if len(data) > limit:
-        raise CliError(f"{records.shown(path)}: larger than {limit} bytes ({limit // 1024} KiB), the most a domain XML may have")
+        raise CliError(
+            f"{records.shown(path)}: larger than {limit} bytes ({limit // 1024} KiB), the most a domain XML may have"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -155,8 +155,9 @@ def parse_domain_xml(text: str) -> DomainSpec:
         raise InvalidVm(f"domain XML: the root element is <{root.tag}>, expected <domain>")
     if not root.get("type"):
         raise InvalidVm("domain XML: <domain> has no type attribute (e.g. type='kvm')")
-    name = (root.findtext("name") or "").strip()
-    if not name:
+    name_element = root.find("name")
+    name = (name_element.text or "").strip() if name_element is not None else ""
+    if name_element is None or not name:
         raise InvalidVm("domain XML: <name> is missing or empty")
     check_vm_name(name)
     uuid_text = (root.findtext("uuid") or "").strip()
@@ -164,12 +165,12 @@ def parse_domain_xml(text: str) -> DomainSpec:
         try:
             uuid = str(uuid_module.UUID(uuid_text))
         except ValueError as exc:
-            raise InvalidVm(f"domain XML: <uuid> {uuid_text!r} is not a UUID") from exc
+            raise InvalidVm(f"domain XML: <uuid> {shown(uuid_text)} is not a UUID") from exc
     else:
         uuid = str(uuid_module.uuid4())
         element = ElementTree.Element("uuid")
         element.text = uuid
-        root.insert(list(root).index(root.find("name")) + 1, element)
+        root.insert(list(root).index(name_element) + 1, element)
         text = ElementTree.tostring(root, encoding="unicode")
         check_domain_xml_size(len(text.encode("utf-8", "surrogatepass")))
     return DomainSpec(name=name, uuid=uuid, memory_mib=_memory_mib(root), vcpus=_vcpus(root), xml=text)

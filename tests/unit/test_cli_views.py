@@ -118,8 +118,8 @@ def test_what_passes_the_check_kazoo_accepts(hosts):
 
 
 def coordinator(name, role="secondary", mtime=10_000, interval=1, daemon="run"):
-    return NodeView(name, {"coordinator": True}, StateRecord(daemon, role, "ready"), {"counter": 5, "interval": interval},
-                    mtime, 5)
+    keepalive = {"counter": 5, "interval": interval}
+    return NodeView(name, {"coordinator": True}, StateRecord(daemon, role, "ready"), keepalive, mtime, 5)
 
 
 def test_handover_target_must_have_a_fresh_keepalive():

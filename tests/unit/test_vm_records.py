@@ -151,7 +151,8 @@ def test_domain_xml_size_limit():
     assert parse_domain_xml(fits.replace("<description>", "<description>" + "x" * room)).name == "vm1"
     # Adding the UUID may not push the stored XML over the limit either.
     at_limit = xml(uuid_element="").replace("</domain>", "<description></description></domain>")
-    at_limit = at_limit.replace("<description>", "<description>" + "x" * (MAX_DOMAIN_XML_BYTES - len(at_limit.encode())))
+    room = MAX_DOMAIN_XML_BYTES - len(at_limit.encode())
+    at_limit = at_limit.replace("<description>", "<description>" + "x" * room)
     with pytest.raises(InvalidVm, match="at most"):
         parse_domain_xml(at_limit)
 
