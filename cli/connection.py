@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from pvcd.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ConfigError, load_config
+from pvcd.vm.records import shown
 from pvcd.zk import schema
 from pvcd.zk.store import Store, StoreUnavailable
 
@@ -30,6 +31,8 @@ class CliError(Exception):
 
 @dataclass(frozen=True)
 class Target:
+    """A checked ZooKeeper address, and where it came from (named in every message about it)."""
+
     hosts: str
     connect_timeout: float
     source: str
@@ -37,11 +40,6 @@ class Target:
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,252})")
 _PORT = re.compile(r"[0-9]{1,5}")
-_SHOWN = 60
-
-
-def _shown(text: str) -> str:
-    return repr(text) if len(text) <= _SHOWN else f"{text[:_SHOWN]!r}... ({len(text)} characters)"
 
 
 def _host_problem(entry: str) -> str | None:
@@ -49,23 +47,23 @@ def _host_problem(entry: str) -> str | None:
     if entry.startswith("["):
         address, bracket, rest = entry[1:].partition("]")
         if not bracket:
-            return f"{_shown(entry)} has no closing ']' after its IPv6 address"
+            return f"{shown(entry)} has no closing ']' after its IPv6 address"
         try:
             ipaddress.IPv6Address(address)
         except ValueError:
-            return f"{_shown(address)} is not an IPv6 address"
+            return f"{shown(address)} is not an IPv6 address"
         if rest and not rest.startswith(":"):
-            return f"{_shown(entry)} has {_shown(rest)} after its IPv6 address; expected [ADDRESS]:PORT"
+            return f"{shown(entry)} has {shown(rest)} after its IPv6 address; expected [ADDRESS]:PORT"
         port = rest[1:] if rest else None
     else:
         host, colon, port_text = entry.partition(":")
         if not _HOST_NAME.fullmatch(host):
             if ":" in port_text:
-                return f"{_shown(entry)} looks like an IPv6 address: write it in brackets, [ADDRESS]:PORT"
-            return f"{_shown(host or entry)} is not a host name or address"
+                return f"{shown(entry)} looks like an IPv6 address: write it in brackets, [ADDRESS]:PORT"
+            return f"{shown(host or entry)} is not a host name or address"
         port = port_text if colon else None
     if port is not None and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
-        return f"port {_shown(port)} is not a number from 1 to 65535"
+        return f"port {shown(port)} is not a number from 1 to 65535"
     return None
 
 
@@ -91,7 +89,7 @@ def zookeeper_problem(hosts: str) -> str | None:
             try:
                 schema.validate_name(component)
             except ValueError:
-                return f"the chroot {_shown('/' + chroot)} has an empty or invalid path component"
+                return f"the chroot {shown('/' + chroot)} has an empty or invalid path component"
     return None
 
 
@@ -126,7 +124,7 @@ def _check_cluster(store: Store, target: Target) -> None:
     every command would otherwise find "no nodes" and "no VMs" there and succeed.
     The schema record is written when the first node registers."""
     chroot = target.hosts.partition("/")[2].rstrip("/")
-    where = f"no pvc cluster at ZooKeeper {_shown(target.hosts)} (from {target.source})"
+    where = f"no pvc cluster at ZooKeeper {shown(target.hosts)} (from {target.source})"
     if chroot and not store.exists("/"):
         raise CliError(f"{where}: its chroot /{chroot} does not exist")
     if not store.exists(schema.SCHEMA):

@@ -452,10 +452,16 @@ def _move(ctx: click.Context, name: str, kind: MoveKind, target: str | None, for
             if plan.unplaced and (view.record.state in SHOULD_RUN or wanted is None):
                 raise CliError(f"VM {name}: {plan.unplaced[0].detail}")
             if plan.unplaced:
-                # A stopped VM needs no memory to change node, only a real node inside its limit.
-                _node(store, wanted)  # type: ignore[arg-type]
+                # A stopped VM needs no free memory to change node, only a real node inside
+                # its limit that could ever run it.
+                assert wanted is not None
+                target_view = _node(store, wanted)
                 if view.record.node_limit and wanted not in view.record.node_limit:
                     raise CliError(f"VM {name}: {wanted} is outside node_limit {list(view.record.node_limit)}")
+                try:
+                    records.check_fits_node(name, view.record.memory_mib, wanted, _memory_total(target_view))
+                except InvalidVm as exc:
+                    raise CliError(str(exc)) from exc
                 destination = wanted
             else:
                 destination = plan.placements[0].node

@@ -264,3 +264,22 @@ def test_output_that_cannot_be_written_is_one_line(zk, zookeeper, cluster):
         result = subprocess.run([bin_path("pvc"), "--zookeeper", zookeeper.address, "node", "list"], stdout=full,
                                 stderr=subprocess.PIPE, text=True, timeout=60, env=environment)
     assert result.returncode == 1 and result.stderr == "pvc: No space left on device\n"
+
+
+def test_a_stopped_vm_cannot_move_to_a_node_smaller_than_it(zk, zookeeper, two_nodes):
+    """A stopped VM needs no free memory to change node, but the node must be able to run it one day."""
+    store = Store(zookeeper.address)
+    store.start()
+    try:
+        vms.define(store, records.new_record(records.parse_domain_xml(domain("huge", 64 * 1024)), "hv1"))
+    finally:
+        store.stop()
+    stored = tree(zk, schema.VMS)
+    for command in ("move", "migrate"):
+        refused(run("--zookeeper", zookeeper.address, "vm", command, "huge", "--target", "hv2"),
+                "VM huge needs 65536 MiB of memory; node hv2 has only 16384 MiB in total")
+    assert tree(zk, schema.VMS) == stored
+    small = run("--zookeeper", zookeeper.address, "vm", "define", "-", "--node", "hv1", stdin=domain("small").encode())
+    assert small.returncode == 0, small.stderr
+    moved = run("--zookeeper", zookeeper.address, "vm", "move", "small", "--target", "hv2", "--format", "json")
+    assert moved.returncode == 0 and json.loads(moved.stdout)["node"] == "hv2", moved.stderr
