@@ -268,7 +268,8 @@ def vm_define(ctx: click.Context, xml_file: str, node: str | None, node_limit: s
             check_selector(node_selector)
     except (InvalidVm, ValueError) as exc:
         raise CliError(str(exc)) from exc
-    limit = tuple(node_name(n.strip()) for n in (node_limit or "").split(",") if n.strip())
+    # Each node once: a repeated name adds nothing but size to the record.
+    limit = tuple(dict.fromkeys(node_name(n.strip()) for n in (node_limit or "").split(",") if n.strip()))
     if node is not None:
         node_name(node)
     with connect(_target(ctx)) as store:

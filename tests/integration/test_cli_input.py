@@ -180,11 +180,13 @@ def test_bad_vm_input_is_refused_and_writes_nothing(zk, zookeeper, two_nodes, tm
     assert (tree(zk, schema.VMS), tree(zk, schema.VM_UUIDS)) == stored
 
 
-def test_vm_from_standard_input_and_a_byte_order_mark(zk, zookeeper, two_nodes):
-    defined = run("--zookeeper", zookeeper.address, "vm", "define", "-", "--node", "hv2", "--format", "json",
-                  stdin=b"\xef\xbb\xbf" + domain("bom1").encode())
+def test_vm_from_standard_input_with_a_byte_order_mark_and_a_repetitive_limit(zk, zookeeper, two_nodes):
+    repeated = ",".join(["hv2"] * 20_000 + ["hv1"])
+    defined = run("--zookeeper", zookeeper.address, "vm", "define", "-", "--node", "hv2", "--limit", repeated,
+                  "--format", "json", stdin=b"\xef\xbb\xbf" + domain("bom1").encode())
     assert defined.returncode == 0, defined.stderr
     assert json.loads(defined.stdout)["name"] == "bom1"
+    assert json.loads(defined.stdout)["node_limit"] == ["hv2", "hv1"]
     dumped = run("--zookeeper", zookeeper.address, "vm", "dump", "bom1")
     assert dumped.stdout.startswith("<domain")
 
