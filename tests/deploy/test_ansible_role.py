@@ -100,9 +100,10 @@ def test_first_run_renders_every_node(deployed: dict) -> None:
     counters = recap(deployed["first"])
     assert sorted(counters) == sorted(NODES)
     for node in NODES:
-        # Two directories, pvcd.yaml, zoo.cfg and myid.
-        assert counters[node]["failed"] == 0 and counters[node]["changed"] == 5, counters[node]
+        # Three directories, the softdog module file, pvcd.yaml, zoo.cfg and myid.
+        assert counters[node]["failed"] == 0 and counters[node]["changed"] == 7, counters[node]
         assert sorted(deployed["after_first"][node]) == [
+            "etc/modules-load.d/pvc-softdog.conf",
             "etc/pvc/pvcd.yaml",
             "etc/zookeeper/conf/myid",
             "etc/zookeeper/conf/zoo.cfg",
@@ -129,6 +130,7 @@ def test_every_rendered_configuration_validates(deployed: dict) -> None:
         assert (config.networking.cluster.device, config.networking.cluster.mtu) == ("ens5", 9000)
         assert config.cluster.networks.upstream.gateway is not None
         assert config.fencing.keepalive_interval == 5 and config.fencing.failed_fence is None
+        assert config.fencing.watchdog is not None and config.fencing.watchdog.timeout == 30
         assert config.migration.target_selector == "mem"
         assert config.logging.log_colours is False
         assert config.is_coordinator
@@ -204,7 +206,7 @@ def test_a_node_that_is_not_a_coordinator(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stdout[-4000:]
     root = playbook.root("pvc-hv4")
-    assert sorted(snapshot(root)) == ["etc/pvc/pvcd.yaml"]
+    assert sorted(snapshot(root)) == ["etc/modules-load.d/pvc-softdog.conf", "etc/pvc/pvcd.yaml"]
     config = load_config(str(root / "etc/pvc/pvcd.yaml"))
     assert config.node == "pvc-hv4" and not config.is_coordinator
     assert config.networking.upstream.address is None  # the group default

@@ -122,6 +122,9 @@ OPTIONAL = [
     "pvc.system.fencing.ipmi.port",
     "pvc.system.fencing.storm_guard_share",
     "pvc.system.fencing.self_fence_command",
+    "pvc.system.fencing.watchdog",
+    "pvc.system.fencing.watchdog.device",
+    "pvc.system.fencing.watchdog.timeout",
     "pvc.system.migration.flush_concurrency",
     "pvc.system.migration.flush_on_shutdown",
 ]
@@ -1025,3 +1028,28 @@ def test_a_network_on_its_own_device_takes_its_own_mtu():
     config = parse_config(edited((f"{NODE_NET}.upstream.device", "ens3"), (f"{NODE_NET}.upstream.mtu", 9000)))
     assert (config.networking.upstream.device, config.networking.upstream.mtu) == ("ens3", 9000)
     assert config.networking.cluster.mtu == 1500
+
+
+def test_watchdog_settings() -> None:
+    config = parse_config(example())
+    assert config.fencing.watchdog is not None
+    assert (config.fencing.watchdog.device, config.fencing.watchdog.timeout) == ("/dev/watchdog", 30)
+    assert parse_config(edited(("pvc.system.fencing.watchdog", DELETE))).fencing.watchdog is None
+    defaulted = parse_config(edited(("pvc.system.fencing.watchdog.device", DELETE)))
+    assert defaulted.fencing.watchdog is not None and defaulted.fencing.watchdog.device == "/dev/watchdog"
+
+
+@pytest.mark.parametrize(
+    "key,value,problem",
+    [
+        ("timeout", 1, "pvc.system.fencing.watchdog.timeout: must be an integer from 2 to 600, got 1"),
+        ("timeout", 9, "pvc.system.fencing.watchdog.timeout: must be at least 2 keepalive intervals (10s), got 9"),
+        ("timeout", "30", "pvc.system.fencing.watchdog.timeout: must be an integer from 2 to 600, got '30'"),
+        ("device", "watchdog", "pvc.system.fencing.watchdog.device: must be an absolute path, got 'watchdog'"),
+        ("bark", True, "pvc.system.fencing.watchdog.bark: unknown key"),
+    ],
+)
+def test_bad_watchdog_settings(key: str, value: object, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(edited((f"pvc.system.fencing.watchdog.{key}", value)))
+    assert caught.value.problems == [problem]
