@@ -357,7 +357,7 @@ class Chassis:
             self.reap()
             try:
                 conn, _ = control.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except InterruptedError:
                 continue

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,7 +57,7 @@ class NodeRecord:
     bmc_port: int
     relay_port: int
 
-    def current(self) -> dict:
+    def current(self) -> dict[str, Any]:
         """The chassis' own account of the node: power, pvcd and libvirtd PIDs, BMC, watchdog, link."""
         return chassis.read_state(Path(self.directory)) or {}
 
@@ -179,7 +180,7 @@ def _env_of(pid: int) -> list[str]:
         return []
 
 
-def fault(record: ClusterRecord, name: str, kind: str) -> dict:
+def fault(record: ClusterRecord, name: str, kind: str) -> dict[str, Any]:
     """Inject a fault into one node, as the chassis or the kernel would see it."""
     node = record.node(name)
     if kind not in FAULTS:
@@ -285,7 +286,8 @@ def down(workdir: Path) -> ClusterRecord:
     for node in record.nodes:
         stop_chassis(node)
     if record.zookeeper_pid:
-        server = ZooKeeperServer(Path(record.zookeeper_dir), int(record.zookeeper.rsplit(":", 1)[1]), record.zookeeper_pid)
+        port = int(record.zookeeper.rsplit(":", 1)[1])
+        server = ZooKeeperServer(Path(record.zookeeper_dir), port, record.zookeeper_pid)
         if "QuorumPeerMain" in " ".join(pid_cmdline(record.zookeeper_pid)):
             server.stop()
         record.zookeeper_pid = None

@@ -107,9 +107,10 @@ class NodePaths:
         libvirtd binds `libvirt-admin-sock` there too, the longest of the names.
         """
         longest = self.directory / "libvirt-admin-sock"
-        if len(str(longest).encode()) > UNIX_PATH_MAX:
+        length = len(str(longest).encode())
+        if length > UNIX_PATH_MAX:
             return (f"the node directory {self.directory} is too long for UNIX sockets "
-                    f"({len(str(longest).encode())} > {UNIX_PATH_MAX} bytes for {longest.name}); use a shorter --workdir")
+                    f"({length} > {UNIX_PATH_MAX} bytes for {longest.name}); use a shorter --workdir")
         return None
 
 

@@ -9,6 +9,7 @@ import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from pvcd.devcluster import check, cluster, layout
 from pvcd.devcluster.processes import pid_alive
@@ -23,8 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start ZooKeeper and N pvcd nodes")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3; the first 3 are coordinators)")
     up.add_argument("--workdir", type=Path, required=True, help="directory for configs, data and logs")
-    up.add_argument("--keepalive-interval", type=int, default=1, metavar="S", help="seconds between keepalives (default 1)")
-    up.add_argument("--fence-intervals", type=int, default=3, metavar="K", help="missed keepalives before a node is dead (default 3)")
+    up.add_argument("--keepalive-interval", type=int, default=1, metavar="S",
+                    help="seconds between keepalives (default 1)")
+    up.add_argument("--fence-intervals", type=int, default=3, metavar="K",
+                    help="missed keepalives before a node is dead (default 3)")
     up.add_argument("--suicide-intervals", type=int, default=0, metavar="K",
                     help="missed keepalives before a node destroys its own VMs (default 0: never)")
     up.add_argument("--successful-fence", choices=("migrate", "None"), default="migrate")
@@ -35,13 +38,14 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"seconds the chassis' watchdog waits for pvcd to pet it before it resets the host "
                          f"(default {layout.WATCHDOG_INTERVALS} keepalive intervals)")
     up.add_argument("--no-watchdog", action="store_true", help="give the nodes no watchdog device")
-    up.add_argument("--detach", action="store_true", help="return once the cluster runs instead of staying in the foreground")
+    up.add_argument("--detach", action="store_true",
+                    help="return once the cluster runs instead of staying in the foreground")
     for name, text in (("status", "show what runs"), ("down", "stop everything the launcher started")):
         command = sub.add_parser(name, help=text)
         command.add_argument("--workdir", type=Path, required=True)
         command.add_argument("--format", choices=("pretty", "json"), default="pretty")
-    checker = sub.add_parser("check", help="check the chassis journals: no VM on two hosts, every VM to start runs once "
-                             "(exit 0 clean, 1 violations, 2 error)")
+    checker = sub.add_parser("check", help="check the chassis journals: no VM on two hosts, every VM to start "
+                             "runs once (exit 0 clean, 1 violations, 2 error)")
     checker.add_argument("--workdir", type=Path, required=True)
     checker.add_argument("--format", choices=("pretty", "json"), default="pretty")
     fault = sub.add_parser("fault", help="inject a fault into one node, or several at the same moment")
@@ -59,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _status(record: cluster.ClusterRecord) -> dict:
+def _status(record: cluster.ClusterRecord) -> dict[str, Any]:
     return {
         "workdir": record.workdir,
         "zookeeper": {"address": record.zookeeper, "pid": record.zookeeper_pid,
@@ -72,7 +76,7 @@ def _status(record: cluster.ClusterRecord) -> dict:
     }
 
 
-def _print_status(status: dict, output_format: str) -> None:
+def _print_status(status: dict[str, Any], output_format: str) -> None:
     if output_format == "json":
         print(json.dumps(status, indent=2))
         return

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class JournalWriter:
         with self.lock:
             when = time.monotonic() if t is None else t
             entry = journal.Entry(when, self.host, event, vm, via, detail).to_json()
-            entry["wall"] = datetime.now(timezone.utc).isoformat()
+            entry["wall"] = datetime.now(UTC).isoformat()
             os.write(self.fd, (json.dumps(entry) + "\n").encode())
             return when
 

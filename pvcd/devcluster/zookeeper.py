@@ -42,7 +42,7 @@ class ZooKeeperServer:
         return f"{self.client_address}:{self.port}"
 
     @classmethod
-    def create(cls, directory: Path, port: int | None = None, client_address: str = "127.0.0.1") -> "ZooKeeperServer":
+    def create(cls, directory: Path, port: int | None = None, client_address: str = "127.0.0.1") -> ZooKeeperServer:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "data").mkdir(exist_ok=True)
         return cls(directory=directory, port=port or free_port(), client_address=client_address)

@@ -6,10 +6,12 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from harness import Cluster
 
 from helpers import bin_path, wait_for
 from pvcd.devcluster.processes import pid_alive
@@ -17,83 +19,71 @@ from pvcd.devcluster.processes import pid_alive
 INTERVAL = 1
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
-
-
-def node_list(zookeeper: str) -> list[dict]:
-    result = run(bin_path("pvc"), "--zookeeper", zookeeper, "node", "list", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def run(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture
-def cluster(tmp_path: Path):
-    """Three nodes with fencing off: these tests watch dead nodes stay dead."""
-    workdir = tmp_path / "cluster"
-    result = run(bin_path("pvc-devcluster"), "up", "--nodes", "3", "--workdir", str(workdir),
-                 "--keepalive-interval", str(INTERVAL), "--fence-intervals", "0", "--detach", timeout=120)
-    assert result.returncode == 0, result.stderr
-    record = json.loads((workdir / "cluster.json").read_text())
-    yield workdir, record
-    run(bin_path("pvc-devcluster"), "down", "--workdir", str(workdir), timeout=60)
+def cluster(make_cluster) -> Cluster:
+    """Three nodes with fencing and watchdogs off: these tests watch dead nodes stay dead."""
+    return make_cluster(3, "--no-watchdog", fence_intervals=0)
 
 
-def test_three_nodes_run_and_a_killed_node_goes_late(cluster):
-    workdir, record = cluster
-    assert [n["name"] for n in record["nodes"]] == ["hv1", "hv2", "hv3"]
-    for node in record["nodes"]:
+def process_state(pid: int) -> str:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+
+def test_three_nodes_run_and_a_killed_node_goes_late(cluster: Cluster):
+    assert [n["name"] for n in cluster.record["nodes"]] == ["hv1", "hv2", "hv3"]
+    for node in cluster.record["nodes"]:
         assert Path(node["config"]).exists() and Path(node["log"]).exists()
         assert pid_alive(node["pid"])
-    nodes = wait_for(
-        lambda: (lambda ns: ns if [n["daemon_state"] for n in ns] == ["run"] * 3 else None)(node_list(record["zookeeper"])),
-        30, what="all three nodes in run",
-    )
-    assert [n["name"] for n in nodes] == ["hv1", "hv2", "hv3"]
+    nodes = wait_for(lambda: (lambda ns: ns if [n["daemon_state"] for n in ns.values()] == ["run"] * 3 else None)(
+        cluster.nodes()), 30, what="all three nodes in run")
+    assert list(nodes) == ["hv1", "hv2", "hv3"]
     # The three coordinators elect one primary (see tests/integration/test_election.py).
-    nodes = wait_for(
-        lambda: (lambda ns: ns if sorted(n["coordinator_state"] for n in ns) == ["primary", "secondary", "secondary"]
-                 else None)(node_list(record["zookeeper"])),
-        15, what="one primary and two secondaries",
-    )
+    wait_for(lambda: sorted(n["coordinator_state"] for n in cluster.nodes().values()) == [
+        "primary", "secondary", "secondary"], 15, what="one primary and two secondaries")
 
-    victim = record["nodes"][1]
-    os.kill(victim["pid"], signal.SIGKILL)
-    time.sleep(4 * INTERVAL)
-    ages = {}
+    os.kill(cluster.node_record("hv2")["pid"], signal.SIGKILL)
+    wait_for(lambda: cluster.nodes()["hv2"]["keepalive"]["late"], 10, what="hv2 late")
+    ages = []
     for _ in range(3):
-        nodes = {n["name"]: n for n in node_list(record["zookeeper"])}
-        ages.setdefault("hv2", []).append(nodes["hv2"]["keepalive"]["age_seconds"])
+        nodes = cluster.nodes()
+        ages.append(nodes["hv2"]["keepalive"]["age_seconds"])
         for name in ("hv1", "hv3"):
             assert nodes[name]["keepalive"]["age_seconds"] < 2 * INTERVAL, nodes[name]
         time.sleep(INTERVAL)
-    assert ages["hv2"][0] > 2 * INTERVAL
-    assert ages["hv2"][-1] > ages["hv2"][0], f"age of the killed node did not grow: {ages['hv2']}"
-    assert nodes["hv2"]["keepalive"]["late"] is True
+    assert ages[0] > 2 * INTERVAL
+    assert ages[-1] > ages[0], f"age of the killed node did not grow: {ages}"
     # The killed node never wrote a clean stop: it still claims run, with a late keepalive.
     assert nodes["hv2"]["daemon_state"] == "run"
 
-    status = run(bin_path("pvc"), "--zookeeper", record["zookeeper"], "cluster", "status", "--format", "json")
-    summary = json.loads(status.stdout)
+    summary = cluster.json("cluster", "status")
     assert summary["late_keepalives"] == ["hv2"]
     assert summary["healthy"] is False
 
 
-def test_status_and_down_stop_everything(cluster):
-    workdir, record = cluster
-    status = run(bin_path("pvc-devcluster"), "status", "--workdir", str(workdir), "--format", "json")
+def test_status_and_down_stop_everything(cluster: Cluster):
+    status = cluster.devcluster("status", "--format", "json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["zookeeper"]["running"] is True
     assert all(n["running"] for n in report["nodes"])
+    machines = [n["chassis"] for n in report["nodes"]]
+    assert all(m["power"] == "on" and pid_alive(m["libvirtd_pid"]) for m in machines)
+    assert {m["watchdog"] for m in machines} == {"none"}
 
-    down = run(bin_path("pvc-devcluster"), "down", "--workdir", str(workdir))
+    down = cluster.down()
     assert down.returncode == 0, down.stderr
-    pids = [n["pid"] for n in record["nodes"]] + [record["zookeeper_pid"]]
+    pids = [n["pid"] for n in cluster.record["nodes"]] + [cluster.record["zookeeper_pid"]] + [
+        pid for m in machines for pid in (m["chassis_pid"], m["libvirtd_pid"])]
     assert not any(pid_alive(pid) for pid in pids)
-    again = json.loads(run(bin_path("pvc-devcluster"), "status", "--workdir", str(workdir), "--format", "json").stdout)
+    again = json.loads(cluster.devcluster("status", "--format", "json").stdout)
     assert again["zookeeper"]["running"] is False
     assert not any(n["running"] for n in again["nodes"])
+    # Their hosts were shut down: the journals end with a power-off.
+    assert all(cluster.journal(name)[-1]["event"] == "power-off" for name in ("hv1", "hv2", "hv3"))
 
 
 def test_foreground_launcher_stops_everything_on_ctrl_c(tmp_path: Path):
@@ -104,15 +94,18 @@ def test_foreground_launcher_stops_everything_on_ctrl_c(tmp_path: Path):
     )
     try:
         lines = []
+        assert launcher.stdout is not None
         for line in launcher.stdout:
             lines.append(line)
             if "Press Ctrl-C" in line:
                 break
         assert any("Press Ctrl-C" in line for line in lines), "".join(lines)
         record = json.loads((workdir / "cluster.json").read_text())
+        libvirtds = [json.loads((Path(n["directory"]) / "chassis.json").read_text())["libvirtd_pid"]
+                     for n in record["nodes"]]
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=30) == 0
-        pids = [n["pid"] for n in record["nodes"]] + [record["zookeeper_pid"]]
+        pids = [n["pid"] for n in record["nodes"]] + [record["zookeeper_pid"]] + libvirtds
         assert not any(pid_alive(pid) for pid in pids)
     finally:
         if launcher.poll() is None:
@@ -120,54 +113,143 @@ def test_foreground_launcher_stops_everything_on_ctrl_c(tmp_path: Path):
             run(bin_path("pvc-devcluster"), "down", "--workdir", str(workdir))
 
 
-def test_second_up_in_the_same_workdir_is_refused(cluster):
-    workdir, _ = cluster
-    result = run(bin_path("pvc-devcluster"), "up", "--nodes", "1", "--workdir", str(workdir), "--detach")
+def test_second_up_in_the_same_workdir_is_refused(cluster: Cluster):
+    result = run(bin_path("pvc-devcluster"), "up", "--nodes", "1", "--workdir", str(cluster.workdir), "--detach")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("pvc-devcluster: a local cluster is already running")
     assert "Traceback" not in result.stderr
 
 
-def fault(workdir: Path, node: str, kind: str) -> subprocess.CompletedProcess[str]:
-    return run(bin_path("pvc-devcluster"), "fault", "--workdir", str(workdir), node, kind)
-
-
-def status(workdir: Path) -> dict:
-    return {n["name"]: n for n in json.loads(
-        run(bin_path("pvc-devcluster"), "status", "--workdir", str(workdir), "--format", "json").stdout)["nodes"]}
-
-
-def test_fault_injection(cluster):
-    workdir, record = cluster
-    zookeeper = record["zookeeper"]
-    wait_for(lambda: all(n["daemon_state"] == "run" for n in node_list(zookeeper)), 30, what="nodes in run")
+def test_fault_injection(cluster: Cluster):
+    wait_for(lambda: all(n["daemon_state"] == "run" for n in cluster.nodes().values()), 30, what="nodes in run")
 
     # cut: the node keeps running but its keepalives stop reaching ZooKeeper; heal restores them.
-    assert fault(workdir, "hv3", "cut").returncode == 0
-    time.sleep(4 * INTERVAL)
-    assert status(workdir)["hv3"]["running"] is True
-    assert {n["name"]: n for n in node_list(zookeeper)}["hv3"]["keepalive"]["late"] is True
-    assert fault(workdir, "hv3", "heal").returncode == 0
-    wait_for(lambda: not {n["name"]: n for n in node_list(zookeeper)}["hv3"]["keepalive"]["late"], 30,
-             what="hv3's keepalives after heal")
+    cluster.fault("hv3", "cut")
+    wait_for(lambda: cluster.nodes()["hv3"]["keepalive"]["late"], 10, what="hv3 late while cut")
+    assert pid_alive(cluster.chassis("hv3")["pvcd_pid"])
+    cluster.fault("hv3", "heal")
+    wait_for(lambda: not cluster.nodes()["hv3"]["keepalive"]["late"], 30, what="hv3's keepalives after heal")
 
-    # hang/resume: SIGSTOP then SIGCONT of the node's pvcd.
-    pid = status(workdir)["hv2"]["pid"]
-    assert fault(workdir, "hv2", "hang").returncode == 0
-    assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
-    assert fault(workdir, "hv2", "resume").returncode == 0
+    # daemon-hang/daemon-resume: SIGSTOP then SIGCONT of the node's pvcd alone.
+    pid = cluster.chassis("hv2")["pvcd_pid"]
+    cluster.fault("hv2", "daemon-hang")
+    assert process_state(pid) == "T"
+    cluster.fault("hv2", "daemon-resume")
+    assert process_state(pid) != "T"
 
-    # power-off through the chassis kills the node's pvcd; power-on starts a new one.
-    assert fault(workdir, "hv2", "power-off").returncode == 0
-    assert not pid_alive(pid) and status(workdir)["hv2"]["chassis"]["power"] == "off"
-    assert fault(workdir, "hv2", "power-on").returncode == 0
-    new_pid = wait_for(lambda: status(workdir)["hv2"]["pid"], 10, what="hv2 powered on")
-    assert new_pid != pid
+    # power-off through the chassis kills the node's pvcd and its libvirtd; power-on starts new ones.
+    libvirtd = cluster.chassis("hv2")["libvirtd_pid"]
+    cluster.fault("hv2", "power-off")
+    assert not pid_alive(pid) and not pid_alive(libvirtd) and cluster.chassis("hv2")["power"] == "off"
+    cluster.fault("hv2", "power-on")
+    machine = wait_for(lambda: (lambda m: m if m["pvcd_pid"] else None)(cluster.chassis("hv2")), 10,
+                       what="hv2 powered on")
+    assert machine["pvcd_pid"] != pid and machine["libvirtd_pid"] != libvirtd and pid_alive(machine["libvirtd_pid"])
 
-    # crash: SIGKILL of pvcd while the machine stays powered on.
-    assert fault(workdir, "hv1", "crash").returncode == 0
-    after = status(workdir)["hv1"]
-    assert after["running"] is False and after["chassis"]["power"] == "on"
+    # daemon-crash: SIGKILL of pvcd while the host (libvirtd) stays on.
+    machine = cluster.chassis("hv1")
+    cluster.fault("hv1", "daemon-crash")
+    wait_for(lambda: not pid_alive(machine["pvcd_pid"]), 5, what="hv1's pvcd gone")
+    after = cluster.chassis("hv1")
+    assert after["power"] == "on" and after["libvirtd_pid"] == machine["libvirtd_pid"]
+    assert pid_alive(machine["libvirtd_pid"])
 
-    unknown = fault(workdir, "hv9", "crash")
-    assert unknown.returncode == 1 and unknown.stderr == f"pvc-devcluster: no node named 'hv9' in {workdir}\n"
+    # crash: a power loss; the host stays off until powered on through the BMC.
+    machine = cluster.chassis("hv3")
+    cluster.fault("hv3", "crash")
+    after = cluster.chassis("hv3")
+    assert after["power"] == "off" and after["pvcd_pid"] is None and after["libvirtd_pid"] is None
+    assert not pid_alive(machine["pvcd_pid"]) and not pid_alive(machine["libvirtd_pid"])
+    assert cluster.journal("hv3")[-1]["event"] == "power-off" and cluster.journal("hv3")[-1]["via"] == "power-loss"
+
+    unknown = run(bin_path("pvc-devcluster"), "fault", "--workdir", str(cluster.workdir), "hv9", "crash")
+    assert unknown.returncode == 1 and unknown.stderr == f"pvc-devcluster: no node named 'hv9' in {cluster.workdir}\n"
+
+
+def test_a_crashed_daemon_leaves_its_vms_running_and_a_power_loss_kills_them(cluster: Cluster):
+    vms = cluster.define_vms("hv2", 3, "keep")
+    cluster.fault("hv2", "daemon-crash")
+    wait_for(lambda: cluster.nodes()["hv2"]["keepalive"]["late"], 10, what="hv2 late after its pvcd died")
+    # The host lives on: its libvirtd still runs the VMs, and the journal has no stop.
+    assert cluster.domains("hv2") == vms
+    assert not any(e["event"] == "stop" for e in cluster.journal("hv2"))
+    report = cluster.assert_clean()
+    assert all(report["running"][vm] == ["hv2"] for vm in vms)
+
+    # A power loss takes libvirtd, and every VM with it: the journal records each stop.
+    libvirtd = cluster.chassis("hv2")["libvirtd_pid"]
+    cluster.fault("hv2", "crash")
+    assert not pid_alive(libvirtd)
+    stops = [e for e in cluster.journal("hv2") if e["event"] == "stop"]
+    assert sorted(e["vm"] for e in stops) == vms and {e["via"] for e in stops} == {"power-loss"}
+    report = cluster.check()
+    assert report["overlaps"] == []
+    assert report["not_running_once"] == [{"vm": vm, "hosts": []} for vm in vms]
+    assert cluster.devcluster("check").returncode == 1
+
+
+class Petter(threading.Thread):
+    """A watchdog writer, as pvcd is one: pets every 0.2 s until told to stop."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__(daemon=True)
+        self.fd = os.open(device, os.O_WRONLY)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.2):
+            os.write(self.fd, b"\0")
+
+    def finish(self, last: bytes) -> None:
+        self.halt.set()
+        self.join(5)
+        os.write(self.fd, last)
+        os.close(self.fd)
+
+
+def test_the_watchdog_resets_a_host_that_stops_petting_it_and_not_one_that_disarmed_it(make_cluster):
+    """Fencing off, so only the watchdog acts; pvcd is killed first so that this test is its only writer."""
+    cluster = make_cluster(2, "--watchdog-timeout", "3", fence_intervals=0)
+    vms = cluster.define_vms("hv2", 2, "dog")
+    machine = cluster.chassis("hv2")
+    assert (machine["watchdog_device"], machine["watchdog_timeout"]) == (
+        str(Path(cluster.node_record("hv2")["directory"]) / "watchdog"), 3)
+    cluster.fault("hv2", "daemon-crash")
+    petter = Petter(machine["watchdog_device"])
+    petter.start()
+    wait_for(lambda: cluster.chassis("hv2")["watchdog"] == "armed", 5, what="the watchdog armed")
+
+    # Magic close: "V" disarms it; nothing happens within the timeout and a margin.
+    petter.finish(b"V")
+    wait_for(lambda: cluster.chassis("hv2")["watchdog"] == "disarmed", 5, what="the watchdog disarmed")
+    disarmed_at = cluster.journal("hv2")[-1]["t"]
+    with pytest.raises(pytest.fail.Exception, match="a watchdog reset"):
+        wait_for(lambda: any(e["event"] == "watchdog-reset" for e in cluster.journal("hv2")), 3 + 2,
+                 what="a watchdog reset")
+    assert cluster.domains("hv2") == vms
+
+    # Armed again, then no more pets: the chassis resets the host within the timeout (and its check tick).
+    writer = os.open(machine["watchdog_device"], os.O_WRONLY)
+    os.write(writer, b"\0")
+    os.close(writer)
+    reset = wait_for(lambda: next((e for e in cluster.journal("hv2") if e["event"] == "watchdog-reset"), None), 3 + 3,
+                     what="the watchdog reset")
+    assert reset["t"] > disarmed_at
+    events = [(e["event"], e.get("vm"), e.get("via")) for e in cluster.journal("hv2") if e["t"] >= reset["t"]]
+    assert events[:len(vms) + 2] == [("watchdog-reset", None, None)] + [("stop", vm, "watchdog") for vm in vms] + [
+        ("power-off", None, "watchdog")]
+    after = wait_for(lambda: (lambda m: m if m["pvcd_pid"] and m["power"] == "on" else None)(cluster.chassis("hv2")),
+                     10, what="hv2 powered on again")
+    assert after["watchdog_resets"] == 1
+    assert after["libvirtd_pid"] != machine["libvirtd_pid"] and not pid_alive(machine["libvirtd_pid"])
+    assert "Watchdog expired: not petted for 3s; resetting the host" in (
+        Path(cluster.node_record("hv2")["directory"]) / "chassis.log").read_text()
+
+
+def test_a_pvcd_folder_in_the_working_directory_does_not_shadow_the_package(make_cluster, tmp_path: Path):
+    bogus = tmp_path / "cwd"
+    (bogus / "pvcd").mkdir(parents=True)
+    (bogus / "pvcd" / "__init__.py").write_text("raise ImportError('a bogus pvcd package in the working directory')\n")
+    cluster = make_cluster(1, "--no-watchdog", fence_intervals=0, cwd=bogus)
+    assert cluster.nodes()["hv1"]["daemon_state"] == "run"
+    assert "bogus" not in cluster.log("hv1")

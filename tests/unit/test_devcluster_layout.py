@@ -24,3 +24,33 @@ def test_generated_configs_validate_and_share_one_zookeeper(tmp_path: Path):
 
 def test_host_xml_declares_memory_in_kib():
     assert "<memory>2097152</memory>" in layout.host_xml(memory_mib=2048)
+
+
+def test_a_node_in_a_chassis_uses_its_libvirtd_and_its_watchdog(tmp_path: Path):
+    paths = layout.node_paths(tmp_path, "hv2")
+    config = parse_config(layout.node_config("hv2", paths, ["hv1", "hv2"], 2345, layout.Timing(keepalive_interval=2),
+                                             in_chassis=True))
+    assert config.hypervisor.libvirt_uri == f"test+unix:///default?socket={tmp_path}/nodes/hv2/libvirt-sock"
+    assert config.fencing.watchdog is not None
+    assert (config.fencing.watchdog.device, config.fencing.watchdog.timeout) == (str(paths.watchdog), 6)
+    timed = parse_config(layout.node_config("hv2", paths, ["hv2"], 2345, layout.Timing(watchdog_timeout=5),
+                                            in_chassis=True))
+    assert timed.fencing.watchdog is not None and timed.fencing.watchdog.timeout == 5
+    bare = parse_config(layout.node_config("hv2", paths, ["hv2"], 2345, layout.Timing(watchdog=False), in_chassis=True))
+    assert bare.fencing.watchdog is None
+
+
+def test_without_a_chassis_there_is_no_watchdog():
+    paths = layout.node_paths(Path("/w"), "hv1")
+    assert "watchdog" not in layout.node_config("hv1", paths, ["hv1"], 2345)["pvc"]["system"]["fencing"]
+
+
+def test_a_node_directory_too_long_for_unix_sockets_is_refused():
+    assert layout.node_paths(Path("/tmp/short"), "hv1").socket_problem() is None
+    problem = layout.node_paths(Path("/tmp/" + "x" * 90), "hv1").socket_problem()
+    assert problem is not None and "too long for UNIX sockets" in problem and "use a shorter --workdir" in problem
+
+
+def test_socket_paths_in_the_uri_are_escaped():
+    paths = layout.node_paths(Path("/tmp/a b&c"), "hv1")
+    assert layout.chassis_libvirt_uri(paths) == "test+unix:///default?socket=/tmp/a%20b%26c/nodes/hv1/libvirt-sock"
