@@ -1,10 +1,10 @@
 """The libvirt adapter: the one place pvcd talks to the hypervisor.
 
-The URI comes from the configuration: `qemu:///system` on real hosts, a
-`test:///PATH` host file in tests and the local cluster. libvirt's test driver
-keeps each file-backed host private to the connection that opened it, so a
-simulated host lives exactly as long as the pvcd process that runs it, as a real
-host's VMs die with the host.
+The URI comes from the configuration: `qemu:///system` on real hosts; libvirt's
+test driver in tests, either in-process (`test:///PATH/host.xml`, a host private
+to the connection) or served by a libvirtd of its own as the local cluster does
+(`test+unix:///PATH/host.xml?socket=...`), so that its VMs outlive pvcd as a
+real host's do.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ import libvirt
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 MIB = 1024 * 1024
+
+
+def is_test_driver(uri: str) -> bool:
+    """libvirt's test driver, in-process (`test:`) or through a daemon (`test+unix:`, `test+tcp:`)."""
+    return uri.split(":", 1)[0].split("+", 1)[0] == "test"
 
 
 class HypervisorError(Exception):
@@ -50,7 +55,7 @@ class Hypervisor:
 
     @property
     def simulated(self) -> bool:
-        return self.uri.startswith("test:")
+        return is_test_driver(self.uri)
 
     def connection(self) -> libvirt.virConnect:
         with self._lock:

@@ -14,8 +14,9 @@ step down (`from`) and its successor (`to`, or null for any other coordinator).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from pvcd.zk.schema import CLAIM_SEPARATOR
 
@@ -54,7 +55,7 @@ class Handover:
         return {"from": self.source, "to": self.target}
 
     @classmethod
-    def from_json(cls, value: Any) -> "Handover | None":
+    def from_json(cls, value: Any) -> Handover | None:
         """The request, or None for a value that is not one (the primary then deletes it)."""
         if not isinstance(value, dict) or not isinstance(value.get("from"), str):
             return None

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import libvirt
 
 from pvcd.config import Config
+from pvcd.hypervisor import is_test_driver
 from pvcd.vm.domains import DomainError, Domains
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class SimulatedMigration:
 
 def migrator_for(uri: str, timeout: float = DEFAULT_MIGRATION_TIMEOUT) -> Migrator:
     """The migrator for a libvirt URI: the test double only for libvirt's test driver."""
-    if uri.startswith("test:"):
+    if is_test_driver(uri):
         log.info(
             "libvirt URI %s is libvirt's test driver, which cannot migrate: live migrations from this node "
             "use the SimulatedMigration test double (destroy here, start from the ZooKeeper XML on the target)",

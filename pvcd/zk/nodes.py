@@ -17,7 +17,6 @@ from pvcd.keepalive import StateRecord
 from pvcd.zk import schema
 from pvcd.zk.store import AlreadyExists, Store
 
-
 NO_FENCE: dict[str, Any] = {"outcome": None}
 
 
