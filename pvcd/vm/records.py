@@ -13,7 +13,6 @@ Three values per VM (paths in `pvcd.zk.schema`):
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import uuid as uuid_module
 import xml.etree.ElementTree as ElementTree
@@ -132,9 +131,8 @@ class _NoDoctype(ElementTree.TreeBuilder):
 def check_domain_xml_size(size: int) -> None:
     """Refuse a domain XML of `size` UTF-8 bytes that ZooKeeper could not store safely."""
     if size > MAX_DOMAIN_XML_BYTES:
-        raise InvalidVm(
-            f"domain XML is {size} bytes; at most {MAX_DOMAIN_XML_BYTES} bytes ({MAX_DOMAIN_XML_BYTES // 1024} KiB) are accepted"
-        )
+        kib = MAX_DOMAIN_XML_BYTES // 1024
+        raise InvalidVm(f"domain XML is {size} bytes; at most {MAX_DOMAIN_XML_BYTES} bytes ({kib} KiB) are accepted")
 
 
 def parse_domain_xml(text: str) -> DomainSpec:
@@ -245,9 +243,7 @@ def check_vm_name(name: str) -> str:
     if not name:
         raise InvalidVm("VM name cannot be used: it is empty")
     if len(name) > MAX_VM_NAME:
-        raise InvalidVm(
-            f"VM name {shown(name)} cannot be used: it is longer than {MAX_VM_NAME} characters"
-        )
+        raise InvalidVm(f"VM name {shown(name)} cannot be used: it is longer than {MAX_VM_NAME} characters")
     if not _HOST_NAME.fullmatch(name):
         raise InvalidVm(
             f"VM name {shown(name)} cannot be used: only letters, digits, '-', '_' and '.' are allowed, "
