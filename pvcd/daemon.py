@@ -338,7 +338,12 @@ class NodeDaemon:
         with self._write_lock:
             try:
                 if self.versions is None:
-                    self.versions = nodes.read_versions(self.store, self.name)
+                    versions = nodes.read_versions(self.store, self.name)
+                    if not acknowledges(Fence.from_record(versions.fence_record), self.acknowledged_fence):
+                        # Only the keepalive loop may take on a fence record it has not acknowledged:
+                        # it self-fences first.
+                        return
+                    self.versions = versions
                 self.versions = nodes.write_state(self.store, self.name, self.versions, self.state)
             except (StoreError, LookupError) as exc:
                 self.versions = None
@@ -369,10 +374,11 @@ class NodeDaemon:
         """Collect figures and send one keepalive transaction; True if it was sent."""
         collected = self.collectors.collect(self.interval * COLLECT_BUDGET_SHARE)
         try:
+            if self.versions is None:
+                self._reread_versions()
             with self._write_lock:
                 if self.versions is None:
-                    self.versions = nodes.read_versions(self.store, self.name)
-                    self._acknowledge(self.versions.fence_record)
+                    return False
                 record = build_keepalive(self.versions.counter + 1, self.interval, collected.values, collected.stale)
                 loops = self.supervisor.to_json()
                 if loops:
@@ -407,12 +413,19 @@ class NodeDaemon:
     def _check_fence(self) -> None:
         """After a refused keepalive: was this node declared dead while it ran?"""
         try:
-            self.versions = nodes.read_versions(self.store, self.name)
+            self._reread_versions()
         except (StoreError, LookupError) as exc:
             self.versions = None
             log.warning("Cannot read the fence record of node %s: %s", self.name, exc)
-            return
-        self._acknowledge(self.versions.fence_record)
+
+    def _reread_versions(self) -> None:
+        """Take on the versions of the node's records again, after acknowledging its fence record.
+
+        Called without the write lock: a self-fence publishes the state."""
+        versions = nodes.read_versions(self.store, self.name)
+        self._acknowledge(versions.fence_record)
+        with self._write_lock:
+            self.versions = versions
 
     def _acknowledge(self, record: dict[str, Any]) -> None:
         """Compare the node's fence record with the fence this daemon last acknowledged.
