@@ -111,10 +111,19 @@ def node_info(ctx: click.Context, name: str, output_format: str) -> None:
                 ("Keepalive", f"#{keepalive['counter']} every {keepalive['interval']}s, last {keepalive['age_seconds']}s ago"
                  + (" (LATE)" if keepalive["late"] else "")),
                 ("Stale figures", keepalive["stale_figures"]),
+                ("Watchdog", _watchdog_line(summary["watchdog"])),
+                *[(f"Loop {name}", f"{loop.get('failures')} failures" + (" (FAILING)" if loop.get("failing") else "")
+                   + f"; last: {loop.get('last_error')}") for name, loop in sorted(summary["loops"].items())],
                 *_fence_lines(summary["fence"], now),
             ]
         )
     )
+
+
+def _watchdog_line(watchdog: dict[str, Any]) -> str:
+    if watchdog["armed"]:
+        return f"armed, {watchdog['timeout']}s ({watchdog['device']})"
+    return f"NONE: {watchdog['problem']}; a failed fence of this node waits for an operator"
 
 
 def _fence_lines(fence: dict[str, Any], now_ms: int) -> list[tuple[str, Any]]:
@@ -123,10 +132,12 @@ def _fence_lines(fence: dict[str, Any], now_ms: int) -> list[tuple[str, Any]]:
     when = fence["finished_ms"] or fence["started_ms"]
     ago = f"{(now_ms - when) / 1000:.0f}s ago" if when else "at an unknown time"
     readied = "" if fence["pending"] else " (readied since)"
+    resumed = f" (carried on by {fence['resumed_by']})" if fence["resumed_by"] else ""
     return [
-        ("Last fence", f"{fence['outcome']} {ago} by {fence['by']}{readied}"),
+        ("Last fence", f"{fence['outcome']} {ago} by {fence['by']}{resumed}{readied}"),
+        ("Fence step", f"{fence['step']} (fence {fence['id']})"),
         ("Fence reason", fence["reason"]),
-        ("VM recovery", f"{fence['recovery']}; done: {bool(fence['recovered'])}"
+        ("VM recovery", f"{fence['action']}; done: {bool(fence['recovered'])}"
          + ("; confirmed by an operator" if fence["confirmed_by_operator"] else "")),
     ]
 
@@ -176,6 +187,8 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
                 ("Fenced nodes", summary["fenced"]),
                 ("Maintenance", "on (fencing disabled)" if summary["maintenance"] else "off"),
                 *[(f"FAULT {name}", fault.get("reason", fault)) for name, fault in sorted(summary["faults"].items())],
+                *[(f"FAULT loops of {node}", f"{', '.join(loops)} keep failing; the node does not stand as primary")
+                  for node, loops in sorted(summary["failing_loops"].items())],
                 ("Schema version", summary["schema_version"]),
             ]
         )

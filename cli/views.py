@@ -22,18 +22,37 @@ def fence_summary(record: dict[str, Any]) -> dict[str, Any]:
     current = record if record.get("outcome") is not None else record.get("last") or {}
     return {
         "pending": record.get("outcome") is not None,
+        "id": current.get("id"),
+        "step": current.get("step"),
         "outcome": current.get("outcome"),
         "reason": current.get("outcome_reason") or current.get("reason"),
         "by": current.get("by"),
+        "resumed_by": current.get("resumed_by"),
         "started_ms": current.get("started_ms"),
         "finished_ms": current.get("finished_ms"),
-        "recovery": current.get("recovery"),
+        "action": current.get("action_reason"),
         "node_state": current.get("node_state"),
         "recovered": current.get("recovered"),
         "recovered_vms": current.get("recovered_vms", {}),
         "unplaced_vms": current.get("unplaced_vms", {}),
         "confirmed_by_operator": bool(current.get("confirmed_by_operator")),
     }
+
+
+def watchdog_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """The node's watchdog as it published it; a node that published none has none."""
+    watchdog = info.get("watchdog")
+    if not isinstance(watchdog, dict):
+        return {"armed": False, "timeout": None, "device": None, "problem": "not published (an older pvcd?)"}
+    return {key: watchdog.get(key) for key in ("armed", "timeout", "device", "problem")}
+
+
+def loop_summary(keepalive: dict[str, Any]) -> dict[str, Any]:
+    """Per loop of the daemon: failures counted by its supervisor, and whether it keeps failing."""
+    loops = keepalive.get("loops")
+    if not isinstance(loops, dict):
+        return {}
+    return {name: value for name, value in loops.items() if isinstance(value, dict)}
 
 
 def node_summary(view: NodeView, now_ms: int) -> dict[str, Any]:
@@ -62,6 +81,8 @@ def node_summary(view: NodeView, now_ms: int) -> dict[str, Any]:
             "stale_figures": keepalive.get("stale", []),
         },
         "fence": fence,
+        "watchdog": watchdog_summary(view.info),
+        "loops": loop_summary(keepalive),
         "coordinator": bool(view.info.get("coordinator")),
         "pvcd_version": view.info.get("pvcd_version"),
         "hypervisor": view.info.get("hypervisor"),
@@ -85,6 +106,10 @@ def cluster_summary(
         for key in ("total", "allocated")
     }
     late = [n["name"] for n in nodes if n["keepalive"]["late"] and n["daemon_state"] == "run"]
+    failing = {
+        n["name"]: sorted(name for name, loop in n["loops"].items() if loop.get("failing")) for n in nodes
+    }
+    failing = {node: loops for node, loops in failing.items() if loops}
     return {
         "nodes": len(nodes),
         "daemon_states": daemon_states,
@@ -97,6 +122,7 @@ def cluster_summary(
         "maintenance": maintenance,
         "faults": faults or {},
         "fenced": [n["name"] for n in nodes if n["fence"]["pending"]],
-        "healthy": not late and not faults and bool(nodes)
+        "failing_loops": failing,
+        "healthy": not late and not faults and not failing and bool(nodes)
         and all(n["daemon_state"] == "run" and not n["fence"]["pending"] for n in nodes),
     }

@@ -562,6 +562,8 @@ def _node_command(ctx: click.Context, name: str, kind: flush.CommandKind, wait: 
             _emit_report(output_format, {"node": name, "command": command.to_json()}, f"Node {name}: {kind} requested")
             return
         report = _wait_for_report(store, name, command, wait_timeout)
+    if report.phase == flush.Phase.REFUSED:
+        raise CliError(f"node {name}: {kind} refused: {report.reason}")
     summary = {"node": name, "command": command.to_json(), "report": report.to_json()}
     moved = ", ".join(report.moved) or "none"
     left = "; ".join(f"{vm}: {why}" for vm, why in sorted(report.left.items()))

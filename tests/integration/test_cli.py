@@ -44,8 +44,10 @@ def test_node_list_json_has_stable_keys(zookeeper, two_nodes):
     for node in nodes:
         assert set(node) == {"name", "daemon_state", "coordinator_state", "domain_state", "vms", "running_vms", "fence",
                              "memory", "vcpus_allocated", "load", "keepalive", "coordinator", "pvcd_version",
-                             "hypervisor"}
+                             "hypervisor", "watchdog", "loops"}
         assert node["daemon_state"] == "run"
+        # The test nodes run without a watchdog device, and their loops have not failed.
+        assert node["watchdog"]["armed"] is False and node["loops"] == {}
         assert node["memory"]["total"] == 16384
         assert 0 <= node["keepalive"]["age_seconds"] < 5
 

@@ -154,3 +154,24 @@ def test_secondary_request_needs_a_live_successor():
     assert secondary_request(cluster, "hv1", None, False, "hv1", now_ms=11_000) == Handover("hv1", None)
     with pytest.raises(HandoverRefused, match="no other coordinator is ready to take over from hv1"):
         secondary_request(cluster, "hv1", None, False, "hv1", now_ms=20_500)
+
+
+def test_node_and_cluster_show_the_watchdog_and_failing_loops():
+    from cli.views import cluster_summary, node_summary
+    from pvcd.keepalive import StateRecord
+    from pvcd.zk.nodes import NodeView
+
+    def view(name: str, info: dict, keepalive: dict) -> NodeView:
+        return NodeView(name, info, StateRecord(daemon="run", coordinator="secondary", domain="ready"),
+                        dict(keepalive, counter=5, interval=1), 10_000, 5)
+
+    armed = {"watchdog": {"device": "/dev/watchdog", "armed": True, "timeout": 30, "problem": None}}
+    failing = {"loops": {"fencer": {"failures": 7, "failing": True, "last_error": "KeyError: 'x'"},
+                         "keepalive": {"failures": 1, "failing": False, "last_error": "OSError: y"}}}
+    healthy, sick = view("hv1", armed, {}), view("hv2", {}, failing)
+    assert node_summary(healthy, 10_500)["watchdog"]["armed"] is True
+    assert node_summary(sick, 10_500)["watchdog"] == {
+        "armed": False, "timeout": None, "device": None, "problem": "not published (an older pvcd?)"}
+    assert node_summary(sick, 10_500)["loops"]["fencer"]["failing"] is True
+    summary = cluster_summary([healthy, sick], 10_500, 1)
+    assert summary["failing_loops"] == {"hv2": ["fencer"]} and summary["healthy"] is False
