@@ -6,10 +6,9 @@ import ipaddress
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from pvcd.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ConfigError, load_config
 from pvcd.vm.records import shown

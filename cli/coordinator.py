@@ -10,7 +10,7 @@ is written (pvcd.coordinator.handover).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
@@ -95,7 +95,9 @@ def _wait(store: Store, request: Handover, deadline: float) -> str:
 
 def _report(output_format: str, primary: str | None, previous: str | None, seconds: float, changed: bool) -> None:
     if output_format == "json":
-        click.echo(to_json({"primary": primary, "previous": previous, "changed": changed, "seconds": round(seconds, 3)}))
+        click.echo(
+            to_json({"primary": primary, "previous": previous, "changed": changed, "seconds": round(seconds, 3)})
+        )
     elif changed:
         click.echo(key_values([("Primary", primary), ("Previous primary", previous), ("Handover", f"{seconds:.2f}s")]))
     else:

@@ -16,9 +16,9 @@ from cli.coordinator import claim_owner
 from cli.coordinator import register as register_coordinator_commands
 from cli.fencing import register as register_fencing_commands
 from cli.inputs import Seconds, node_name
-from cli.vm import register as register_vm_commands
 from cli.output import format_option, key_values, table, to_json
 from cli.views import cluster_summary, node_summary
+from cli.vm import register as register_vm_commands
 from pvcd.zk import nodes, schema
 from pvcd.zk.store import StoreError, quiet_kazoo
 
@@ -26,7 +26,12 @@ MAX_CONNECT_TIMEOUT = 3600.0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--zookeeper", "zookeeper", metavar="HOST:PORT[,...]", help="ZooKeeper to use (else $PVC_ZOOKEEPER, else $PVCD_CONFIG_FILE)")
+@click.option(
+    "--zookeeper",
+    "zookeeper",
+    metavar="HOST:PORT[,...]",
+    help="ZooKeeper to use (else $PVC_ZOOKEEPER, else $PVCD_CONFIG_FILE)",
+)
 @click.option("--timeout", type=Seconds(0.1, MAX_CONNECT_TIMEOUT), help="seconds to wait for ZooKeeper (default 5)")
 @click.pass_context
 def pvc(ctx: click.Context, zookeeper: str | None, timeout: float | None) -> None:
@@ -73,7 +78,9 @@ def node_list(ctx: click.Context, output_format: str) -> None:
         ]
         for s in summaries
     ]
-    headers = ["NAME", "DAEMON", "COORDINATOR", "DOMAIN", "VMS", "MEM MiB", "ALLOC MiB", "FREE MiB", "LOAD", "KEEPALIVE AGE"]
+    headers = [
+        "NAME", "DAEMON", "COORDINATOR", "DOMAIN", "VMS", "MEM MiB", "ALLOC MiB", "FREE MiB", "LOAD", "KEEPALIVE AGE"
+    ]
     click.echo(table(headers, rows) if rows else "No nodes registered.")
 
 
@@ -105,11 +112,18 @@ def node_info(ctx: click.Context, name: str, output_format: str) -> None:
                 ("pvcd version", summary["pvcd_version"]),
                 ("Hypervisor", summary["hypervisor"]),
                 ("Running VMs", f"{summary['vms']}: {', '.join(summary['running_vms']) or '-'}"),
-                ("Memory (MiB)", f"total {memory['total']}, allocated {memory['allocated']}, used {memory['used']}, free {memory['free']}"),
+                (
+                    "Memory (MiB)",
+                    f"total {memory['total']}, allocated {memory['allocated']}, "
+                    f"used {memory['used']}, free {memory['free']}",
+                ),
                 ("vCPUs allocated", summary["vcpus_allocated"]),
                 ("Load (1 min)", summary["load"]),
-                ("Keepalive", f"#{keepalive['counter']} every {keepalive['interval']}s, last {keepalive['age_seconds']}s ago"
-                 + (" (LATE)" if keepalive["late"] else "")),
+                (
+                    "Keepalive",
+                    f"#{keepalive['counter']} every {keepalive['interval']}s, last {keepalive['age_seconds']}s ago"
+                    + (" (LATE)" if keepalive["late"] else ""),
+                ),
                 ("Stale figures", keepalive["stale_figures"]),
                 ("Watchdog", _watchdog_line(summary["watchdog"])),
                 *[(f"Loop {name}", f"{loop.get('failures')} failures" + (" (FAILING)" if loop.get("failing") else "")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -211,7 +212,10 @@ def _wait_until(store: Store, name: str, done: Callable[[VmView], bool], timeout
         if done(view):
             return view
         if time.monotonic() > deadline:
-            raise CliError(f"VM {name}: gave up waiting for {what} after {timeout:g}s (now {view.record.state}, {view.status.state})")
+            raise CliError(
+                f"VM {name}: gave up waiting for {what} after {timeout:g}s"
+                f" (now {view.record.state}, {view.status.state})"
+            )
         time.sleep(WAIT_POLL)
 
 
@@ -255,7 +259,8 @@ def vm_group() -> None:
 @click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on")
 @click.option("--selector", "node_selector", help="target selector for this VM (mem, vcpus, load, vms)")
 @click.option("--autostart", is_flag=True, help="start the VM when its node is next ready")
-@click.option("--method", "migration_method", type=click.Choice([str(m) for m in MigrationMethod]), default="live", show_default=True,
+@click.option("--method", "migration_method", type=click.Choice([str(m) for m in MigrationMethod]),
+              default="live", show_default=True,
               help="live: live-migrate (falls back to shutdown); shutdown: stop, move, start")
 @format_option
 @click.pass_context
@@ -292,7 +297,9 @@ def vm_define(ctx: click.Context, xml_file: str, node: str | None, node_limit: s
             raise CliError(f"UUID {spec.uuid} is already used by VM {owner}")
         if node is None:
             request = records.new_record(spec, "", limit, node_selector).request()
-            plan = plan_batch([request], placement.capacities(node_views, all_vms, late), node_selector or _selector(None))
+            plan = plan_batch(
+                [request], placement.capacities(node_views, all_vms, late), node_selector or _selector(None)
+            )
             if plan.unplaced:
                 raise CliError(f"VM {spec.name}: no node to define it on: {plan.unplaced[0].detail}")
             node = plan.placements[0].node
@@ -357,8 +364,16 @@ def vm_info(ctx: click.Context, name: str, output_format: str) -> None:
                 ("State", summary["state"] + (f" ({summary['reason']})" if summary["reason"] else "")),
                 ("Node", summary["node"]),
                 ("Last node", summary["lastnode"]),
-                ("Actual", _actual(summary) + (f": {summary['actual']['message']}" if summary["actual"]["message"] else "")),
-                ("Moving", f"{migration['kind']} {migration['from']} -> {migration['to']}, {migration['phase']}" if migration else None),
+                (
+                    "Actual",
+                    _actual(summary) + (f": {summary['actual']['message']}" if summary["actual"]["message"] else ""),
+                ),
+                (
+                    "Moving",
+                    f"{migration['kind']} {migration['from']} -> {migration['to']}, {migration['phase']}"
+                    if migration
+                    else None,
+                ),
                 ("Memory (MiB)", summary["memory_mib"]),
                 ("vCPUs", summary["vcpus"]),
                 ("Node limit", summary["node_limit"]),
@@ -414,7 +429,11 @@ def _state_command(wanted: VmState, done: Callable[[VmView], bool], help_text: s
 
 for _state, _done, _help in (
     (VmState.START, _running_on_node, "Start the VM on its node."),
-    (VmState.RESTART, lambda v: v.record.state != VmState.RESTART and _running_on_node(v), "Shut the VM down and start it again."),
+    (
+        VmState.RESTART,
+        lambda v: v.record.state != VmState.RESTART and _running_on_node(v),
+        "Shut the VM down and start it again.",
+    ),
     (VmState.SHUTDOWN, _stopped, "Shut the VM down gracefully (destroyed after the node's shutdown_timeout)."),
     (VmState.STOP, _stopped, "Stop the VM at once (pull the plug)."),
     (VmState.DISABLE, _stopped, "Shut the VM down and keep it out of service (flush leaves it where it is)."),
@@ -478,7 +497,9 @@ def _move(ctx: click.Context, name: str, kind: MoveKind, target: str | None, for
             _emit(view, output_format, f"VM {name}: {kind} to {view.record.node} requested")
             return
         view = _wait_until(store, name, _settled_after_move, wait_timeout, f"the {kind}")
-        _emit(view, output_format, f"VM {name} is {view.record.state} on {view.record.node}: {_actual(vm_summary(view))}")
+        _emit(
+            view, output_format, f"VM {name} is {view.record.state} on {view.record.node}: {_actual(vm_summary(view))}"
+        )
 
 
 @vm_group.command("migrate")
@@ -528,7 +549,10 @@ def vm_remove(ctx: click.Context, name: str, output_format: str) -> None:
         def attempt(view: VmView) -> VmView:
             if view.migration is not None or view.status.active or view.record.state in SHOULD_RUN | {VmState.SHUTDOWN}:
                 where = f" on {view.status.node}" if view.status.active else ""
-                raise CliError(f"VM {name} is {view.record.state} ({view.status.state}{where}); stop it first: pvc vm stop {name}")
+                raise CliError(
+                    f"VM {name} is {view.record.state} ({view.status.state}{where});"
+                    f" stop it first: pvc vm stop {name}"
+                )
             vms.remove(store, view)
             return view
 
@@ -567,7 +591,11 @@ def _node_command(ctx: click.Context, name: str, kind: flush.CommandKind, wait: 
     summary = {"node": name, "command": command.to_json(), "report": report.to_json()}
     moved = ", ".join(report.moved) or "none"
     left = "; ".join(f"{vm}: {why}" for vm, why in sorted(report.left.items()))
-    _emit_report(output_format, summary, f"Node {name}: {kind} {report.phase}; moved: {moved}" + (f"; left: {left}" if left else ""))
+    _emit_report(
+        output_format,
+        summary,
+        f"Node {name}: {kind} {report.phase}; moved: {moved}" + (f"; left: {left}" if left else ""),
+    )
 
 
 def _wait_for_report(store: Store, name: str, command: flush.Command, timeout: float) -> flush.Report:
@@ -587,11 +615,14 @@ def _emit_report(output_format: str, value: dict[str, Any], text: str) -> None:
 
 @click.command("flush")
 @click.argument("name")
-@click.option("--dry-run", is_flag=True, help="print where each VM would go with every candidate's score; change nothing")
+@click.option("--dry-run", is_flag=True,
+              help="print where each VM would go with every candidate's score; change nothing")
 @_wait_options
 @format_option
 @click.pass_context
-def node_flush(ctx: click.Context, name: str, dry_run: bool, wait: bool, wait_timeout: float, output_format: str) -> None:
+def node_flush(
+    ctx: click.Context, name: str, dry_run: bool, wait: bool, wait_timeout: float, output_format: str
+) -> None:
     """Move every running VM off the node; its domain state goes flush -> flushed."""
     _node_command(ctx, name, flush.CommandKind.FLUSH, wait, wait_timeout, output_format, dry_run)
 

@@ -45,8 +45,8 @@ from pvcd.vm.placement import capacities, is_fenced, late_nodes, plan_requests, 
 from pvcd.vm.records import (
     IN_PROGRESS,
     SHOULD_RUN,
-    MovePhase,
     MoveKind,
+    MovePhase,
     VmRecord,
     VmState,
     VmView,
@@ -96,7 +96,7 @@ class Command:
         return {"id": self.id, "domain": str(self.domain)}
 
     @classmethod
-    def from_json(cls, value: Any) -> "Command | None":
+    def from_json(cls, value: Any) -> Command | None:
         if not isinstance(value, dict):
             return None
         try:
@@ -105,7 +105,7 @@ class Command:
             return None
 
     @classmethod
-    def new(cls, domain: CommandKind) -> "Command":
+    def new(cls, domain: CommandKind) -> Command:
         return cls(id=uuid.uuid4().hex, domain=domain)
 
 
@@ -140,7 +140,7 @@ class Report:
         }
 
     @classmethod
-    def from_json(cls, value: Any) -> "Report | None":
+    def from_json(cls, value: Any) -> Report | None:
         if not isinstance(value, dict):
             return None
         try:
@@ -200,12 +200,18 @@ def fence_refusal(node: str, fence: Mapping[str, Any]) -> str | None:
 def vms_to_flush(me: str, views: Mapping[str, VmView]) -> list[VmRecord]:
     """The running VMs this node must send away now (moves already under way excluded)."""
     return sorted(
-        (v.record for v in views.values() if v.record.node == me and v.migration is None and v.record.state == VmState.START),
+        (
+            v.record
+            for v in views.values()
+            if v.record.node == me and v.migration is None and v.record.state == VmState.START
+        ),
         key=lambda r: r.name,
     )
 
 
-def flush_plan(me: str, views: Mapping[str, VmView], node_views: list[NodeView], late: frozenset[str], selector: str) -> Plan:
+def flush_plan(
+    me: str, views: Mapping[str, VmView], node_views: list[NodeView], late: frozenset[str], selector: str
+) -> Plan:
     """Where this node's running VMs go; the same plan `pvc node flush --dry-run` prints."""
     requests = [vm_request(record) for record in vms_to_flush(me, views)]
     return plan_requests(requests, capacities(node_views, views, late), selector)
@@ -244,13 +250,18 @@ def vms_to_autostart(me: str, views: Mapping[str, VmView]) -> list[VmRecord]:
         (
             v.record
             for v in views.values()
-            if v.record.node == me and v.record.node_autostart and v.migration is None and v.record.state == VmState.STOP
+            if v.record.node == me
+            and v.record.node_autostart
+            and v.migration is None
+            and v.record.state == VmState.STOP
         ),
         key=lambda r: r.name,
     )
 
 
-def return_plan(me: str, views: Mapping[str, VmView], node_views: list[NodeView], late: frozenset[str], selector: str) -> Plan:
+def return_plan(
+    me: str, views: Mapping[str, VmView], node_views: list[NodeView], late: frozenset[str], selector: str
+) -> Plan:
     """Which returning and autostarting VMs this node can take back, without overfilling itself.
 
     Planned as if the node were already ready (it is `unflush` meanwhile, so
@@ -437,7 +448,9 @@ class FlushRunner:
                 return report
             views, _ = vms.read_vms(self.store)
             node_views = nodes.read_cluster(self.store)
-            plan = flush_plan(self.node, views, node_views, late_nodes(node_views, self.store.server_time_ms()), self.selector)
+            plan = flush_plan(
+                self.node, views, node_views, late_nodes(node_views, self.store.server_time_ms()), self.selector
+            )
             if plan.placements or plan.unplaced:
                 self._log_plan(plan, views)
                 for unplaced in plan.unplaced:
@@ -474,7 +487,9 @@ class FlushRunner:
         except StoreError as exc:
             log.warning("VM %s: could not mark it to stay on %s (%s); the flush plans again", view.name, self.node, exc)
             return False
-        log.warning("VM %s fits on no other node: shutting it down on %s with autostart set (%s)", view.name, self.node, reason)
+        log.warning(
+            "VM %s fits on no other node: shutting it down on %s with autostart set (%s)", view.name, self.node, reason
+        )
         return True
 
     def _log_plan(self, plan: Plan, views: Mapping[str, VmView]) -> None:
@@ -505,7 +520,9 @@ class FlushRunner:
         self._write(Report(command_id, CommandKind.READY, Trigger.COMMAND, Phase.RUNNING))
         views, _ = vms.read_vms(self.store)
         node_views = nodes.read_cluster(self.store)
-        plan = return_plan(self.node, views, node_views, late_nodes(node_views, self.store.server_time_ms()), self.selector)
+        plan = return_plan(
+            self.node, views, node_views, late_nodes(node_views, self.store.server_time_ms()), self.selector
+        )
         _, stopped = vms_to_return(self.node, views)
         autostart = {r.name for r in vms_to_autostart(self.node, views)}
         progress.left.update({u.vm: f"stays where it is: {u.detail}" for u in plan.unplaced})

@@ -316,7 +316,7 @@ class VmRecord:
         return value
 
     @classmethod
-    def from_json(cls, value: Any) -> "VmRecord":
+    def from_json(cls, value: Any) -> VmRecord:
         if not isinstance(value, dict):
             raise InvalidVm(f"VM record is not an object: {value!r}")
         try:
@@ -338,7 +338,7 @@ class VmRecord:
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidVm(f"VM record {value.get('name')!r} is not valid: {exc!r}") from exc
 
-    def with_state(self, state: VmState, reason: str | None = None) -> "VmRecord":
+    def with_state(self, state: VmState, reason: str | None = None) -> VmRecord:
         return dataclasses.replace(self, state=state, reason=reason)
 
     def request(self, target: str | None = None) -> VmRequest:
@@ -416,7 +416,7 @@ class VmStatus:
         return {"node": self.node, "state": str(self.state), "message": self.message}
 
     @classmethod
-    def from_json(cls, value: Any) -> "VmStatus":
+    def from_json(cls, value: Any) -> VmStatus:
         if not isinstance(value, dict):
             return STATUS_NEW
         try:
@@ -461,7 +461,7 @@ class Migration:
         }
 
     @classmethod
-    def from_json(cls, value: Any) -> "Migration":
+    def from_json(cls, value: Any) -> Migration:
         if not isinstance(value, dict):
             raise InvalidVm(f"migration record is not an object: {value!r}")
         try:
@@ -478,7 +478,7 @@ class Migration:
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidVm(f"migration record is not valid: {exc!r}") from exc
 
-    def released(self, how: str) -> "Migration":
+    def released(self, how: str) -> Migration:
         return dataclasses.replace(self, phase=MovePhase.RELEASED, how=how)
 
 
@@ -580,14 +580,18 @@ def needs_handshake(view: VmView) -> bool:
     return view.status.active or view.record.state in SHOULD_RUN or view.record.state == VmState.SHUTDOWN
 
 
-def moved(view: VmView, kind: MoveKind, target: str, move_id: str, lastnode: str | None) -> tuple[VmRecord, Migration | None]:
+def moved(
+    view: VmView, kind: MoveKind, target: str, move_id: str, lastnode: str | None
+) -> tuple[VmRecord, Migration | None]:
     """The record (and migration, if a handshake is needed) for moving the VM to `target`."""
     record = view.record
     running = record.state in SHOULD_RUN
     state = record.state
     if running:
         state = VmState.UNMIGRATE if kind == MoveKind.UNMIGRATE else VmState.MIGRATE
-    new_record = dataclasses.replace(record, node=target, lastnode=lastnode, state=state, reason=None if running else record.reason)
+    new_record = dataclasses.replace(
+        record, node=target, lastnode=lastnode, state=state, reason=None if running else record.reason
+    )
     if not needs_handshake(view):
         return new_record, None
     migration = Migration(
@@ -626,9 +630,15 @@ def after_fence(view: VmView, dead: str, replacement: str | None) -> tuple[VmRec
         if migration.target == dead:
             if replacement is None or replacement == migration.source:
                 back = VmState.START if record.state in SHOULD_RUN else record.state
-                restored = dataclasses.replace(record, node=migration.source, lastnode=migration.previous_lastnode, state=back)
+                restored = dataclasses.replace(
+                    record, node=migration.source, lastnode=migration.previous_lastnode, state=back
+                )
                 return restored, None, view.status
-            return dataclasses.replace(record, node=replacement), dataclasses.replace(migration, target=replacement), view.status
+            return (
+                dataclasses.replace(record, node=replacement),
+                dataclasses.replace(migration, target=replacement),
+                view.status,
+            )
     if replacement is None or replacement == dead:
         if record.state in SHOULD_RUN:
             record = record.with_state(VmState.FAIL, f"node {dead} was fenced and no node could take the VM")
@@ -639,5 +649,7 @@ def after_fence(view: VmView, dead: str, replacement: str | None) -> tuple[VmRec
         state = VmState.STOP
     else:
         state = record.state
-    moved_record = dataclasses.replace(record, node=replacement, lastnode=record.lastnode or dead, state=state, reason=None)
+    moved_record = dataclasses.replace(
+        record, node=replacement, lastnode=record.lastnode or dead, state=state, reason=None
+    )
     return moved_record, None, fenced
