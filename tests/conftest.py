@@ -6,15 +6,16 @@ stopped by its PID at the end; each test gets an empty /pvc tree.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import yaml
 from kazoo.client import KazooClient
 
-from pvcd.config import Config, parse_config
 from helpers import DaemonProcess, node_document
+from pvcd.config import Config, parse_config
 from pvcd.devcluster import layout
 from pvcd.devcluster.zookeeper import ZooKeeperServer, zookeeper_available
 from pvcd.zk import schema

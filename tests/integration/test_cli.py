@@ -27,8 +27,15 @@ def two_nodes(zk, make_config):
     threads = [threading.Thread(target=d.run, daemon=True) for d in daemons]
     for thread in threads:
         thread.start()
-    wait_for(lambda: all(zk.exists(f"/pvc/nodes/{n}/keepalive") and json.loads(zk.get(f"/pvc/nodes/{n}/keepalive")[0]).get("counter", 0) >= 1
-                         for n in ("hv1", "hv2")), 15, what="both nodes to send a keepalive")
+    wait_for(
+        lambda: all(
+            zk.exists(f"/pvc/nodes/{n}/keepalive")
+            and json.loads(zk.get(f"/pvc/nodes/{n}/keepalive")[0]).get("counter", 0) >= 1
+            for n in ("hv1", "hv2")
+        ),
+        15,
+        what="both nodes to send a keepalive",
+    )
     yield daemons
     for daemon in daemons:
         daemon.stop_event.set()

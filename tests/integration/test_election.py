@@ -179,7 +179,7 @@ def test_planned_handover_both_ways(zk, zookeeper, cluster):
         assert stopped is not None and started is not None and stopped <= started
         assert events.of(old)[-2:] == ["stop dns", "stop dhcp"]
         assert events.of(new)[-2:] == ["start dhcp", "start dns"]
-        wait_for(lambda: roles(zk).get(old) == "secondary", 5, what=f"{old} to publish secondary")
+        wait_for(lambda old=old: roles(zk).get(old) == "secondary", 5, what=f"{old} to publish secondary")
 
     result = pvc(zookeeper, "node", "primary", first)
     assert result.returncode == 0 and "Nothing to do: the primary coordinator is " + first in result.stdout
@@ -230,7 +230,10 @@ def test_stopped_primary_hands_over_at_once(zk, cluster):
     wait_primary(zk, other, timeout=10)
     # Released explicitly: no waiting for the session to expire.
     assert time.monotonic() - stopped < SESSION_TIMEOUT
-    assert cluster.events.first(primary, "stop dhcp", after=stopped) <= cluster.events.first(other, "start dhcp", after=stopped)
+    assert (
+        cluster.events.first(primary, "stop dhcp", after=stopped)
+        <= cluster.events.first(other, "start dhcp", after=stopped)
+    )
 
 
 def test_killed_primary_is_replaced_only_after_its_session_expires(zk, zookeeper, tmp_path, cluster, daemon_process):

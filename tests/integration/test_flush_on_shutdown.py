@@ -28,8 +28,12 @@ def test_sigterm_flushes_the_node_first(zk, zookeeper, tmp_path, make_config, da
         return result.stdout
 
     try:
-        wait_for(lambda: zk.exists("/pvc/nodes/hv1/keepalive") and json.loads(pvc("node", "info", "hv1", "--format", "json"))["daemon_state"] == "run",
-                 20, what="hv1 running")
+        wait_for(
+            lambda: zk.exists("/pvc/nodes/hv1/keepalive")
+            and json.loads(pvc("node", "info", "hv1", "--format", "json"))["daemon_state"] == "run",
+            20,
+            what="hv1 running",
+        )
         for name in ("vm1", "vm2"):
             xml = tmp_path / f"{name}.xml"
             xml.write_text(vm_xml(name, memory_mib=256))

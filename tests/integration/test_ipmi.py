@@ -72,8 +72,11 @@ def test_fence_confirms_power_off_and_restarts_the_node(machine, zk):
     assert not pid_alive(first_pid), "power off did not kill the node's pvcd"
     assert chassis.read_state(node_dir)["power"] == "off"
     driver.power_on(target)
-    state = wait_for(lambda: (lambda s: s if s["power"] == "on" and s["pvcd_pid"] else None)(chassis.read_state(node_dir)),
-                     10, what="power on")
+    def powered_on():
+        s = chassis.read_state(node_dir)
+        return s if s["power"] == "on" and s["pvcd_pid"] else None
+
+    state = wait_for(powered_on, 10, what="power on")
     assert state["pvcd_pid"] != first_pid and pid_alive(state["pvcd_pid"])
 
 

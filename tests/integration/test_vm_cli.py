@@ -17,6 +17,7 @@ from cli import vm as cli_vm
 from helpers import vm_cluster, vm_xml, wait_for
 from pvcd.zk import schema
 
+
 @pytest.fixture
 def cluster(zk, make_config):
     yield from vm_cluster(make_config)
@@ -96,7 +97,10 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(cluster, pvc, zk, tmp_p
     before = {path: tree(zk, path) for path in watched}
 
     cases = [
-        (("vm", "define", vm_file(tmp_path, "broken", text="<domain type='test'><name>x</name>")), "malformed domain XML"),
+        (
+            ("vm", "define", vm_file(tmp_path, "broken", text="<domain type='test'><name>x</name>")),
+            "malformed domain XML",
+        ),
         (("vm", "define", vm_file(tmp_path, "db1")), "already exists"),
         (("vm", "define", vm_file(tmp_path, "x1"), "--node", "hv9"), "no node named 'hv9'"),
         (("vm", "define", vm_file(tmp_path, "x2"), "--limit", "hv1,hv9"), "no node named 'hv9'"),

@@ -10,6 +10,7 @@ import dataclasses
 import threading
 import time
 from collections import Counter
+from functools import partial
 
 import pytest
 
@@ -30,6 +31,7 @@ from pvcd.vm.flush import (
 from pvcd.vm.migration import SimulatedMigration
 from pvcd.vm.records import ActualState, VmState, VmStatus
 from pvcd.zk import nodes, schema, vms
+
 
 @pytest.fixture
 def cluster(zk, make_config):
@@ -53,7 +55,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -95,7 +97,7 @@ def start_vms(operator, names, node="hv1", memory_mib=512):
         operator.define(name, node, memory_mib=memory_mib)
         operator.set_state(name, VmState.START)
     for name in names:
-        wait_for(lambda: operator.settled(name, VmState.START, node, ActualState.RUNNING), 15, what=f"{name} running")
+        wait_for(partial(operator.settled, name, VmState.START, node, ActualState.RUNNING), 15, what=f"{name} running")
 
 
 def wait_for_figures(cluster_nodes, operator, count: int) -> None:
@@ -137,7 +139,8 @@ def test_flush_spreads_the_vms_and_ready_brings_them_back(cluster, operator):
         wait_for(lambda: finished(operator, "hv1", sent), 30, what="the ready to finish")
         assert domain_state(operator, "hv1") == DomainState.READY
         for name in names:
-            wait_for(lambda: operator.settled(name, VmState.START, "hv1", ActualState.RUNNING), 15, what=f"{name} back")
+            back = partial(operator.settled, name, VmState.START, "hv1", ActualState.RUNNING)
+            wait_for(back, 15, what=f"{name} back")
             assert operator.view(name).record.lastnode is None
         assert nodes_["hv1"].running() == set(names)
     assert sampler.samples > 10
@@ -195,7 +198,8 @@ def test_ready_cancels_a_running_flush_cleanly(cluster, operator):
         report_moved = [name for name in names if operator.view(name).record.node == "hv1"]
         assert len(report_moved) == len(names), "every VM is home after the ready"
         for name in names:
-            wait_for(lambda: operator.settled(name, VmState.START, "hv1", ActualState.RUNNING), 15, what=f"{name} back")
+            back = partial(operator.settled, name, VmState.START, "hv1", ActualState.RUNNING)
+            wait_for(back, 15, what=f"{name} back")
     assert sampler.doubles == []
     assert sampler.peak["hv2"] < len(names), "the flush stopped moving VMs when the ready came"
     assert domain_state(operator, "hv1") == DomainState.READY

@@ -59,7 +59,9 @@ def test_coordinator_transitions_refused(current, wanted):
 # -- what `pvc node primary|secondary` may ask ------------------------------
 
 def node(name: str, coordinator: bool = True, daemon: str = "run", role: str = "secondary") -> NodeView:
-    return NodeView(name, {"name": name, "coordinator": coordinator}, StateRecord(daemon, role, "ready"), {}, None, None)
+    return NodeView(
+        name, {"name": name, "coordinator": coordinator}, StateRecord(daemon, role, "ready"), {}, None, None
+    )
 
 
 NODES = {

@@ -42,8 +42,12 @@ def _network(address):
 def test_node_addresses():
     without = SimpleNamespace(node="hv1", functions=SimpleNamespace(enable_networking=False), networking=None)
     assert node_addresses(without) == {"cluster": "hv1"}
-    networking = SimpleNamespace(upstream=_network("192.168.1.11/24"), cluster=_network("10.0.0.1/24"), storage=_network(None))
-    with_networks = SimpleNamespace(node="hv1", functions=SimpleNamespace(enable_networking=True), networking=networking)
+    networking = SimpleNamespace(
+        upstream=_network("192.168.1.11/24"), cluster=_network("10.0.0.1/24"), storage=_network(None)
+    )
+    with_networks = SimpleNamespace(
+        node="hv1", functions=SimpleNamespace(enable_networking=True), networking=networking
+    )
     assert node_addresses(with_networks) == {"upstream": "192.168.1.11", "cluster": "10.0.0.1"}
 
 

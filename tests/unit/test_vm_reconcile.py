@@ -127,18 +127,30 @@ def test_source_of_a_move():
 
 def test_target_waits_for_the_release():
     for phase in (MovePhase.REQUESTED, MovePhase.MIGRATING):
-        incoming = vm(state=VmState.MIGRATE, status=VmStatus("hv2", ActualState.RUNNING), migration=move(phase, "hv2", ME))
+        incoming = vm(
+            state=VmState.MIGRATE, status=VmStatus("hv2", ActualState.RUNNING), migration=move(phase, "hv2", ME)
+        )
         # Not even a domain of its own (an incoming live migration) makes it act early.
         assert act(incoming, None) is None
         assert act(incoming, RUNNING) is None
-    released = vm(state=VmState.MIGRATE, status=VmStatus("hv2", ActualState.STOPPED), migration=move(MovePhase.RELEASED, "hv2", ME))
+    released = vm(
+        state=VmState.MIGRATE,
+        status=VmStatus("hv2", ActualState.STOPPED),
+        migration=move(MovePhase.RELEASED, "hv2", ME),
+    )
     assert act(released) == (Act.FINISH_MOVE, None)
-    live = vm(state=VmState.MIGRATE, status=VmStatus(ME, ActualState.RUNNING), migration=move(MovePhase.RELEASED, "hv2", ME))
+    live = vm(
+        state=VmState.MIGRATE, status=VmStatus(ME, ActualState.RUNNING), migration=move(MovePhase.RELEASED, "hv2", ME)
+    )
     assert act(live, RUNNING) == (Act.FINISH_MOVE, None)
 
 
 def test_released_move_still_blocked_if_someone_else_reports_it_active():
-    odd = vm(state=VmState.MIGRATE, status=VmStatus("hv3", ActualState.RUNNING), migration=move(MovePhase.RELEASED, "hv2", ME))
+    odd = vm(
+        state=VmState.MIGRATE,
+        status=VmStatus("hv3", ActualState.RUNNING),
+        migration=move(MovePhase.RELEASED, "hv2", ME),
+    )
     assert act(odd)[0] == Act.BLOCKED
 
 

@@ -312,7 +312,9 @@ def test_lastnode_rules():
 
 
 def test_running_vm_moves_with_a_handshake():
-    new, migration = moved(view(state=VmState.START, status=VmStatus("hv1", ActualState.RUNNING)), MoveKind.MIGRATE, "hv2", "m1", "hv1")
+    new, migration = moved(
+        view(state=VmState.START, status=VmStatus("hv1", ActualState.RUNNING)), MoveKind.MIGRATE, "hv2", "m1", "hv1"
+    )
     assert (new.node, new.lastnode, new.state) == ("hv2", "hv1", VmState.MIGRATE)
     assert migration is not None
     assert (migration.source, migration.target, migration.phase) == ("hv1", "hv2", MovePhase.REQUESTED)
@@ -350,7 +352,9 @@ def test_after_fence():
     assert record_.state == VmState.FAIL and record_.node == dead and "fenced" in record_.reason
     # Leaving the dead node: released to its target, which finishes the move.
     leaving = Migration("m", MoveKind.MIGRATE, dead, "hv2", MigrationMethod.LIVE, MovePhase.MIGRATING)
-    record_, migration, _ = after_fence(view(state=VmState.MIGRATE, node="hv2", status=running, migration=leaving), dead, None)
+    record_, migration, _ = after_fence(
+        view(state=VmState.MIGRATE, node="hv2", status=running, migration=leaving), dead, None
+    )
     assert record_.node == "hv2" and migration.phase == MovePhase.RELEASED and migration.how == "fenced"
     # Arriving at the dead node: the move is over, the VM goes to the replacement.
     arriving = Migration("m", MoveKind.MIGRATE, "hv3", dead, MigrationMethod.LIVE, MovePhase.RELEASED)
