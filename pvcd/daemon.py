@@ -115,7 +115,9 @@ class NodeDaemon:
         self.vm_reconciler: VmReconciler | None = None
         self.flush_runner: FlushRunner | None = None
         self._shutdown_flush: threading.Thread | None = None
-        self.coordinator = coordinator_role(config, self.store, self._set_coordinator_state, self._publish_state)
+        self.coordinator = coordinator_role(
+            config, self.store, self._set_coordinator_state, self._publish_state, self.supervisor
+        )
         self.fencer: Fencer | None = None
         if self.coordinator is not None:
             self.fencer = Fencer(
@@ -317,6 +319,7 @@ class NodeDaemon:
             self.name,
             shutdown_timeout=self.config.hypervisor.shutdown_timeout,
             held=self._held,
+            supervisor=self.supervisor,
         )
         self.vm_reconciler.start()
         self.flush_runner = FlushRunner(
@@ -325,6 +328,7 @@ class NodeDaemon:
             self.set_domain_state,
             self.config.migration.target_selector,
             concurrency=self.config.migration.flush_concurrency,
+            supervisor=self.supervisor,
         )
         self.flush_runner.start()
 

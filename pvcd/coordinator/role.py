@@ -38,6 +38,7 @@ from pvcd.coordinator.election import Election, ElectionUnavailable
 from pvcd.coordinator.services import ServiceRegistry
 from pvcd.network.addresses import FloatingIPs, LeaseLost, floating_addresses
 from pvcd.states import CoordinatorState, coordinator_transition
+from pvcd.supervisor import Supervisor
 from pvcd.zk.store import Store
 
 log = logging.getLogger("pvcd.coordinator")
@@ -89,11 +90,13 @@ class CoordinatorRole:
         floating: FloatingIPs | None,
         on_state: Callable[[CoordinatorState], None],
         publish: Callable[[], None],
+        supervisor: Supervisor | None = None,
     ) -> None:
         """`on_state` is called from the loop and must not block; `publish` may (it writes to ZooKeeper)."""
         self.node = node
         self.timing = timing
         self.services = ServiceRegistry()
+        self.supervisor = supervisor or Supervisor(node)
         self.state = CoordinatorState.SECONDARY
         self._store = store
         self._floating = floating
@@ -195,8 +198,9 @@ class CoordinatorRole:
                 if step is Step.WAIT and self._stopping.is_set():
                     return
                 progressed = self._execute(step, view)
-            except Exception:
-                log.exception("Coordinator loop of node %s failed; stepping down and carrying on", self.node)
+            except Exception as exc:
+                log.error("Coordinator loop of node %s failed; stepping down and carrying on", self.node)
+                self.supervisor.failed("coordinator", exc)
                 progressed = False
                 try:
                     self._relinquish("an unexpected error in the coordinator loop", expected=False)
@@ -204,6 +208,8 @@ class CoordinatorRole:
                     log.exception(
                         "Node %s could not step down cleanly; the floating IPs expire by themselves", self.node
                     )
+            else:
+                self.supervisor.succeeded("coordinator")
             if step in (Step.WAIT, Step.HOLD) or not progressed:
                 self._wake.wait(self.timing.tick)
 
@@ -340,11 +346,12 @@ def coordinator_role(
     store: Store,
     on_state: Callable[[CoordinatorState], None],
     publish: Callable[[], None],
+    supervisor: Supervisor | None = None,
 ) -> CoordinatorRole | None:
     """The role for a node listed in `cluster.coordinators`; None for a client node."""
     if not config.is_coordinator:
         return None
     floating = FloatingIPs(floating_addresses(config)) if config.functions.enable_networking else None
     return CoordinatorRole(
-        config.node, store, Timing(config.cluster.zookeeper.session_timeout), floating, on_state, publish
+        config.node, store, Timing(config.cluster.zookeeper.session_timeout), floating, on_state, publish, supervisor
     )

@@ -41,6 +41,7 @@ from typing import Any
 from pvcd.migration.planner import Plan, Unplaced
 from pvcd.migration.selectors import VmRequest
 from pvcd.states import DomainState
+from pvcd.supervisor import Supervisor
 from pvcd.vm.placement import capacities, is_fenced, late_nodes, plan_requests, unknown_selector, vm_request
 from pvcd.vm.records import (
     IN_PROGRESS,
@@ -314,6 +315,7 @@ class FlushRunner:
         concurrency: int = FLUSH_CONCURRENCY,
         move_timeout: float = DEFAULT_MOVE_TIMEOUT,
         poll_interval: float = POLL_INTERVAL,
+        supervisor: Supervisor | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"flush concurrency must be at least 1, got {concurrency}")
@@ -324,6 +326,7 @@ class FlushRunner:
         self.concurrency = concurrency
         self.move_timeout = move_timeout
         self.poll_interval = poll_interval
+        self.supervisor = supervisor or Supervisor(node)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -364,9 +367,11 @@ class FlushRunner:
                 log.warning("Node %s cannot read its commands: ZooKeeper unreachable (%s)", self.node, exc)
                 self._stop.wait(1.0)
                 self._wake.set()
-            except Exception:  # never let a bug end the node's command handling
-                log.exception("Node %s: handling its command failed unexpectedly", self.node)
+            except Exception as exc:  # never let a bug end the node's command handling: counted, retried
+                self.supervisor.failed("flush-runner", exc)
                 self._stop.wait(1.0)
+            else:
+                self.supervisor.succeeded("flush-runner")
 
     def _command(self) -> Command | None:
         found = self.store.get(schema.node_command(self.node))

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+from pvcd.supervisor import Supervisor
 from pvcd.vm.domains import DomainError, Domains
 from pvcd.vm.migration import MigrationFailed, Migrator, migration_address, migrator_for
 from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, decide, decide_vm, memory_shortfall
@@ -54,11 +55,13 @@ class VmReconciler:
         resync_interval: float = DEFAULT_RESYNC_INTERVAL,
         workers: int = DEFAULT_WORKERS,
         held: Callable[[], str | None] = lambda: None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         """`held` says why the node must not touch its VMs right now (it was
         fenced and waits for an operator), or None."""
         self.store = store
         self.held = held
+        self.supervisor = supervisor or Supervisor(node)
         self.domains = domains
         self.node = node
         self.shutdown_timeout = shutdown_timeout
@@ -134,8 +137,10 @@ class VmReconciler:
                 log.warning("VM pass on node %s skipped: ZooKeeper unreachable (%s)", self.node, exc)
             except (StoreError, DomainError) as exc:
                 log.error("VM pass on node %s failed: %s", self.node, exc)
-            except Exception:  # a bug must not end the loop: log it and try again next pass
-                log.exception("VM pass on node %s failed unexpectedly", self.node)
+            except Exception as exc:  # a bug must not end the loop: counted, and tried again next pass
+                self.supervisor.failed("vm-reconciler", exc)
+            else:
+                self.supervisor.succeeded("vm-reconciler")
 
     # -- one pass --------------------------------------------------------------
 
@@ -205,8 +210,11 @@ class VmReconciler:
             log.warning("VM %s on node %s: ZooKeeper unreachable (%s); retrying next pass", action.vm, self.node, exc)
         except (StoreError, DomainError) as exc:
             log.error("VM %s on node %s: %s failed: %s; retrying next pass", action.vm, self.node, action.act, exc)
-        except Exception:  # one VM's bug must not take the others down
-            log.exception("VM %s on node %s: %s failed unexpectedly", action.vm, self.node, action.act)
+        except Exception as exc:  # one VM's bug must not take the others down
+            log.error("VM %s on node %s: %s failed unexpectedly", action.vm, self.node, action.act)
+            self.supervisor.failed("vm-actions", exc)
+        else:
+            self.supervisor.succeeded("vm-actions")
         finally:
             with self._busy_lock:
                 self._busy.pop(action.vm, None)
