@@ -67,9 +67,6 @@ class JournalWriter:
             os.write(self.fd, (json.dumps(entry) + "\n").encode())
             return when
 
-    def close(self) -> None:
-        os.close(self.fd)
-
 
 class DomainRecorder:
     """Journals the domain starts and stops one libvirtd connection sees, until detached."""

@@ -92,6 +92,3 @@ class Fifo:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def close(self) -> None:
-        os.close(self.fd)
