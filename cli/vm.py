@@ -578,7 +578,11 @@ def _node_command(ctx: click.Context, name: str, kind: flush.CommandKind, wait: 
             return
         if view.state.daemon != "run" or name in placement.late_nodes([view], store.server_time_ms()):
             raise CliError(f"node {name} is not running (daemon {view.state.daemon}); it cannot {kind}")
-        if kind == flush.CommandKind.READY and nodes.clear_fence(store, name):
+        try:
+            cleared = kind == flush.CommandKind.READY and nodes.clear_fence(store, name)
+        except nodes.FenceInProgress as exc:
+            raise CliError(str(exc)) from exc
+        if cleared:
             click.echo(f"Node {name}: its fence is cleared; it takes VMs again", err=True)
         command = flush.Command.new(kind)
         flush.write_command(store, name, command)

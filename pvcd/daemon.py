@@ -91,6 +91,8 @@ class NodeDaemon:
             config.fencing.watchdog is not None
         ) else None
         self.watchdog_state = WatchdogState(None, False, None, "no watchdog configured (pvc.system.fencing.watchdog)")
+        if self.watchdog is not None:
+            self.watchdog_state = WatchdogState(self.watchdog.device, False, None, "armed after the first keepalive")
         self.acknowledged_fence: str | None = None
         """The id of the last fence of this node that this daemon knows about and acted on."""
         self._self_fence_lock = threading.Lock()
@@ -165,13 +167,15 @@ class NodeDaemon:
             if not self._connect():
                 return 0
             self._check_session_timeout()
-            self._arm_watchdog()
             self._register()
             threading.Thread(target=check_own_bmc, args=(self.config,), name="bmc-check", daemon=True).start()
             if self.config.fencing.suicide_intervals > 0:
                 self.supervisor.spawn("self-fence", self._check_silence, self.stop_event,
                                       self.interval * SILENCE_CHECK_SHARE)
             self._set_daemon_state(DaemonState.RUN)
+            if not self._first_keepalive():
+                return 0
+            self._arm_watchdog()
             log.info("Node %s is running (coordinator state %s)", self.name, self.state.coordinator)
             if self.coordinator is not None:
                 self.coordinator.start()
@@ -205,6 +209,19 @@ class NodeDaemon:
                 granted, configured, granted,
             )
 
+    def _first_keepalive(self) -> bool:
+        """Deliver one keepalive before arming the watchdog or touching any VM; False if told to stop.
+
+        Opening a watchdog pets it. The fencer counts a dead node's watchdog window
+        from its last accepted keepalive, so no pet may come before the first one:
+        a pvcd that armed and then died before any keepalive would reset its host
+        later than the fencer expects."""
+        while not self.stop_event.is_set():
+            if self.keepalive_once():
+                return True
+            self.stop_event.wait(self.interval)
+        return False
+
     def _arm_watchdog(self) -> None:
         if self.watchdog is None:
             log.warning(
@@ -218,6 +235,14 @@ class NodeDaemon:
                 "Node %s has no armed watchdog (%s): if its BMC cannot power it off when it dies, its VMs wait "
                 "for an operator even with failed_fence: migrate", self.name, self.watchdog_state.problem,
             )
+            return
+        while not self.stop_event.is_set():
+            try:
+                nodes.publish_info(self.store, self.name, self._info())
+                return
+            except (StoreError, LookupError) as exc:
+                log.warning("Cannot publish the watchdog of node %s yet: %s; retrying", self.name, exc)
+                self.stop_event.wait(RECONNECT_DELAY)
 
     def _fencing_settings(self) -> NodeFencing:
         """What the primary judges and fences this node by: its own settings, never the primary's."""
@@ -228,8 +253,9 @@ class NodeDaemon:
             self.watchdog_state.timeout if self.watchdog_state.armed else None,
         )
 
-    def _register(self) -> None:
-        info = {
+    def _info(self) -> dict[str, Any]:
+        """The registration record: what the node is, and what it is fenced by."""
+        return {
             "name": self.name,
             "coordinator": self.config.is_coordinator,
             "pvcd_version": __version__,
@@ -240,6 +266,9 @@ class NodeDaemon:
             "fencing": self._fencing_settings().to_json(),
             "watchdog": self.watchdog_state.to_json(),
         }
+
+    def _register(self) -> None:
+        info = self._info()
         while not self.stop_event.is_set():
             try:
                 # A node that was flushed (by command or at shutdown) comes back flushed;
@@ -443,6 +472,8 @@ class NodeDaemon:
         if fence is None:
             log.warning("The fence %s of node %s was cleared by an operator", self.acknowledged_fence, self.name)
             self.acknowledged_fence = None
+            if self.coordinator is not None:
+                self.coordinator.set_unfit("fenced", None)
             return
         self._self_fence(
             f"primary {record.get('by')} fenced it (fence {fence.id}, step {fence.step}) while it was silent: "
@@ -470,6 +501,9 @@ class NodeDaemon:
                 self.acknowledged_fence = fence.id
             with self._state_lock:
                 self.state = replace(self.state, domain=DomainState.FENCED)
+            if self.coordinator is not None:
+                # A fenced node must not fence anyone, least of all itself.
+                self.coordinator.set_unfit("fenced", f"node {self.name} is fenced")
             if self.vm_reconciler is not None:
                 self.vm_reconciler.drain(SELF_FENCE_DRAIN_TIMEOUT)
             try:
@@ -482,15 +516,13 @@ class NodeDaemon:
         if not at_start:
             self._publish_state()
 
-    def _on_loop_failing(self, loop: str, error: str | None) -> None:
-        """A loop that keeps failing makes a coordinator step down until it works again."""
+    def _on_loop_failing(self, _loop: str, _error: str | None) -> None:
+        """A loop that keeps failing makes a coordinator step down until it works again (the
+        supervisor has logged which loop and why)."""
         if self.coordinator is None:
             return
-        if error is None:
-            if not self.supervisor.failing():
-                self.coordinator.set_unfit(None)
-            return
-        self.coordinator.set_unfit(f"its {loop} loop keeps failing ({error})")
+        failing = self.supervisor.failing()
+        self.coordinator.set_unfit("loops", f"its loops {', '.join(failing)} keep failing" if failing else None)
 
     def _log_keepalive(self, record: dict[str, Any]) -> None:
         logging_config = self.config.logging

@@ -106,7 +106,7 @@ class CoordinatorRole:
         self._publisher = _Publisher(publish)
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._unfit: str | None = None
+        self._unfit: dict[str, str] = {}
         self._lock = threading.Lock()
         self._connected = False
         self._observation: Observation | None = None
@@ -153,14 +153,21 @@ class CoordinatorRole:
             self._floating.close()
         self._publisher.stop(timeout=0.5)
 
-    def set_unfit(self, reason: str | None) -> None:
-        """Step down and stay down while `reason` holds (a loop of this node keeps failing); None: fit again."""
-        if reason != self._unfit:
+    def set_unfit(self, cause: str, reason: str | None) -> None:
+        """Step down and stay down while `reason` holds for `cause` (the node is fenced, a loop
+        keeps failing); None: that cause is over. Any remaining cause keeps the node down."""
+        with self._lock:
+            if self._unfit.get(cause) == reason:
+                return
             if reason is None:
-                log.warning("Node %s may be primary coordinator again", self.node)
+                self._unfit.pop(cause, None)
             else:
-                log.error("Node %s steps down and will not be primary coordinator: %s", self.node, reason)
-        self._unfit = reason
+                self._unfit[cause] = reason
+            remaining = "; ".join(self._unfit.values())
+        if remaining:
+            log.error("Node %s steps down and will not be primary coordinator: %s", self.node, remaining)
+        else:
+            log.warning("Node %s may be primary coordinator again", self.node)
         self._wake.set()
 
     @property
@@ -251,7 +258,7 @@ class CoordinatorRole:
             token=self._election.token,
             acting=self.acting,
             connected=connected,
-            stand_down=self._stopping.is_set() or not self._eligible or self._unfit is not None,
+            stand_down=self._stopping.is_set() or not self._eligible or bool(self._unfit),
             now=now,
             observation=observation,
             vacant_since=self._vacant_since,
@@ -270,8 +277,8 @@ class CoordinatorRole:
                 self._hold()
             elif step is Step.RELINQUISH:
                 reason, expected = relinquish_reason(view, self.timing)
-                if self._unfit is not None and not self._stopping.is_set():
-                    reason, expected = self._unfit, False
+                if self._unfit and not self._stopping.is_set():
+                    reason, expected = "; ".join(self._unfit.values()), False
                 self._relinquish(reason, expected)
             elif step is Step.RELEASE and observation is not None:
                 self._election.release(observation)

@@ -180,24 +180,23 @@ class Fencer:
         with self._locked() as locked:
             if not locked:
                 return
-            for name, action in due:
-                self._carry_on(name, action, by_name[name])
+            for name in due:
+                self._carry_on(name, by_name[name])
             if decision.verdict == Verdict.FENCE and decision.target is not None:
                 self._declare(by_name[decision.target])
 
-    def _due(self, views: list[NodeView]) -> list[tuple[str, Next]]:
-        """Fences in ZooKeeper that need a step now, whoever started them."""
+    def _due(self, views: list[NodeView]) -> list[str]:
+        """Nodes whose fence in ZooKeeper needs a step now, whoever started it."""
         now_ms: int | None = None
-        due: list[tuple[str, Next]] = []
+        due: list[str] = []
         for view in views:
             fence = Fence.from_record(view.fence)
             if fence is None or fence.step in (Step.RECOVERED, Step.HELD):
                 continue
             if fence.step is Step.WAITING_WATCHDOG and now_ms is None:
                 now_ms = self.store.server_time_ms()
-            action = flow.next_action(fence, node_fencing(view), now_ms or 0)
-            if action is not Next.NOTHING:
-                due.append((view.name, action))
+            if flow.next_action(fence, node_fencing(view), now_ms or 0) is not Next.NOTHING:
+                due.append(view.name)
         return due
 
     def _log_unjudged(self, statuses: list[NodeStatus]) -> None:
@@ -295,10 +294,18 @@ class Fencer:
         log.warning("Fencing node %s (fence %s): %s", node, record["id"], reason)
         self._power_off(node, record, fencing)
 
-    def _carry_on(self, node: str, action: Next, view: NodeView) -> None:
-        """A step of a fence found in ZooKeeper: one this primary began, or one it inherited."""
+    def _carry_on(self, node: str, view: NodeView) -> None:
+        """A step of a fence found in ZooKeeper: one this primary began, or one it inherited.
+
+        Decided again under the lock from the record as it is now: it may have
+        moved on (or been cleared) since the round read it."""
         found = self.store.get(schema.node_fence(node))
-        if found is None or not isinstance(found.value, dict) or Fence.from_record(found.value) is None:
+        fence = Fence.from_record(found.value) if found is not None else None
+        if found is None or fence is None or not isinstance(found.value, dict):
+            return
+        now_ms = self.store.server_time_ms() if fence.step is Step.WAITING_WATCHDOG else 0
+        action = flow.next_action(fence, node_fencing(view), now_ms)
+        if action is Next.NOTHING:
             return
         record = dict(found.value)
         if record.get("by") != self.me and record.get("resumed_by") != self.me:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pvcd.fencing.flow import UNFINISHED, Fence
 from pvcd.keepalive import StateRecord
 from pvcd.zk import schema
 from pvcd.zk.store import AlreadyExists, Store
@@ -81,6 +82,14 @@ def register(
     return replace(versions, state=versions.state + 1)
 
 
+def publish_info(store: Store, name: str, info: dict[str, Any]) -> None:
+    """Replace the registration record (the node learnt something about itself, e.g. its watchdog)."""
+    found = store.get(schema.node(name))
+    if found is None:
+        raise LookupError(f"node {name} is not registered")
+    store.set(schema.node(name), info, found.version)
+
+
 def read_versions(store: Store, name: str) -> Versions:
     """The current versions of the node's znodes, after a conflict or an outage."""
     state = store.get(schema.node_state(name))
@@ -100,14 +109,26 @@ def read_versions(store: Store, name: str) -> Versions:
     return Versions(state.version, keepalive.version, int(counter), fence.version, record)
 
 
+class FenceInProgress(Exception):
+    """The node's fence is still being carried out; it cannot be cleared now."""
+
+
 def clear_fence(store: Store, name: str) -> bool:
     """An operator readies a fenced node: the fence ends, and is kept as `last`.
 
     Bumping the record's version also tells the node, whose next keepalive is
-    refused and makes it re-read the record."""
+    refused and makes it re-read the record. Refused (FenceInProgress) while the
+    fence is declared, powering off or recovering: a node readied while its VMs
+    are being started elsewhere would start them too."""
     found = store.get(schema.node_fence(name))
     if found is None or not isinstance(found.value, dict) or found.value.get("outcome") is None:
         return False
+    fence = Fence.from_record(found.value)
+    if fence is not None and fence.step in UNFINISHED:
+        raise FenceInProgress(
+            f"the fence {fence.id} of node {name} is still in progress (step {fence.step}); "
+            "try again once it is recovered"
+        )
     store.set(schema.node_fence(name), {"outcome": None, "last": found.value}, found.version)
     return True
 

@@ -257,7 +257,8 @@ class Daemon:
     """One pvcd process (a restart is a new one): only what the fence rules need."""
 
     stage: str = "connect"
-    """connect → register → run (`NodeDaemon.run`: connect, arm the watchdog, register, loops)."""
+    """connect → register → first → run (`NodeDaemon.run`: connect, register, deliver a first
+    keepalive, then arm the watchdog and start the loops that touch VMs)."""
     frozen: bool = False
     acknowledged: str | None = None
     versions: nodes.Versions | None = None
@@ -338,18 +339,10 @@ def vm_uuid(name: str) -> str:
 class Model:
     """The cluster. `apply(event)` runs one event, then checks the invariants."""
 
-    def __init__(self, operator: bool = True, atomic_start: bool = False, ready_waits: bool = False) -> None:
-        """`operator`: an honest operator who confirms a fence only when the host is off, or none.
-
-        Two switches step around defects this model found (see the test module), so that the
-        random schedules look for others: `atomic_start`, a (re)started pvcd connects, arms its
-        watchdog, registers and delivers its first keepalive in one step, with nothing in between;
-        `ready_waits`, `pvc node ready` is not run while the node's fence is `recovering`.
-        """
+    def __init__(self, operator: bool = True) -> None:
+        """`operator`: an honest operator who confirms a fence only when the host is off, or none."""
         self.server = Server()
         self.operator = operator
-        self.atomic_start = atomic_start
-        self.ready_waits = ready_waits
         self.hosts = {name: Host(name, WATCHDOGS[name]) for name in NODES}
         self.admin = Client(self.server)
         self.primary: Primary | None = None
@@ -378,7 +371,9 @@ class Model:
         return Client(self.server, lambda: not host.cut and host.on)
 
     def info(self, host: Host) -> dict[str, Any]:
-        fencing = NodeFencing(INTERVAL_MS / 1000, FENCE_INTERVALS, host.watchdog_timeout)
+        """`NodeDaemon._info`: the watchdog timeout is published once the watchdog is armed."""
+        timeout = host.watchdog_timeout if host.watchdog_armed else None
+        fencing = NodeFencing(INTERVAL_MS / 1000, FENCE_INTERVALS, timeout)
         return {"name": host.name, "fencing": fencing.to_json(), "addresses": {"cluster": host.name},
                 "target_selector": SELECTOR}
 
@@ -460,12 +455,9 @@ class Model:
     # -- the node daemon (pvcd/daemon.py) ------------------------------------------
 
     def _connect(self, host: Host) -> None:
-        """`NodeDaemon.run`: connect to ZooKeeper, then arm the watchdog (`Watchdog.arm` pets it)."""
+        """`NodeDaemon.run`: connect to ZooKeeper (the watchdog is armed only after the first keepalive)."""
         daemon = host.daemon
         assert daemon is not None
-        if host.watchdog_timeout is not None:
-            host.last_pet_ms = self.now_ms  # Watchdog.arm: open (which starts a stopped watchdog), then pet
-            host.watchdog_armed = True
         daemon.stage = "register"
 
     def _register(self, host: Host) -> None:
@@ -479,7 +471,7 @@ class Model:
             self._self_fence(host, fence, at_start=True)
         daemon.versions = nodes.register(store, host.name, self.info(host), daemon.state(), None)
         self._acknowledge(host, daemon.versions.fence_record)
-        daemon.stage = "run"
+        daemon.stage = "first"
         daemon.next_tick_ms = self.now_ms
         host.registered_since_wipe = True
 
@@ -491,10 +483,6 @@ class Model:
         if daemon.stage == "connect":
             if not host.cut:
                 self._connect(host)
-                if self.atomic_start:
-                    self._register(host)
-                    self._send(host)
-                    self.deliver(host)
             return
         if daemon.stage == "register":
             if not host.cut:
@@ -562,8 +550,22 @@ class Model:
             self._acknowledge(host, daemon.versions.fence_record)
             return
         daemon.versions = versions
-        if host.watchdog_armed and self.now_ms - wire.sent_ms <= INTERVAL_MS:
+        if self.now_ms - wire.sent_ms > INTERVAL_MS:
+            return
+        if daemon.stage == "first":
+            self._arm(host)
+        elif host.watchdog_armed:
             host.last_pet_ms = self.now_ms
+
+    def _arm(self, host: Host) -> None:
+        """`NodeDaemon._arm_watchdog` after the first delivered keepalive: open (a pet), publish, start the VM loops."""
+        daemon = host.daemon
+        assert daemon is not None
+        if host.watchdog_timeout is not None:
+            host.last_pet_ms = self.now_ms
+            host.watchdog_armed = True
+            nodes.publish_info(self.client(host), host.name, self.info(host))
+        daemon.stage = "run"
 
     def _acknowledge(self, host: Host, record: dict[str, Any]) -> None:
         """`NodeDaemon._acknowledge`: a fence this daemon has not acknowledged makes it self-fence."""
@@ -597,7 +599,10 @@ class Model:
         store = self.client(host)
         try:
             if daemon.versions is None:
-                daemon.versions = nodes.read_versions(store, host.name)
+                versions = nodes.read_versions(store, host.name)
+                if not flow.acknowledges(Fence.from_record(versions.fence_record), daemon.acknowledged):
+                    return  # only the keepalive loop takes on an unacknowledged fence
+                daemon.versions = versions
             daemon.versions = nodes.write_state(store, host.name, daemon.versions, daemon.state())
         except (StoreError, LookupError):
             daemon.versions = None
@@ -607,7 +612,7 @@ class Model:
         (`NodeDaemon.set_domain_state` refuses while a fence record is there). The unflush
         (VMs coming home) is not modelled."""
         daemon = host.daemon
-        if daemon is None or not daemon.ready_command or host.cut:
+        if daemon is None or not daemon.running or not daemon.ready_command or host.cut:
             return
         if Fence.from_record(nodes.read_fence(self.client(host), host.name)) is not None:
             return
@@ -1163,9 +1168,11 @@ class Model:
         view = nodes.read_node(self.admin, node)
         if view is None or view.state.daemon != "run" or node in placement.late_nodes([view], self.now_ms):
             return
-        if self.ready_waits and view.fence.get("step") == Step.RECOVERING:
-            return
-        if nodes.clear_fence(self.admin, node):
+        try:
+            cleared = nodes.clear_fence(self.admin, node)
+        except nodes.FenceInProgress:
+            return  # refused while the fence is declared, powering off or recovering
+        if cleared:
             daemon = self.hosts[node].daemon
             if daemon is not None:
                 daemon.ready_command = True

@@ -73,10 +73,12 @@ shutdowns; the IPMI exchange itself (`outcome.judge` has its own tests): only
 what the BMC did and what pvcd concluded. The self-fence drain is taken to
 finish (the daemon bounds it; issue 9 item 8).
 
-Two defects this model found are pinned below as strict xfails. The random
-schedules step around them (`atomic_start`, `ready_waits`) so that they look
-for others; when a defect is fixed, its xfail passes (and so fails, strict):
-drop the xfail and the matching switch.
+Two defects this model found are kept below as regression tests, now that
+they are fixed: a restarted pvcd armed (and so petted) its watchdog before any
+keepalive, stretching its host's life past the window the fencer measures
+(the daemon now arms it only after its first delivered keepalive, and starts
+no VM before); and `pvc node ready` cleared a fence whose recovery was under
+way (now refused until the fence is recovered).
 """
 
 from __future__ import annotations
@@ -145,13 +147,13 @@ def run(model: Model, schedule: Schedule) -> None:
 @SETTINGS
 @given(schedules)
 def test_random_schedules_with_an_honest_operator(schedule: Schedule) -> None:
-    run(Model(operator=True, atomic_start=True, ready_waits=True), schedule)
+    run(Model(operator=True), schedule)
 
 
 @SETTINGS
 @given(schedules)
 def test_random_schedules_without_an_operator(schedule: Schedule) -> None:
-    model = Model(operator=False, atomic_start=True, ready_waits=True)
+    model = Model(operator=False)
     run(model, schedule)
     # Nothing but a power off or a watchdog window let a VM leave a fenced node; the VMs of a node
     # whose fence waits for the operator run there or nowhere.
@@ -300,25 +302,22 @@ def test_a_live_migration_cut_short_by_the_sources_fence_runs_the_vm_once() -> N
     assert where(model, "vm1") == ["hv3"] and started(model).count("vm1 live-migrated from hv1 on hv3") == 1
 
 
-# -- defects found by the model -----------------------------------------------------
+# -- defects found by the model (fixed) ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=SafetyViolation, reason=(
-    "Watchdog.arm pets the watchdog when a restarted pvcd starts, before any keepalive: the host then "
-    "runs up to arm time + timeout, which can be later than the window the fencer measures from the "
-    "last accepted keepalive (keepalive mtime + timeout + 2 intervals)"))
-def test_a_restarted_pvcd_that_arms_its_watchdog_and_dies_again_extends_the_window() -> None:
+def test_a_restarted_pvcd_that_dies_before_its_first_keepalive_does_not_extend_the_window() -> None:
     model = with_primary(Model(operator=False), "hv2")
     model.apply(("bmc", 0, "down"))
     run_to(model, 2000)  # hv1's last accepted keepalive: t=2.0 s
     model.apply(("crash", 0))  # vm1 and vm2 keep running; the watchdog would reset hv1 by t=2+1+4
     run_to(model, 5250)  # systemd restarts pvcd 3.25 s later …
-    model.apply(("restart", 0, 1, "crash"))  # … it connects, arms the watchdog (a pet: reset due at 9.25), dies
+    # … it connects and dies before a keepalive: no pet, so the reset stays due by 7 (2 + 1 + 4)
+    model.apply(("restart", 0, 1, "crash"))
     rounds_until(model, lambda: fence_step(model, "hv1") is Step.WAITING_WATCHDOG)  # declared at 5.5, BMC down
     run_to(model, 8000)  # the fencer's window: 2.0 + 4 + 2 × 1 = 8.0
-    model._check_host_cleared = lambda node, record: None  # type: ignore[method-assign]  # show the double run
+    model._check_host_cleared = lambda node, record: None  # type: ignore[method-assign]  # ground truth only
     for _ in range(6):
-        model.apply(("fencer", 0))  # recovery at 8.0: vm1 to hv3 (then hv2) while hv1 still runs it
+        model.apply(("fencer", 0))  # recovery at 8.0: hv1 was reset by 7.0
     for _ in range(4):
         for index in (1, 2):
             model.apply(("pass", index))
@@ -326,11 +325,7 @@ def test_a_restarted_pvcd_that_arms_its_watchdog_and_dies_again_extends_the_wind
     run_to(model, 12_000)
 
 
-@pytest.mark.xfail(strict=True, raises=SafetyViolation, reason=(
-    "pvc node ready clears a fence whose recovery is under way; the fenced node starts its VMs again and the "
-    "recovery, retrying after the conflicting claim, still moves them to another node (status rewritten to "
-    "stopped) — the recovery's VM writes do not check that the fence is still current"))
-def test_pvc_node_ready_during_the_recovery_runs_a_vm_twice() -> None:
+def test_pvc_node_ready_during_the_recovery_is_refused() -> None:
     model = with_primary(Model(operator=False), "hv2")
     model.apply(("bmc", 0, "down"))
     run_to(model, 1000)
@@ -339,13 +334,14 @@ def test_pvc_node_ready_during_the_recovery_runs_a_vm_twice() -> None:
     model.apply(("cut", 0))  # it boots again, finds its fence, holds; its keepalives are fresh
     rounds_until(model, lambda: fence_step(model, "hv1") is Step.RECOVERING)
     model.apply(("fencer", 0))  # the recovery plans vm1 and vm2 for other nodes
-    model.apply(("ready", 0))  # pvc node ready hv1: fence cleared
+    model.apply(("ready", 0))  # pvc node ready hv1: refused, the fence is recovering
     model.apply(("tick", 0))  # hv1 learns it (refused keepalive), its flush runner makes it ready
     model.apply(("tick", 0))
     model.apply(("pass", 0))
     for _ in range(3):
         model.apply(("act", 0, 0))  # hv1 claims and starts vm1
-    run_to(model, 20_000)  # the recovery moves vm1 anyway; hv2 starts it
+    run_to(model, 20_000)  # the recovery moves vm1 and vm2; hv1 stays fenced
+    assert fence_step(model, "hv1") is Step.RECOVERED
 
 
 def test_the_model_finds_no_double_run_when_every_vm_stays_put() -> None:
