@@ -1,52 +1,74 @@
-"""The ZooKeeper store: JSON values, version-checked writes, transactions.
+"""The ZooKeeper implementation of the store (kazoo): the only module that imports kazoo.
 
-A thin adapter over kazoo. It knows nothing about what the values mean; the
-daemon and the CLI build their records elsewhere and hand them over as plain
-JSON-able values. Every write that replaces an existing value names the version
-it expects, so two writers can never silently overwrite each other.
+A thin adapter. It knows nothing about what the values mean; the daemon and
+the CLI build their records elsewhere and hand them over as plain JSON-able
+values. The interface and its semantics are in `pvcd.zk.base`; the in-memory
+twin is `pvcd.zk.memory`.
+
+`Store` here names the ZooKeeper implementation (what callers construct);
+type hints should name the interface, `pvcd.zk.base.Store`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
     BadVersionError,
     KazooException,
+    LockTimeout,
     NodeExistsError,
     NoNodeError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.retry import KazooRetry
 
-from pvcd.zk import schema
+from pvcd.zk import base, schema
+from pvcd.zk.base import (
+    AlreadyExists,
+    ChildrenCallback,
+    DataCallback,
+    Listener,
+    NotFound,
+    OneShotWatch,
+    Pending,
+    StoreError,
+    StoreLock,
+    StoreTimeout,
+    StoreUnavailable,
+    VersionConflict,
+    Versioned,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "NotFound",
+    "Store",
+    "StoreError",
+    "StoreTimeout",
+    "StoreUnavailable",
+    "Transaction",
+    "VersionConflict",
+    "Versioned",
+    "ZooKeeperStore",
+    "ZooKeeperTransaction",
+    "decode",
+    "encode",
+    "quiet_kazoo",
+]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-class StoreError(Exception):
-    """A store operation failed; the message says which path and why."""
-
-
-class StoreUnavailable(StoreError):
-    """ZooKeeper could not be reached (or the session is not connected)."""
-
-
-class VersionConflict(StoreError):
-    """Someone else changed a value since we read it."""
-
-
-class NotFound(StoreError):
-    """The path does not exist."""
-
-
-class AlreadyExists(StoreError):
-    """The path exists already."""
+Transaction = base.Transaction
 
 
 def quiet_kazoo() -> None:
@@ -56,71 +78,44 @@ def quiet_kazoo() -> None:
     kazoo_log.propagate = False
 
 
-def encode(value: Any) -> bytes:
-    """Canonical JSON, so equal values are equal bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def decode(data: bytes, path: str) -> Any:
-    if not data:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise StoreError(f"{path}: value is not JSON ({exc})") from exc
-
-
-@dataclass(frozen=True)
-class Versioned:
-    """A value read from ZooKeeper with what the server knows about it."""
-
-    value: Any
-    version: int
-    mtime_ms: int
-
-
-class Transaction:
+class ZooKeeperTransaction(base.Transaction):
     """A multi-op ZooKeeper transaction: all operations apply, or none."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: ZooKeeperStore) -> None:
         self._request = store.client.transaction()
         self._paths: list[str] = []
 
-    def create(self, path: str, value: Any, ephemeral: bool = False) -> Transaction:
-        self._request.create(path, encode(value), ephemeral=ephemeral)
+    def create(self, path: str, value: Any, ephemeral: bool = False, sequential: bool = False) -> base.Transaction:
+        self._request.create(path, encode(value), ephemeral=ephemeral, sequence=sequential)
         self._paths.append(path)
         return self
 
-    def set(self, path: str, value: Any, version: int) -> Transaction:
+    def set(self, path: str, value: Any, version: int) -> base.Transaction:
         self._request.set_data(path, encode(value), version=version)
         self._paths.append(path)
         return self
 
-    def check(self, path: str, version: int) -> Transaction:
+    def check(self, path: str, version: int) -> base.Transaction:
         self._request.check(path, version)
         self._paths.append(path)
         return self
 
-    def delete(self, path: str, version: int = -1) -> Transaction:
+    def delete(self, path: str, version: int = -1) -> base.Transaction:
         self._request.delete(path, version=version)
         self._paths.append(path)
         return self
 
     def commit(self, timeout: float | None = None) -> list[Any]:
-        """Apply all operations; raise naming the first operation that was refused.
-
-        With `timeout`, give up waiting for the answer after that long (the
-        transaction may still apply later: callers re-read their versions)."""
         try:
             results = self._request.commit_async().get(timeout=timeout)
         except KazooTimeoutError as exc:
-            raise StoreUnavailable(f"transaction on {', '.join(self._paths)}: timed out") from exc
+            raise StoreTimeout(f"transaction on {', '.join(self._paths)}: timed out") from exc
         except KazooException as exc:
             raise _translate(exc, ", ".join(self._paths)) from exc
         for path, result in zip(self._paths, results, strict=False):
             if isinstance(result, Exception) and not _is_rollback(result):
                 raise _translate(result, path)
-        return results
+        return [getattr(result, "version", result) for result in results]
 
 
 def _is_rollback(exc: Exception) -> bool:
@@ -140,7 +135,176 @@ def _translate(exc: Exception, path: str) -> StoreError:
     return StoreError(f"{path}: {name} {exc}".rstrip())
 
 
-class Store:
+class _Pending(Pending[T], Generic[T]):
+    """A kazoo asynchronous result, its answer converted, its errors translated."""
+
+    def __init__(
+        self,
+        path: str,
+        result: Any,
+        convert: Callable[[Any], T],
+        missing: Callable[[], T] | None = None,
+    ) -> None:
+        self._path = path
+        self._result = result
+        self._convert = convert
+        self._missing = missing
+
+    def result(self, timeout: float | None = None) -> T:
+        try:
+            raw = self._result.get(timeout=timeout)
+        except KazooTimeoutError as exc:
+            raise StoreTimeout(f"{self._path}: ZooKeeper did not answer within {timeout or 0:.1f}s") from exc
+        except NoNodeError as exc:
+            if self._missing is None:
+                raise _translate(exc, self._path) from exc
+            return self._missing()
+        except KazooException as exc:
+            raise _translate(exc, self._path) from exc
+        return self._convert(raw)
+
+
+class _ZooKeeperLock(StoreLock):
+    def __init__(self, path: str, lock: Any) -> None:
+        self._path = path
+        self._lock = lock
+
+    def acquire(self, timeout: float) -> bool:
+        try:
+            return bool(self._lock.acquire(timeout=timeout))
+        except LockTimeout:
+            return False
+        except KazooException as exc:
+            raise _translate(exc, self._path) from exc
+
+    def release(self) -> None:
+        try:
+            self._lock.release()
+        except KazooException as exc:
+            raise _translate(exc, self._path) from exc
+
+
+class _Watch:
+    """What `watch_data` and `watch_children` share (kazoo's DataWatch/ChildrenWatch, reworked).
+
+    Each read leaves a one-shot watch; its event triggers the next read. A read
+    that fails for a lost connection is repeated at the next CONNECTED; after a
+    new session the callback hears the current state even if it did not change.
+    """
+
+    def __init__(self, store: ZooKeeperStore, path: str) -> None:
+        self._store = store
+        self.path = path
+        self._lock = threading.Lock()
+        self.stopped = False
+        self._last: Any = None
+        self._initial = True
+        self._losses = 0
+        """Sessions lost so far (written by kazoo's connection thread only: no lock, which it must never wait for)."""
+        self._losses_seen = -1
+
+    def start(self) -> None:
+        self._read()
+        self._store._add_watch(self)
+
+    def on_state(self, state: str) -> None:
+        if state == "LOST":
+            self._losses += 1
+        elif state == "CONNECTED" and not self.stopped:
+            self._store.client.handler.spawn(self._read)
+
+    def _on_event(self, event: Any) -> None:
+        if getattr(event, "type", None) == "NONE":
+            return  # a session event: the CONNECTED that follows re-reads
+        self._read()
+
+    def _read(self) -> None:
+        with self._lock:
+            if self.stopped:
+                return
+            initial, self._initial = self._initial, False
+            losses = self._losses
+            try:
+                key, value = self._fetch()
+            except StoreError:
+                if initial:
+                    self.stopped = True
+                    raise
+                log.debug("Watch on %s: read failed; reading again once connected", self.path, exc_info=True)
+                return
+            except Exception:
+                if initial:
+                    self.stopped = True
+                    raise
+                log.exception("Watch on %s: read failed; reading again once connected", self.path)
+                return
+            if key is _AGAIN:
+                self._store.client.handler.spawn(self._read)
+                return
+            if losses == self._losses_seen and key == self._last:
+                return
+            self._last, self._losses_seen = key, losses
+            try:
+                if self._deliver(value) is False:
+                    self.stopped = True
+            except Exception:
+                if initial:
+                    raise
+                log.exception("Watch callback for %s failed; the watch carries on", self.path)
+
+    def _fetch(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _deliver(self, value: Any) -> bool | None:
+        raise NotImplementedError
+
+
+_AGAIN = object()
+"""A read raced with a creation: read again."""
+
+
+class _DataWatch(_Watch):
+    def __init__(self, store: ZooKeeperStore, path: str, callback: DataCallback) -> None:
+        super().__init__(store, path)
+        self._callback = callback
+
+    def _fetch(self) -> tuple[Any, Any]:
+        client = self._store.client
+        try:
+            data, stat = self._store._call(self.path, lambda: client.get(self.path, watch=self._on_event))
+        except NotFound:
+            stat = self._store._call(self.path, lambda: client.exists(self.path, watch=self._on_event))
+            if stat is not None:
+                return _AGAIN, None
+            return None, None
+        return stat.mzxid, Versioned(decode(data, self.path), stat.version, stat.mtime)
+
+    def _deliver(self, value: Any) -> bool | None:
+        return self._callback(value)
+
+
+class _ChildrenWatch(_Watch):
+    def __init__(self, store: ZooKeeperStore, path: str, callback: ChildrenCallback) -> None:
+        super().__init__(store, path)
+        self._callback = callback
+
+    def _fetch(self) -> tuple[Any, Any]:
+        client = self._store.client
+        try:
+            names = self._store._call(self.path, lambda: client.get_children(self.path, watch=self._on_event))
+        except NotFound:
+            stat = self._store._call(self.path, lambda: client.exists(self.path, watch=self._on_event))
+            if stat is not None:
+                return _AGAIN, None
+            return (False, ()), []
+        children = sorted(names)
+        return (True, tuple(children)), children
+
+    def _deliver(self, value: Any) -> bool | None:
+        return self._callback(list(value))
+
+
+class ZooKeeperStore(base.Store):
     """A ZooKeeper session with typed JSON access to pvcd's paths."""
 
     def __init__(
@@ -152,9 +316,10 @@ class Store:
         self.hosts = hosts
         self.session_timeout = session_timeout
         self.connect_timeout = connect_timeout
-        self._listeners: list[Callable[[str], None]] = []
-        self.negotiated_session_timeout: float | None = None
-        """Seconds, as the server granted it at the last session (re)establishment; None before."""
+        self._listeners: list[Listener] = []
+        self._watches: list[_Watch] = []
+        self._watches_lock = threading.Lock()
+        self.negotiated_session_timeout = None
         self.client = self._new_client()
 
     def _new_client(self) -> KazooClient:
@@ -167,10 +332,29 @@ class Store:
             connection_retry=retry,
             command_retry=None,
         )
-        for listener in self._listeners:
-            client.add_listener(lambda state, listener=listener: listener(str(state)))
+        client.add_listener(self._on_state)
         self._capture_negotiated_timeout(client)
         return client
+
+    def _on_state(self, state: Any) -> None:
+        """kazoo's connection thread: tell the listeners, then the watches."""
+        name = str(state)
+        for listener in list(self._listeners):
+            try:
+                listener(name)
+            except Exception:
+                log.exception("Connection listener failed on %s", name)
+        with self._watches_lock:
+            self._watches = [watch for watch in self._watches if not watch.stopped]
+            watches = list(self._watches)
+        for watch in watches:
+            watch.on_state(name)
+
+    def _add_watch(self, watch: _Watch) -> None:
+        if watch.stopped:
+            return
+        with self._watches_lock:
+            self._watches.append(watch)
 
     def _capture_negotiated_timeout(self, client: KazooClient) -> None:
         """Learn the session timeout the server granted.
@@ -189,6 +373,8 @@ class Store:
             return read_timeout_ms, connect_timeout_ms
 
         connection._connect = connect
+
+    # -- the session -------------------------------------------------------------
 
     def start(self) -> None:
         """Open a session; a failed attempt leaves the store ready for another."""
@@ -210,12 +396,20 @@ class Store:
 
     @property
     def connected(self) -> bool:
-        return self.client.state == KazooState.CONNECTED
+        return bool(self.client.state == KazooState.CONNECTED)
 
-    def add_listener(self, listener: Callable[[str], None]) -> None:
-        """Call `listener` with "CONNECTED"/"SUSPENDED"/"LOST" on session changes."""
+    def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
-        self.client.add_listener(lambda state: listener(str(state)))
+
+    def drop_connection(self) -> None:
+        """kazoo's own connection-drop request (the one its test suite uses).
+
+        kazoo counts every request sent as a heartbeat and never checks that
+        requests are answered, so a server that silently stopped answering goes
+        unnoticed by kazoo itself."""
+        self.client._call(_CONNECTION_DROP, self.client.handler.async_result())
+
+    # -- reads and writes --------------------------------------------------------
 
     def _call(self, path: str, func: Callable[[], Any]) -> Any:
         try:
@@ -226,7 +420,6 @@ class Store:
             raise _translate(exc, path) from exc
 
     def get(self, path: str) -> Versioned | None:
-        """The value at `path`, or None when the path does not exist."""
         try:
             data, stat = self._call(path, lambda: self.client.get(path))
         except NotFound:
@@ -242,35 +435,29 @@ class Store:
     def exists(self, path: str) -> bool:
         return self._call(path, lambda: self.client.exists(path)) is not None
 
-    def create(self, path: str, value: Any, ephemeral: bool = False, makepath: bool = False) -> None:
-        self._call(path, lambda: self.client.create(path, encode(value), ephemeral=ephemeral, makepath=makepath))
+    def create(
+        self, path: str, value: Any, ephemeral: bool = False, makepath: bool = False, sequential: bool = False
+    ) -> str:
+        created = self._call(
+            path,
+            lambda: self.client.create(
+                path, encode(value), ephemeral=ephemeral, makepath=makepath, sequence=sequential
+            ),
+        )
+        return str(created)
 
     def set(self, path: str, value: Any, version: int) -> int:
-        """Replace the value if it is still at `version`; return the new version."""
         stat = self._call(path, lambda: self.client.set(path, encode(value), version=version))
-        return stat.version
+        return int(stat.version)
+
+    def delete(self, path: str, version: int = -1) -> None:
+        self._call(path, lambda: self.client.delete(path, version=version))
 
     def ensure_path(self, path: str) -> None:
         self._call(path, lambda: self.client.ensure_path(path))
 
-    def transaction(self) -> Transaction:
-        return Transaction(self)
-
-    def ensure_schema(self) -> None:
-        """Create the root layout, or refuse to touch data of another schema version."""
-        for path in (schema.ROOT, schema.NODES):
-            self.ensure_path(path)
-        try:
-            self.create(schema.SCHEMA, {"version": schema.SCHEMA_VERSION})
-        except AlreadyExists:
-            pass
-        found = self.get(schema.SCHEMA)
-        version = (found.value or {}).get("version") if found and isinstance(found.value, dict) else None
-        if version != schema.SCHEMA_VERSION:
-            raise StoreError(
-                f"{schema.SCHEMA}: cluster data has schema version {version!r}, "
-                f"this pvcd understands {schema.SCHEMA_VERSION}"
-            )
+    def transaction(self) -> base.Transaction:
+        return ZooKeeperTransaction(self)
 
     def server_time_ms(self) -> int:
         """ZooKeeper's own clock, read from the mtime of a write we just made.
@@ -287,4 +474,45 @@ class Store:
             except AlreadyExists:
                 pass
             stat = self._call(schema.CLOCK, lambda: self.client.set(schema.CLOCK, b"{}"))
-        return stat.mtime
+        return int(stat.mtime)
+
+    # -- watches and locks -------------------------------------------------------
+
+    def watch_data(self, path: str, callback: DataCallback) -> None:
+        _DataWatch(self, path, callback).start()
+
+    def watch_children(self, path: str, callback: ChildrenCallback) -> None:
+        _ChildrenWatch(self, path, callback).start()
+
+    def lock(self, path: str, identifier: str) -> StoreLock:
+        return _ZooKeeperLock(path, self.client.Lock(path, identifier=identifier))
+
+    # -- bounded asynchronous calls ----------------------------------------------
+
+    def sync_async(self, path: str) -> Pending[None]:
+        return _Pending(path, self.client.sync_async(path), lambda _raw: None)
+
+    def get_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[Versioned | None]:
+        def convert(raw: Any) -> Versioned | None:
+            data, stat = raw
+            return Versioned(decode(data, path), stat.version, stat.mtime)
+
+        return _Pending(path, self.client.get_async(path, watch=watch), convert, missing=lambda: None)
+
+    def children_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[list[str] | None]:
+        return _Pending(
+            path, self.client.get_children_async(path, watch=watch), lambda raw: sorted(raw), missing=lambda: None
+        )
+
+    def exists_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[bool]:
+        return _Pending(path, self.client.exists_async(path, watch=watch), lambda raw: raw is not None)
+
+    def delete_async(self, path: str, version: int = -1) -> Pending[bool]:
+        return _Pending(path, self.client.delete_async(path, version=version), lambda _raw: True, missing=lambda: False)
+
+    def ensure_path_async(self, path: str) -> Pending[None]:
+        return _Pending(path, self.client.ensure_path_async(path), lambda _raw: None)
+
+
+Store = ZooKeeperStore
+"""The ZooKeeper implementation under its former name (what callers construct)."""

@@ -1,0 +1,285 @@
+"""The coordination store: what the daemon and the CLI need from it, and nothing of how.
+
+One abstract `Store` and its implementations (Patroni's dcs pattern):
+`pvcd.zk.store.ZooKeeperStore` (kazoo, production) and
+`pvcd.zk.memory.MemoryStore` (one process, an injectable clock: unit tests and
+the scenario simulator). Both pass the same contract tests
+(tests/integration/test_store_contract.py). Nothing outside the ZooKeeper
+implementation imports kazoo.
+
+The semantics are ZooKeeper's:
+
+- a path holds one JSON value with a version (0 when created, +1 per set) and
+  the server's modification time (`mtime_ms`, the server's clock, never a node's);
+- every write that replaces a value names the version it expects
+  (`VersionConflict` otherwise); a transaction applies all of its operations or
+  none, and its error names the operation that was refused;
+- an ephemeral path belongs to the session that created it and vanishes when the
+  session is closed or expires; a sequential create appends a ten-digit counter
+  kept by the parent;
+- watches: `watch_data`/`watch_children` call back at once and after every change
+  (until the callback returns False), and again with the current value after a
+  new session; the one-shot watches of the `*_async` reads fire once, at the next
+  change of what they read;
+- connection listeners hear "CONNECTED", "SUSPENDED" (connection lost, the
+  session may survive) and "LOST" (the session expired: its ephemerals are gone);
+- the `*_async` calls return a `Pending` that is waited for with a bound, so a
+  caller that must act on time (the election) never waits out an outage.
+
+Values are JSON; `encode` is canonical so equal values are equal bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pvcd.zk import schema
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """A store operation failed; the message says which path and why."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached (or the session is not connected)."""
+
+
+class StoreTimeout(StoreUnavailable):
+    """The store did not answer within the time the caller allowed."""
+
+
+class VersionConflict(StoreError):
+    """Someone else changed a value since we read it."""
+
+
+class NotFound(StoreError):
+    """The path does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """The path exists already."""
+
+
+def encode(value: Any) -> bytes:
+    """Canonical JSON, so equal values are equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, path: str) -> Any:
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"{path}: value is not JSON ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A value read from the store with what the server knows about it."""
+
+    value: Any
+    version: int
+    mtime_ms: int
+
+
+DataCallback = Callable[[Versioned | None], bool | None]
+"""`watch_data`'s callback: the value now (None: no such path); returning False stops the watch."""
+
+ChildrenCallback = Callable[[list[str]], bool | None]
+"""`watch_children`'s callback: the sorted child names now; returning False stops the watch."""
+
+OneShotWatch = Callable[[Any], None]
+"""Called once, at the next change of what was read (the argument describes the
+event, for logging only). Passing the same callable again keeps one watch per path."""
+
+Listener = Callable[[str], None]
+"""Called with "CONNECTED", "SUSPENDED" or "LOST" (on the store's own thread: record and wake, nothing else)."""
+
+
+class Pending(ABC, Generic[T]):
+    """The answer to an asynchronous call, waited for with a bound."""
+
+    @abstractmethod
+    def result(self, timeout: float | None = None) -> T:
+        """The answer; `StoreTimeout` when none came within `timeout` seconds,
+        another `StoreError` when the store refused the request."""
+
+
+class StoreLock(ABC):
+    """An exclusive lock shared by every session of the cluster."""
+
+    @abstractmethod
+    def acquire(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for the lock; False when it was not granted."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the lock up (closing the session gives it up too)."""
+
+
+class Transaction(ABC):
+    """A multi-op transaction: all operations apply, or none."""
+
+    @abstractmethod
+    def create(self, path: str, value: Any, ephemeral: bool = False, sequential: bool = False) -> Transaction: ...
+
+    @abstractmethod
+    def set(self, path: str, value: Any, version: int) -> Transaction: ...
+
+    @abstractmethod
+    def check(self, path: str, version: int) -> Transaction: ...
+
+    @abstractmethod
+    def delete(self, path: str, version: int = -1) -> Transaction: ...
+
+    @abstractmethod
+    def commit(self, timeout: float | None = None) -> list[Any]:
+        """Apply all operations; raise naming the first operation that was refused.
+
+        Returns one result per operation: the created path (create), the new
+        version (set), True (check, delete). With `timeout`, give up waiting for
+        the answer after that long (`StoreTimeout`; the transaction may still
+        apply later: callers re-read their versions)."""
+
+
+class Store(ABC):
+    """A session with the coordination store, with typed JSON access to pvcd's paths."""
+
+    session_timeout: float
+    """Seconds, as requested."""
+    negotiated_session_timeout: float | None
+    """Seconds, as the server granted it at the last session (re)establishment; None before."""
+
+    # -- the session -------------------------------------------------------------
+
+    @abstractmethod
+    def start(self) -> None:
+        """Open a session (`StoreUnavailable` when the store cannot be reached in time)."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Close the session (ephemeral paths vanish now, not at session expiry)."""
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool: ...
+
+    @abstractmethod
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener` with "CONNECTED"/"SUSPENDED"/"LOST" on session changes."""
+
+    @abstractmethod
+    def drop_connection(self) -> None:
+        """Drop the connection and reconnect (to another server if there is one).
+
+        The session survives; pending requests fail at once. For a client that
+        suspects a server of having silently stopped answering."""
+
+    # -- reads -------------------------------------------------------------------
+
+    @abstractmethod
+    def get(self, path: str) -> Versioned | None:
+        """The value at `path`, or None when the path does not exist."""
+
+    @abstractmethod
+    def children(self, path: str) -> list[str]:
+        """The sorted child names ([] when the path does not exist)."""
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def server_time_ms(self) -> int:
+        """The store's own clock (an mtime it just wrote), so ages never depend on a node's clock."""
+
+    # -- writes ------------------------------------------------------------------
+
+    @abstractmethod
+    def create(
+        self, path: str, value: Any, ephemeral: bool = False, makepath: bool = False, sequential: bool = False
+    ) -> str:
+        """Create `path` (`AlreadyExists`, or `NotFound` for a missing parent unless
+        `makepath`); return the path created (with its counter when `sequential`)."""
+
+    @abstractmethod
+    def set(self, path: str, value: Any, version: int) -> int:
+        """Replace the value if it is still at `version` (-1: any); return the new version."""
+
+    @abstractmethod
+    def delete(self, path: str, version: int = -1) -> None:
+        """Delete `path` if it is still at `version` (-1: any); `NotFound` when it does not exist."""
+
+    @abstractmethod
+    def ensure_path(self, path: str) -> None:
+        """Create `path` and its parents where missing (with null values)."""
+
+    @abstractmethod
+    def transaction(self) -> Transaction: ...
+
+    def ensure_schema(self) -> None:
+        """Create the root layout, or refuse to touch data of another schema version."""
+        for path in (schema.ROOT, schema.NODES):
+            self.ensure_path(path)
+        try:
+            self.create(schema.SCHEMA, {"version": schema.SCHEMA_VERSION})
+        except AlreadyExists:
+            pass
+        found = self.get(schema.SCHEMA)
+        version = (found.value or {}).get("version") if found and isinstance(found.value, dict) else None
+        if version != schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"{schema.SCHEMA}: cluster data has schema version {version!r}, "
+                f"this pvcd understands {schema.SCHEMA_VERSION}"
+            )
+
+    # -- watches and locks -------------------------------------------------------
+
+    @abstractmethod
+    def watch_data(self, path: str, callback: DataCallback) -> None:
+        """Call `callback` at once with the value at `path` (None: no such path), then
+        after every change of it (set, create, delete) with the new value, and again
+        with the current value after a new session; returning False stops the watch.
+
+        Callbacks run on the store's own thread, one at a time."""
+
+    @abstractmethod
+    def watch_children(self, path: str, callback: ChildrenCallback) -> None:
+        """As `watch_data`, with the sorted child names of `path` ([] while it does
+        not exist: its creation is seen)."""
+
+    @abstractmethod
+    def lock(self, path: str, identifier: str) -> StoreLock:
+        """An exclusive lock at `path`; `identifier` names the holder to other sessions."""
+
+    # -- bounded asynchronous calls ----------------------------------------------
+
+    @abstractmethod
+    def sync_async(self, path: str) -> Pending[None]:
+        """Bring the server we talk to up to date with the leader (reads sent after it see the latest writes)."""
+
+    @abstractmethod
+    def get_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[Versioned | None]:
+        """The value (None: no such path); `watch` fires at its next change (only if the path exists)."""
+
+    @abstractmethod
+    def children_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[list[str] | None]:
+        """The sorted child names (None: no such path); `watch` fires at the next change of them."""
+
+    @abstractmethod
+    def exists_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[bool]:
+        """Whether the path exists; `watch` fires at its next creation, change or deletion."""
+
+    @abstractmethod
+    def delete_async(self, path: str, version: int = -1) -> Pending[bool]:
+        """Delete `path` if it is at `version`: True, or False when it did not exist."""
+
+    @abstractmethod
+    def ensure_path_async(self, path: str) -> Pending[None]:
+        """As `ensure_path`."""
