@@ -41,10 +41,12 @@ def validate_name(name: str) -> str:
 # -- VMs (see docs/vms.md) ----------------------------------------------------
 
 VMS = f"{ROOT}/vms"
-"""Parent of the VM records. Its own value is empty: every VM change bumps its
-version in the same transaction, so a node needs one watch to hear of them all."""
+"""Parent of the VM records. Its own value is empty and nothing watches it: a
+node hears of the VMs it must act on through its own index (`node_vms`)."""
 
 VM_UUIDS = f"{ROOT}/vm_uuids"
+NODE_VMS = f"{ROOT}/node_vms"
+"""Parent of the per-node VM indexes (`node_vms`)."""
 
 
 def vm(name: str) -> str:
@@ -65,6 +67,20 @@ def vm_migration(name: str) -> str:
 def vm_uuid(uuid: str) -> str:
     """Index from libvirt UUID to VM name, so two VMs can never share a UUID."""
     return f"{VM_UUIDS}/{uuid}"
+
+
+def node_vms(name: str) -> str:
+    """The node's index of the VMs it must act on: one empty child per VM whose record
+    assigns it to the node or whose move leaves from or goes to the node. Kept in the
+    same transaction as every VM write that changes it (`pvcd.zk.vms`). Outside the
+    node's own znode, so that a VM defined for a node not yet registered does not
+    make the node look registered."""
+    return f"{NODE_VMS}/{name}"
+
+
+def node_vm(name: str, vm_name: str) -> str:
+    """The entry of VM `vm_name` in node `name`'s index (empty value)."""
+    return f"{node_vms(name)}/{vm_name}"
 
 
 def node_command(name: str) -> str:

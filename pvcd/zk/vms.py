@@ -1,9 +1,10 @@
 """VM records in ZooKeeper: reads, and every write as one version-checked transaction.
 
 The rules about *what* may be written live in `pvcd.vm.records` and the
-callers; this module only makes each change atomic. Every transaction also
-bumps the version of `/pvc/vms`, which is how nodes hear of VM changes with a
-single watch each (see `schema.VMS`).
+callers; this module only makes each change atomic. Every transaction that
+changes which nodes must act on a VM (`acting_nodes`) also keeps the per-node
+indexes (`schema.node_vms`) in step, in the same transaction: each node watches
+its own index and the VMs in it, and never the whole VM tree.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pvcd.vm.records import (
     VmView,
 )
 from pvcd.zk import schema
-from pvcd.zk.store import Store, Transaction
+from pvcd.zk.store import Store, StoreError, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,93 @@ def read_vms(store: Store) -> tuple[dict[str, VmView], dict[str, str]]:
     return views, damaged
 
 
-def vms_version(store: Store) -> int | None:
-    """The change counter of all VMs (the version of `/pvc/vms`)."""
-    found = store.get(schema.VMS)
-    return found.version if found else None
+def acting_nodes(record: VmRecord | None, migration: Migration | None) -> frozenset[str]:
+    """The nodes that must act on a VM, as `pvcd.vm.reconcile.decide_vm` has it.
+
+    The node its record assigns it to, and both ends of a move in progress: the
+    source releases the VM, the target finishes the move. Any other node only
+    reports a domain of the VM it finds on its host, and learns of that from
+    libvirt, not from this index.
+    """
+    if record is None:
+        return frozenset()
+    found = {record.node}
+    if migration is not None:
+        found.update((migration.source, migration.target))
+    return frozenset(node for node in found if node)
+
+
+def owned(store: Store, node: str) -> list[str]:
+    """The VMs in node `node`'s index, sorted."""
+    return store.children(schema.node_vms(node))
+
+
+def read_owned(store: Store, node: str) -> tuple[dict[str, VmView], dict[str, str]]:
+    """Every VM in node `node`'s index (see `read_vms`); entries without a VM are skipped."""
+    views: dict[str, VmView] = {}
+    damaged: dict[str, str] = {}
+    for name in owned(store, node):
+        try:
+            view = read_vm(store, name)
+        except InvalidVm as exc:
+            damaged[name] = str(exc)
+            continue
+        if view is not None:
+            views[name] = view
+    return views, damaged
+
+
+def _index(store: Store, txn: Transaction, vm_name: str, before: frozenset[str], after: frozenset[str]) -> None:
+    """Add to `txn` the index entries of `vm_name` that change from `before` to `after`.
+
+    Each entry is looked at first, so that an index that was out of step (an
+    entry left over, or one missing, e.g. data written before the index
+    existed) never makes the VM's write fail: the write puts it right.
+    """
+    for node in sorted(after - before):
+        path = schema.node_vm(node, vm_name)
+        if not store.exists(path):
+            store.ensure_path(schema.node_vms(node))
+            txn.create(path, None)
+    for node in sorted(before - after):
+        path = schema.node_vm(node, vm_name)
+        if store.exists(path):
+            txn.delete(path)
+
+
+def repair_index(store: Store, node: str) -> tuple[list[str], list[str]]:
+    """Make node `node`'s index match the VMs (one full read): the entries added and removed.
+
+    Run once when the node's reconciler starts, for data written before the
+    index existed or by hand. Each change is checked against the VM record's
+    version, so a VM that changes meanwhile is left to its own write.
+    """
+    store.ensure_path(schema.node_vms(node))
+    views, damaged = read_vms(store)
+    indexed = set(owned(store, node))
+    should = {name for name, view in views.items() if node in acting_nodes(view.record, view.migration)}
+    added, removed = [], []
+    for name in sorted(should - indexed):
+        try:
+            (
+                store.transaction()
+                .check(schema.vm(name), views[name].record_version)
+                .create(schema.node_vm(node, name), None)
+                .commit()
+            )
+            added.append(name)
+        except StoreError as exc:
+            log.info("Index of node %s: VM %s not added (%s)", node, name, exc)
+    for name in sorted(indexed - should - set(damaged)):
+        txn = store.transaction()
+        if name in views:
+            txn.check(schema.vm(name), views[name].record_version)
+        try:
+            txn.delete(schema.node_vm(node, name)).commit()
+            removed.append(name)
+        except StoreError as exc:
+            log.info("Index of node %s: VM %s not removed (%s)", node, name, exc)
+    return added, removed
 
 
 class VmWrite:
@@ -81,6 +165,7 @@ class VmWrite:
     """
 
     def __init__(self, store: Store, view: VmView) -> None:
+        self._store = store
         self._txn: Transaction = store.transaction()
         self._view = view
         self._after = view
@@ -128,7 +213,11 @@ class VmWrite:
         return self
 
     def commit(self) -> VmView:
-        self._txn.set(schema.VMS, None, -1)
+        before = acting_nodes(self._view.record, self._view.migration)
+        after = acting_nodes(self._after.record, self._after.migration)
+        if before != after:
+            _index(self._store, self._txn, self._view.name, before, after)
+        self._txn.set(schema.VMS, None, -1)  # BUMP: until the reconciler watches its index
         self._txn.commit()
         return self._after
 
@@ -139,14 +228,15 @@ def define(store: Store, record: VmRecord) -> None:
     Raises AlreadyExists when the name or the UUID is taken.
     """
     ensure_paths(store)
-    (
+    txn = (
         store.transaction()
         .create(schema.vm(record.name), record.to_json())
         .create(schema.vm_status(record.name), STATUS_NEW.to_json())
         .create(schema.vm_uuid(record.uuid), {"name": record.name})
-        .set(schema.VMS, None, -1)
-        .commit()
     )
+    _index(store, txn, record.name, frozenset(), acting_nodes(record, None))
+    txn.set(schema.VMS, None, -1)  # BUMP
+    txn.commit()
 
 
 def remove(store: Store, view: VmView) -> None:
@@ -160,12 +250,10 @@ def remove(store: Store, view: VmView) -> None:
         txn.delete(schema.vm_migration(view.name), view.migration_version)
     if view.status_version >= 0:
         txn.delete(schema.vm_status(view.name), view.status_version)
-    (
-        txn.delete(schema.vm(view.name), view.record_version)
-        .delete(schema.vm_uuid(view.record.uuid))
-        .set(schema.VMS, None, -1)
-        .commit()
-    )
+    txn.delete(schema.vm(view.name), view.record_version).delete(schema.vm_uuid(view.record.uuid))
+    _index(store, txn, view.name, acting_nodes(view.record, view.migration), frozenset())
+    txn.set(schema.VMS, None, -1)  # BUMP
+    txn.commit()
 
 
 def request_move(store: Store, view: VmView, record: VmRecord, migration: Migration | None) -> VmView:

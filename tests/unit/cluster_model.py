@@ -451,6 +451,28 @@ class Model:
                 if vm in seen:
                     raise SafetyViolation(f"t={self.now_ms}ms: {vm} runs on {seen[vm]} and {host.name}")
                 seen[vm] = host.name
+        self.check_index()
+
+    def check_index(self) -> None:
+        """The per-node VM indexes name exactly the nodes that must act on each VM."""
+        data = self.server.data
+        indexed = {
+            (parts[3], parts[4])
+            for path in data
+            if path.startswith(schema.NODE_VMS + "/") and len(parts := path.split("/")) == 5
+        }
+        wanted = set()
+        for name in self.server.children(schema.VMS):
+            record, migration = data.get(schema.vm(name)), data.get(schema.vm_migration(name))
+            if record is None:
+                continue
+            acting = vms.acting_nodes(
+                records.VmRecord.from_json(record.value),
+                records.Migration.from_json(migration.value) if migration else None,
+            )
+            wanted |= {(node, name) for node in acting}
+        if indexed != wanted:
+            raise SafetyViolation(f"t={self.now_ms}ms: index {sorted(indexed ^ wanted)} out of step")
 
     # -- the node daemon (pvcd/daemon.py) ------------------------------------------
 
@@ -626,17 +648,24 @@ class Model:
         return {vm: DomainInfo(vm, vm_uuid(vm), True) for vm in host.running}
 
     def reconcile_pass(self, host: Host) -> None:
-        """`VmReconciler.run_once`: decide on a fresh read, submit one action per VM not already busy."""
+        """`VmReconciler.run_once`: decide on the VMs in the node's index (and those of domains no
+        owned VM claims), submit one action per VM not already busy."""
         daemon = host.live_daemon()
         if daemon is None or not daemon.running or host.cut or daemon.domain == DomainState.FENCED:
             return
         store = self.client(host)
-        seen = (vms.vms_version(store), frozenset(host.running), frozenset(daemon.actions), daemon.domain)
+        views, _damaged = vms.read_owned(store, host.name)
+        versions = tuple((name, v.record_version, v.status_version, v.migration_version) for name, v in views.items())
+        seen = (versions, frozenset(host.running), frozenset(daemon.actions), daemon.domain)
         if seen == daemon.last_pass:
-            return  # the real loop passes on every change and every few seconds: nothing new to decide
+            return  # the real loop passes on every change of the VMs it owns: nothing new to decide
         daemon.last_pass = seen
-        views, _damaged = vms.read_vms(store)
-        for action in reconcile(host.name, views, self._domains(host)):
+        domains = self._domains(host)
+        for name in sorted(domains.keys() - views.keys()):  # domains no owned VM claims: read on demand
+            other = vms.read_vm(store, name)
+            if other is not None:
+                views[name] = other
+        for action in reconcile(host.name, views, domains):
             if action.act not in REPORT_ONLY and action.vm not in daemon.actions:
                 daemon.actions[action.vm] = self._execute(host, action)
 
