@@ -1,0 +1,1036 @@
+"""Benchmark: what the cluster costs at realistic size, against a real ZooKeeper and real pvcd processes.
+
+Part (a), one local cluster of 3 nodes (`pvc-devcluster up --nodes 3
+--keepalive-interval 1 --detach`: ZooKeeper, and per node a chassis with its
+own libvirtd serving the test driver, its pvcd, BMC and watchdog) with 1,000
+VMs, then 3,000:
+
+* idle      — ZooKeeper requests per second with nothing changing, at 0, 1,000
+              and 3,000 VMs: reads (all non-write requests), data reads and
+              their bytes, writes; per node; ZooKeeper's and each pvcd's CPU;
+              keepalives delivered against those due;
+* start     — what one `pvc vm start` of a stopped VM costs the cluster: the
+              requests in a window of --window seconds after the command, less
+              the idle rate measured just before over the same length (median
+              of --starts), and the time from launching the command until the
+              VM's domain started on its node (the chassis journal);
+* cli       — wall time of `pvc vm list`, `pvc vm define FILE --node NODE`,
+              `pvc vm info`, `pvc node list`, and of `pvc --help` (the
+              interpreter's start-up, part of every figure);
+* flush     — `pvc node flush NODE --wait` of a node running --flush-vms VMs:
+              VMs moved per second (and `pvc node ready NODE --wait`, which
+              brings them back), with the requests and CPU it took;
+* crash     — power loss of a node running --crash-vms VMs → every one of them
+              started on another host (chassis journals on CLOCK_MONOTONIC),
+              with bench/failover.py's own code (keepalive 1 s x 3 missed);
+* large     — --large-vms VMs in all: idle and cli again.
+
+Part (b), --sweep N1,N2,...: for each node count, a cluster of N nodes with
+--sweep-vms VMs (stopped): idle and start, to show how cost grows with nodes.
+100 real nodes do not fit this machine (each is a pvcd, a chassis and a
+libvirtd); the figures for the counts that fit show the growth.
+
+How ZooKeeper is measured: its own counters, read through the four-letter
+words its configuration allows (mntr, stat): `zk_cnt_readlatency` counts every
+request that is not a write (getData, getChildren, exists, and the sessions'
+pings), `zk_cnt_updatelatency` the writes, `*_read_per_namespace` the data
+reads and their bytes. Per node: `stat` lists each client connection with the
+packets it sent; each node's connection comes from its chassis' relay, whose
+socket is found through /proc/net/tcp and /proc/PID/fd (so this needs the
+same user as the cluster, or root). CPU: /proc/PID/stat of the ZooKeeper java
+process and of each pvcd.
+
+VMs are defined quickly with the project's own code, in-process (what `pvc vm
+define --node` and `pvc vm start` call: records.new_record + zk.vms.define,
+records.state_change + zk.vms.VmWrite), in a loop; if those are not there any
+more (a refactor), through `pvc` subprocesses instead. Each chassis' libvirtd
+test host has 16 CPUs and 3 GiB of memory: VMs get 1 MiB and 1 vCPU, so
+1,000 fit (placement counts memory only).
+
+Everything is measured through the CLI, ZooKeeper's counters, /proc and the
+journals, so the bench measures the code of any version. The code measured is
+the tree this file is in: the bench puts it first on PYTHONPATH for every
+`pvc`, `pvc-devcluster`, chassis and pvcd it starts. To measure another
+version (e.g. the commit before a change), run a copy of this file inside an
+export of it (`git archive COMMIT | tar -x -C DIR`; `python DIR/bench/scale.py`).
+
+Usage: python bench/scale.py [--parts idle,start,cli,flush,crash,large] [--vms 1000] [--large-vms 3000]
+                             [--flush-vms 20] [--crash-vms 333] [--starts 3] [--window 20]
+                             [--sweep 10,20] [--sweep-vms 300] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+if str(BENCH_DIR) not in sys.path:
+    sys.path.append(str(BENCH_DIR))
+# Every `pvc`, `pvc-devcluster`, chassis and pvcd started from here runs this tree's code, as the bench itself does.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+import failover  # noqa: E402
+
+from pvcd.devcluster import check, cluster, journal  # noqa: E402
+
+PARTS = ("idle", "start", "cli", "flush", "crash", "large")
+NODES = 3
+VMS = 1000
+LARGE_VMS = 3000
+FLUSH_VMS = 20
+CRASH_VMS = 333
+STARTS = 3
+WINDOW_S = 20.0
+"""Counter windows: a multiple of the 5 s of pvcd's periodic passes, so that each window holds as many."""
+CLI_RUNS = 3
+SWEEP_VMS = 300
+KEEPALIVE_S = 1
+FENCE_INTERVALS = 3
+VM_MEMORY_MIB = 1
+PARALLEL = 8
+"""`pvc` subprocesses at once on the fallback path."""
+UP_TIMEOUT_S = 600.0
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "scale.json"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGETS = {
+    "crash_to_running_s": 6.0,
+    "flush_vms_per_s": 20.0,
+    "idle_reads_per_node_per_s": "a few, independent of the VM count",
+    "start_reads_whole_cluster": "O(1) per node that cares",
+    "vm_list_s_at_3000": 0.3,
+    "vm_define_s_at_3000": 0.3,
+}
+
+
+class BenchError(Exception):
+    pass
+
+
+def domain_xml(name: str) -> str:
+    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{VM_MEMORY_MIB}</memory>"
+            "<vcpu>1</vcpu><os><type>hvm</type></os></domain>")
+
+
+def vm_names(prefix: str, start: int, count: int) -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(start, start + count)]
+
+
+def r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# -- processes --------------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (/proc/PID/stat), None if it is gone."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int | None) -> float | None:
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def socket_inodes(pid: int) -> set[int]:
+    found = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                found.add(int(link[8:-1]))
+    except OSError:
+        pass
+    return found
+
+
+def client_ports_by_inode(server_port: int) -> dict[int, int]:
+    """Socket inode -> local port of every TCP connection to `server_port` on this host."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            local, remote, inode = parts[1], parts[2], int(parts[9])
+            if int(remote.rsplit(":", 1)[1], 16) == server_port and inode:
+                found[inode] = int(local.rsplit(":", 1)[1], 16)
+    return found
+
+
+# -- ZooKeeper's counters ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    t: float
+    reads: int
+    writes: int
+    packets: int
+    data_reads: int
+    data_bytes: int
+    zk_cpu_s: float | None
+    by_node: dict[str, int] = field(default_factory=dict)
+    """Packets each node's connections sent ZooKeeper so far."""
+    ports: dict[int, tuple[str, int]] = field(default_factory=dict)
+    """Client port -> (its node, or "-" for any other client; packets so far)."""
+    pvcd_cpu_s: dict[str, float | None] = field(default_factory=dict)
+
+
+class ZooKeeper:
+    """ZooKeeper's counters through the four-letter words, and its process' CPU."""
+
+    def __init__(self, address: str, pid: int | None) -> None:
+        host, port = address.rsplit(":", 1)
+        self.host, self.port, self.pid = host, int(port), pid
+
+    def four(self, command: str) -> str:
+        with socket.create_connection((self.host, self.port), timeout=10) as conn:
+            conn.sendall(command.encode())
+            chunks = []
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        return b"".join(chunks).decode(errors="replace")
+
+    def mntr(self) -> dict[str, float]:
+        values = {}
+        for line in self.four("mntr").splitlines():
+            key, _, value = line.partition("\t")
+            try:
+                values[key] = float(value)
+            except ValueError:
+                continue
+        return values
+
+    def clients(self) -> dict[int, int]:
+        """Client port -> packets received from that connection (`stat`)."""
+        found = {}
+        for line in self.four("stat").splitlines():
+            line = line.strip()
+            if line.startswith("/") and "recved=" in line:
+                port = int(line.split("[", 1)[0].rsplit(":", 1)[1])
+                found[port] = int(line.split("recved=", 1)[1].split(",", 1)[0])
+        return found
+
+    def snapshot(self, owners: Callable[[], dict[int, str]], pvcds: Callable[[], dict[str, int | None]]) -> Snapshot:
+        pids = pvcds()
+        pvcd_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        values = self.mntr()
+        clients = self.clients()
+        zk_cpu = cpu_seconds(self.pid)
+        t = time.monotonic()
+        by_port = owners()
+        ports = {port: (by_port.get(port, "-"), count) for port, count in clients.items()}
+        by_node: dict[str, int] = {}
+        for node, count in ports.values():
+            by_node[node] = by_node.get(node, 0) + count
+        per_namespace = [(k, v) for k, v in values.items() if k.endswith("_read_per_namespace")]
+        namespaces_cnt = sum(v for k, v in per_namespace if k.startswith("zk_cnt_"))
+        namespaces_sum = sum(v for k, v in per_namespace if k.startswith("zk_sum_"))
+        return Snapshot(t=t, reads=int(values.get("zk_cnt_readlatency", 0)),
+                        writes=int(values.get("zk_cnt_updatelatency", 0)),
+                        packets=int(values.get("zk_packets_received", 0)), data_reads=int(namespaces_cnt),
+                        data_bytes=int(namespaces_sum), zk_cpu_s=zk_cpu, by_node=by_node, ports=ports,
+                        pvcd_cpu_s=pvcd_cpu)
+
+
+def delta(a: Snapshot, b: Snapshot) -> dict[str, Any]:
+    """What happened between two snapshots: totals, per node, CPU."""
+    per_node: dict[str, int] = {}
+    for port, (node, count) in b.ports.items():
+        before = a.ports.get(port)
+        grew = count - before[1] if before is not None and before[0] == node else count
+        if node != "-":
+            per_node[node] = per_node.get(node, 0) + max(grew, 0)
+    cpu = {name: (b.pvcd_cpu_s[name] - a.pvcd_cpu_s[name])  # type: ignore[operator]
+           if b.pvcd_cpu_s.get(name) is not None and a.pvcd_cpu_s.get(name) is not None
+           and b.pvcd_cpu_s[name] >= a.pvcd_cpu_s[name] else None  # type: ignore[operator]
+           for name in b.pvcd_cpu_s}
+    return {
+        "seconds": b.t - a.t,
+        "reads": b.reads - a.reads,
+        "writes": b.writes - a.writes,
+        "packets": b.packets - a.packets,
+        "data_reads": b.data_reads - a.data_reads,
+        "data_bytes": b.data_bytes - a.data_bytes,
+        "zk_cpu_s": (b.zk_cpu_s - a.zk_cpu_s) if a.zk_cpu_s is not None and b.zk_cpu_s is not None else None,
+        "node_requests": dict(sorted(per_node.items())),
+        "pvcd_cpu_s": dict(sorted(cpu.items())),
+    }
+
+
+def rates(d: dict[str, Any], nodes: int) -> dict[str, Any]:
+    s = d["seconds"]
+    node_rates = {n: c / s for n, c in d["node_requests"].items()}
+    cpu = [c for c in d["pvcd_cpu_s"].values() if c is not None]
+    return {
+        "window_s": r(s, 2),
+        "reads_per_s": r(d["reads"] / s, 1),
+        "reads_per_node_per_s": r(d["reads"] / s / nodes, 1),
+        "data_reads_per_s": r(d["data_reads"] / s, 1),
+        "data_kib_per_s": r(d["data_bytes"] / s / 1024, 1),
+        "writes_per_s": r(d["writes"] / s, 2),
+        "node_requests_per_s": {n: r(v, 1) for n, v in node_rates.items()},
+        "node_requests_per_s_max": r(max(node_rates.values()), 1) if node_rates else None,
+        "zk_cpu_percent": r(100 * d["zk_cpu_s"] / s, 1) if d["zk_cpu_s"] is not None else None,
+        "pvcd_cpu_percent_each": {n: r(100 * c / s, 1) if c is not None else None for n, c in d["pvcd_cpu_s"].items()},
+        "pvcd_cpu_percent_total": r(100 * sum(cpu) / s, 1) if cpu else None,
+    }
+
+
+# -- writing many VMs fast --------------------------------------------------------------------------------------
+
+
+class InProcessWriter:
+    """`pvc vm define --node` and `pvc vm start` without their start-up and whole-cluster checks:
+    the same record functions and the same transactions, in a loop over one ZooKeeper session."""
+
+    kind = "in-process (records.new_record + zk.vms.define; records.state_change + zk.vms.VmWrite)"
+
+    def __init__(self, zookeeper: str) -> None:
+        from pvcd.vm import records
+        from pvcd.zk import vms
+        from pvcd.zk.store import Store
+
+        self._records, self._vms = records, vms
+        self._store = Store(zookeeper)
+        self._store.start()
+
+    def close(self) -> None:
+        self._store.stop()
+
+    def define(self, name: str, node: str) -> None:
+        spec = self._records.parse_domain_xml(domain_xml(name))
+        self._vms.define(self._store, self._records.new_record(spec, node))
+
+    def start(self, name: str) -> None:
+        view = self._vms.read_vm(self._store, name)
+        if view is None:
+            raise BenchError(f"VM {name} vanished")
+        record = self._records.state_change(view, self._records.VmState.START)
+        self._vms.VmWrite(self._store, view).record(record).commit()
+
+
+class SubprocessWriter:
+    """The fallback: `pvc vm define FILE --node NODE` and `pvc vm start NAME`, PARALLEL at a time."""
+
+    kind = "pvc subprocesses"
+
+    def __init__(self, runner: Cli) -> None:
+        self._cli = runner
+        self._pending: list[list[str]] = []
+
+    def close(self) -> None:
+        self.flush()
+
+    def define(self, name: str, node: str) -> None:
+        path = self._cli.workdir / f"{name}.xml"
+        path.write_text(domain_xml(name))
+        self._pending.append(["vm", "define", str(path), "--node", node])
+        if len(self._pending) >= PARALLEL:
+            self.flush()
+
+    def start(self, name: str) -> None:
+        self._pending.append(["vm", "start", name])
+        if len(self._pending) >= PARALLEL:
+            self.flush()
+
+    def flush(self) -> None:
+        group, self._pending = self._pending, []
+        running = [(c, self._cli.popen(c)) for c in group]
+        for command, process in running:
+            out, err = process.communicate(timeout=600)
+            if process.returncode != 0:
+                raise BenchError(f"pvc {' '.join(command)}: {err.strip() or out.strip()}")
+
+
+# -- one cluster ------------------------------------------------------------------------------------------------
+
+
+class Cli:
+    def __init__(self, workdir: Path, zookeeper: str) -> None:
+        self.workdir = workdir
+        self.env = dict(os.environ, PVC_ZOOKEEPER=zookeeper)
+
+    def popen(self, args: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen([failover.tool("pvc"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=self.env)
+
+    def run(self, *args: str, timeout: float = 600) -> tuple[str, float]:
+        """Output and wall time of one `pvc` command."""
+        t = time.monotonic()
+        result = subprocess.run([failover.tool("pvc"), *args], capture_output=True, text=True, timeout=timeout,
+                                env=self.env)
+        took = time.monotonic() - t
+        if result.returncode != 0:
+            raise BenchError(f"pvc {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout, took
+
+
+class Cluster:
+    """One local cluster started with `pvc-devcluster up`, stopped by `close` whatever happened."""
+
+    def __init__(self, nodes: int, keepalive: int = KEEPALIVE_S, fence_intervals: int = FENCE_INTERVALS) -> None:
+        self.count = nodes
+        self.keepalive = keepalive
+        self.fence_intervals = fence_intervals
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"pvcd-scale-{nodes}-", dir="/tmp"))
+        self.started = False
+        self.writer: InProcessWriter | SubprocessWriter | None = None
+        self.failover: failover.Bench | None = None
+        self.vms: dict[str, str] = {}
+        """Every VM the bench defined -> the node it was defined on."""
+        self.notes: list[str] = []
+        self.not_ready: set[str] = set()
+        """Nodes left out of service on purpose (a crashed node that came back): not required to be ready."""
+
+    def up(self) -> None:
+        t = time.monotonic()
+        result = subprocess.run(
+            [failover.tool("pvc-devcluster"), "up", "--nodes", str(self.count), "--workdir", str(self.workdir),
+             "--keepalive-interval", str(self.keepalive), "--fence-intervals", str(self.fence_intervals),
+             "--watchdog-timeout", str(2 * self.keepalive * self.fence_intervals), "--detach"],
+            capture_output=True, text=True, timeout=UP_TIMEOUT_S)
+        self.started = True
+        if result.returncode != 0:
+            raise BenchError(f"pvc-devcluster up: {result.stderr.strip()}")
+        self.record = cluster.load(self.workdir)
+        self.zk = ZooKeeper(self.record.zookeeper, self.record.zookeeper_pid)
+        self.cli = Cli(self.workdir, self.record.zookeeper)
+        self.up_s = time.monotonic() - t
+        self.wait_quiet(timeout=120 + 3 * self.count)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception as exc:  # the cluster must come down whatever happened
+                print(f"  closing the writer: {exc}", file=sys.stderr)
+        if self.failover is not None:
+            self.failover.close()
+        if not self.started:
+            return
+        down = subprocess.run([failover.tool("pvc-devcluster"), "down", "--workdir", str(self.workdir)],
+                              capture_output=True, text=True, timeout=600)
+        if down.returncode != 0:
+            print(f"pvc-devcluster down --workdir {self.workdir}: {down.stderr.strip()}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- what runs ---------------------------------------------------------------------------------------------
+
+    def pvcd_pids(self) -> dict[str, int | None]:
+        return {n.name: cluster.node_pid(n) for n in self.record.nodes}
+
+    def connection_owners(self) -> dict[int, str]:
+        """Client port of each connection to ZooKeeper -> the node whose chassis relays it."""
+        ports = client_ports_by_inode(self.zk.port)
+        owners = {}
+        for node in self.record.nodes:
+            if node.chassis_pid is None:
+                continue
+            for inode in socket_inodes(node.chassis_pid):
+                if inode in ports:
+                    owners[ports[inode]] = node.name
+        return owners
+
+    def snapshot(self) -> Snapshot:
+        return self.zk.snapshot(self.connection_owners, self.pvcd_pids)
+
+    def node_list(self) -> list[dict[str, Any]]:
+        out, _ = self.cli.run("node", "list", "--format", "json")
+        nodes: list[dict[str, Any]] = json.loads(out)
+        return nodes
+
+    def quiet(self) -> list[dict[str, Any]] | None:
+        try:
+            nodes = self.node_list()
+        except BenchError:
+            return None
+        if len(nodes) != self.count or [n["coordinator_state"] for n in nodes].count("primary") != 1:
+            return None
+        if any(n["daemon_state"] != "run" or n["keepalive"]["late"] or n["fence"]["pending"]
+               or (n["domain_state"] != "ready" and n["name"] not in self.not_ready) for n in nodes):
+            return None
+        return nodes
+
+    def wait_quiet(self, timeout: float = 300) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = failover.wait_until(self.quiet, timeout, "the cluster to be quiet", poll=1.0)
+        return found
+
+    def roles(self) -> tuple[str, list[str]]:
+        """The primary, and the other nodes sorted."""
+        nodes = self.wait_quiet()
+        primary = next(n["name"] for n in nodes if n["coordinator_state"] == "primary")
+        return primary, sorted(n["name"] for n in nodes if n["name"] != primary)
+
+    def running(self) -> dict[str, list[str]]:
+        return journal.running(journal.runs(check.read_journals(self.record)))
+
+    def wait_running(self, names: list[str], node: str | None, timeout: float) -> float:
+        """Wait until every VM runs on `node` (any one node if None), per the journals; the time it took."""
+        t = time.monotonic()
+        wanted = set(names)
+
+        def done() -> bool:
+            where = self.running()
+            return all(len(where.get(n, [])) == 1 and (node is None or where[n] == [node]) for n in wanted)
+
+        failover.wait_until(done, timeout, f"{len(names)} VMs running" + (f" on {node}" if node else ""), poll=0.5)
+        return time.monotonic() - t
+
+    # -- writing VMs -------------------------------------------------------------------------------------------
+
+    def get_writer(self) -> InProcessWriter | SubprocessWriter:
+        if self.writer is None:
+            try:
+                self.writer = InProcessWriter(self.record.zookeeper)
+            except (ImportError, AttributeError, TypeError) as exc:
+                self.notes.append(f"in-process writer not available ({exc}); VMs written with pvc subprocesses")
+                self.writer = SubprocessWriter(self.cli)
+        return self.writer
+
+    def define(self, names: list[str], nodes: list[str]) -> float:
+        """Define `names`, round-robin over `nodes`; the seconds it took."""
+        t = time.monotonic()
+        writer = self.get_writer()
+        for index, name in enumerate(names):
+            node = nodes[index % len(nodes)]
+            try:
+                writer.define(name, node)
+            except (AttributeError, TypeError) as exc:
+                if not isinstance(writer, InProcessWriter):
+                    raise
+                self.notes.append(f"in-process define failed ({exc}); VMs written with pvc subprocesses")
+                writer.close()
+                writer = self.writer = SubprocessWriter(self.cli)
+                writer.define(name, node)
+            self.vms[name] = node
+        if isinstance(writer, SubprocessWriter):
+            writer.flush()
+        return time.monotonic() - t
+
+    def start(self, names: list[str]) -> float:
+        t = time.monotonic()
+        writer = self.get_writer()
+        for name in names:
+            writer.start(name)
+        if isinstance(writer, SubprocessWriter):
+            writer.flush()
+        return time.monotonic() - t
+
+    def release_writer(self) -> None:
+        """No ZooKeeper session of the bench's own during the measurements."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+# -- the measurements -------------------------------------------------------------------------------------------
+
+
+def keepalive_counters(c: Cluster) -> dict[str, int]:
+    return {n["name"]: int(n["keepalive"]["counter"] or 0) for n in c.node_list()}
+
+
+def measure_idle(c: Cluster, window: float, label: str) -> dict[str, Any]:
+    c.release_writer()
+    c.wait_quiet()
+    before_ka, t_ka = keepalive_counters(c), time.monotonic()
+    a = c.snapshot()
+    time.sleep(window)
+    b = c.snapshot()
+    after_ka, t_ka2 = keepalive_counters(c), time.monotonic()
+    due = (t_ka2 - t_ka) / c.keepalive
+    result = {"label": label, "vms": len(c.vms), "nodes": c.count, **rates(delta(a, b), c.count),
+              "keepalives_delivered_per_due": {n: r((after_ka.get(n, 0) - v) / due, 2) for n, v in before_ka.items()},
+              "pvcd_rss_mib": {n: r(rss_mib(p), 1) for n, p in c.pvcd_pids().items()},
+              "zk_rss_mib": r(rss_mib(c.zk.pid), 1), "loadavg": loadavg()}
+    print(f"  idle, {c.count} nodes, {len(c.vms)} VMs: {result['reads_per_s']} reads/s "
+          f"({result['reads_per_node_per_s']}/node), {result['data_kib_per_s']} KiB/s, node requests/s "
+          f"{result['node_requests_per_s']}, ZooKeeper CPU {result['zk_cpu_percent']}%, pvcd CPU "
+          f"{result['pvcd_cpu_percent_total']}% in all, keepalives delivered/due "
+          f"{result['keepalives_delivered_per_due']}", flush=True)
+    return result
+
+
+def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]:
+    """Each VM: an idle window, then `pvc vm start` and a window of the same length from the command."""
+    c.release_writer()
+    runs: list[dict[str, Any]] = []
+    for name in names:
+        node = c.vms[name]
+        c.wait_quiet()
+        a = c.snapshot()
+        time.sleep(window)
+        b = c.snapshot()
+        base = delta(a, b)
+        t0 = time.monotonic()
+        _, cli_s = c.cli.run("vm", "start", name)
+        acted: float | None = None
+        while time.monotonic() < t0 + max(window, 120):
+            started = [e.t for e in check.read_journals(c.record)
+                       if e.event == journal.START and e.vm == name and e.host == node and e.t >= t0]
+            if started:
+                acted = min(started) - t0
+                break
+            time.sleep(0.05)
+        remaining = t0 + window - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        b2 = c.snapshot()
+        d = delta(b, b2)
+        scale = d["seconds"] / base["seconds"]
+
+        def extra(key: str, d: dict[str, Any] = d, base: dict[str, Any] = base, scale: float = scale) -> float:
+            return float(d[key] - base[key] * scale)
+
+        node_extra = {n: r(v - base["node_requests"].get(n, 0) * scale, 0) for n, v in d["node_requests"].items()}
+        cpu_extra = [(d["pvcd_cpu_s"][n] - base["pvcd_cpu_s"][n] * scale) for n in d["pvcd_cpu_s"]
+                     if d["pvcd_cpu_s"].get(n) is not None and base["pvcd_cpu_s"].get(n) is not None]
+        run = {
+            "vm": name, "node": node, "cli_s": r(cli_s), "start_to_domain_started_s": r(acted),
+            "window_s": r(d["seconds"], 2),
+            "reads": r(extra("reads"), 0), "data_reads": r(extra("data_reads"), 0),
+            "data_kib": r(extra("data_bytes") / 1024, 1), "writes": r(extra("writes"), 0),
+            "node_requests": node_extra,
+            "zk_cpu_s": r(d["zk_cpu_s"] - base["zk_cpu_s"] * scale, 2)
+            if d["zk_cpu_s"] is not None and base["zk_cpu_s"] is not None else None,
+            "pvcd_cpu_s": r(sum(cpu_extra), 2) if cpu_extra else None,
+            "baseline_reads_in_window": r(base["reads"] * scale, 0),
+        }
+        runs.append(run)
+        print(f"  start {name} on {node}: +{run['reads']} reads (idle window {run['baseline_reads_in_window']}), "
+              f"+{run['data_kib']} KiB, ZooKeeper +{run['zk_cpu_s']} CPU-s, pvcd +{run['pvcd_cpu_s']} CPU-s, "
+              f"domain started {run['start_to_domain_started_s']} s after the command", flush=True)
+
+    def med(key: str) -> float | None:
+        return r(median([float(x[key]) for x in runs if x[key] is not None]), 2)
+
+    return {"vms": len(c.vms), "nodes": c.count, "window_s": window, "runs": runs,
+            "median": {k: med(k) for k in ("reads", "data_reads", "data_kib", "writes", "zk_cpu_s", "pvcd_cpu_s",
+                                            "start_to_domain_started_s", "cli_s")},
+            "reads_per_node_median": r((med("reads") or 0) / c.count, 0)}
+
+
+def time_cli(c: Cluster, runs: int, node: str, prefix: str) -> dict[str, Any]:
+    c.release_writer()
+    c.wait_quiet()
+    some = sorted(c.vms)[0]
+    times: dict[str, list[float]] = {"pvc --help": [], "pvc vm list": [], "pvc vm list --format json": [],
+                                     "pvc vm info": [], "pvc node list": [], "pvc vm define --node": []}
+    for index in range(runs):
+        times["pvc --help"].append(c.cli.run("--help")[1])
+        times["pvc vm list"].append(c.cli.run("vm", "list")[1])
+        times["pvc vm list --format json"].append(c.cli.run("vm", "list", "--format", "json")[1])
+        times["pvc vm info"].append(c.cli.run("vm", "info", some)[1])
+        times["pvc node list"].append(c.cli.run("node", "list")[1])
+        name = f"{prefix}{len(c.vms):05d}d{index}"
+        path = c.workdir / f"{name}.xml"
+        path.write_text(domain_xml(name))
+        times["pvc vm define --node"].append(c.cli.run("vm", "define", str(path), "--node", node)[1])
+        c.vms[name] = node
+    result = {"vms": len(c.vms), "runs": runs,
+              "median_s": {k: r(median(v)) for k, v in times.items()},
+              "all_s": {k: [r(x) for x in v] for k, v in times.items()}}
+    print(f"  cli at {len(c.vms)} VMs (median of {runs}, s): {result['median_s']}", flush=True)
+    return result
+
+
+def measure_flush(c: Cluster, node: str, names: list[str], timeout: float) -> dict[str, Any]:
+    c.release_writer()
+    c.wait_quiet()
+    result: dict[str, Any] = {"node": node, "running_vms": len(names), "vms": len(c.vms)}
+    for command in ("flush", "ready"):
+        a = c.snapshot()
+        t0 = time.monotonic()
+        error = None
+        try:
+            c.cli.run("node", command, node, "--wait", "--wait-timeout", str(timeout), timeout=timeout + 60)
+        except (BenchError, subprocess.TimeoutExpired) as exc:
+            error = str(exc)
+        took = time.monotonic() - t0
+        b = c.snapshot()
+        where = c.running()
+        moved = sum(1 for n in names if (where.get(n) != [node]) == (command == "flush") and len(where.get(n, [])) == 1)
+        d = delta(a, b)
+        cpu = [v for v in d["pvcd_cpu_s"].values() if v is not None]
+        result[command] = {
+            "seconds": r(took, 2), "vms_moved": moved, "vms_per_s": r(moved / took, 3), "error": error,
+            "reads": d["reads"], "reads_per_vm": r(d["reads"] / moved, 0) if moved else None,
+            "zk_cpu_s": r(d["zk_cpu_s"], 2), "pvcd_cpu_s": r(sum(cpu), 2),
+            "pvcd_cpu_s_per_vm": r(sum(cpu) / moved, 2) if moved else None,
+        }
+        print(f"  {command} {node}: {moved}/{len(names)} VMs in {took:.1f} s ({result[command]['vms_per_s']} VMs/s),"
+              f" {d['reads']} reads, pvcd {result[command]['pvcd_cpu_s']} CPU-s"
+              + (f"; {error}" if error else ""), flush=True)
+        if error:
+            break
+    return result
+
+
+def measure_crash(c: Cluster, victim: str, names: list[str]) -> dict[str, Any]:
+    """bench/failover.py's fault and journal reading: power loss of `victim` -> every VM started elsewhere."""
+    c.release_writer()
+    c.wait_quiet()
+    c.failover = bench = failover.Bench(c.workdir, c.keepalive, c.fence_intervals)
+    a = c.snapshot()
+    keepalive_ms = bench.next_keepalive(victim)
+    fault = bench.inject(victim, "crash")
+    t0 = fault["t0"]
+    new = bench.wait_recovered(victim, names, t0)
+    b = c.snapshot()
+    fence = bench.wait_fence_done(victim)
+    offset = fault["offset_ms"]
+
+    def mono(ms: float) -> float:
+        return (ms - offset) / 1000.0
+
+    starts = sorted(t for _, t in new.values())
+    d = delta(a, b)
+    result = {
+        "victim": victim, "vms": len(names), "vms_in_cluster": len(c.vms),
+        "keepalive_interval": c.keepalive, "fence_intervals": c.fence_intervals,
+        "total_s": r(starts[-1] - t0), "first_s": r(starts[0] - t0),
+        "detect_s": r(mono(fence["started_ms"]) - t0),
+        "fence_s": r((fence["finished_ms"] - fence["started_ms"]) / 1000),
+        "restart_s": r(starts[-1] - mono(fence["finished_ms"])),
+        "after_keepalive_s": r(t0 - mono(keepalive_ms)),
+        "placed_on": {h: sum(1 for host, _ in new.values() if host == h) for h in sorted({h for h, _ in new.values()})},
+        "reads_during": d["reads"], "zk_cpu_s_during": r(d["zk_cpu_s"], 2),
+        "target_s": TARGETS["crash_to_running_s"],
+    }
+    print(f"  crash of {victim} with {len(names)} running VMs: all running elsewhere after {result['total_s']} s "
+          f"(detect {result['detect_s']} + fence {result['fence_s']} + restart {result['restart_s']}); "
+          f"first after {result['first_s']} s", flush=True)
+    # The victim powers on again; let it rejoin before anything else is measured. It is not made ready: that
+    # would bring every VM back, which is a flush's cost again (measured by `flush`).
+    c.not_ready.add(victim)
+    try:
+        c.wait_quiet()
+    except failover.BenchError as exc:
+        result["rejoin_error"] = str(exc)
+    bench.close()
+    c.failover = None
+    return result
+
+
+# -- the parts --------------------------------------------------------------------------------------------------
+
+
+def part_a(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"nodes": NODES}
+    c = Cluster(NODES)
+    try:
+        c.up()
+        out["up_s"] = r(c.up_s, 1)
+        primary, others = c.roles()
+        victim, flushed = others[0], others[-1]
+        out["roles"] = {"primary": primary, "crash_victim": victim, "flushed": flushed}
+        if "idle" in args.parts:
+            out["idle_0"] = measure_idle(c, args.window, "0 VMs")
+        # 1,000 VMs round-robin over the nodes, stopped; then the crash victim's and the flush node's set started.
+        names = vm_names("sc", 0, args.vms)
+        define_s = c.define(names, [primary, victim, flushed])
+        out["define_bulk"] = {"vms": len(names), "seconds": r(define_s, 1),
+                              "per_vm_ms": r(1000 * define_s / len(names), 1), "writer": c.get_writer().kind}
+        print(f"  defined {len(names)} VMs in {define_s:.1f} s ({c.get_writer().kind})", flush=True)
+        on = {n: [v for v in names if c.vms[v] == n] for n in (primary, victim, flushed)}
+        crash_set = on[victim][:args.crash_vms] if "crash" in args.parts else []
+        flush_set = on[flushed][:args.flush_vms] if "flush" in args.parts else []
+        to_start = crash_set + flush_set
+        if to_start:
+            t = time.monotonic()
+            c.start(to_start)
+            c.release_writer()
+            waited = c.wait_running(to_start, None, 1800)
+            took = time.monotonic() - t
+            out["start_bulk"] = {"vms": len(to_start), "seconds": r(took, 1), "waited_for_journal_s": r(waited, 1),
+                                 "vms_per_s": r(len(to_start) / took, 2)}
+            print(f"  started {len(to_start)} VMs ({len(crash_set)} on {victim}, {len(flush_set)} on {flushed}) "
+                  f"in {took:.1f} s", flush=True)
+        if "idle" in args.parts:
+            out["idle_1"] = measure_idle(c, args.window, f"{len(c.vms)} VMs, {len(to_start)} running")
+        if "start" in args.parts and args.starts:
+            stopped = [v for v in on[primary]][: args.starts]
+            out["start"] = measure_start(c, stopped, args.window)
+        if "cli" in args.parts:
+            out["cli_1"] = time_cli(c, args.cli_runs, primary, "sc")
+        if flush_set:
+            out["flush"] = measure_flush(c, flushed, flush_set, args.flush_timeout)
+        if crash_set:
+            out["crash"] = measure_crash(c, victim, crash_set)
+        if "large" in args.parts and args.large_vms > len(c.vms):
+            more = vm_names("sc", len(names) + 100, args.large_vms - len(c.vms))
+            define_s = c.define(more, [primary, victim, flushed])
+            out["define_bulk_large"] = {"vms": len(more), "seconds": r(define_s, 1),
+                                        "per_vm_ms": r(1000 * define_s / len(more), 1)}
+            print(f"  defined {len(more)} more VMs in {define_s:.1f} s", flush=True)
+            if "idle" in args.parts:
+                out["idle_large"] = measure_idle(c, args.window, f"{len(c.vms)} VMs")
+            if "cli" in args.parts:
+                out["cli_large"] = time_cli(c, args.cli_runs, primary, "sc")
+    except (BenchError, cluster.ClusterError, failover.BenchError, subprocess.TimeoutExpired) as exc:
+        out["error"] = str(exc)
+        print(f"  part (a) stopped: {exc}", file=sys.stderr, flush=True)
+    finally:
+        out["notes"] = c.notes
+        c.close()
+    return out
+
+
+def part_b(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    for count in args.sweep:
+        out: dict[str, Any] = {"nodes": count, "vms": args.sweep_vms}
+        print(f"(b) {count} nodes, {args.sweep_vms} VMs", flush=True)
+        c = Cluster(count)
+        try:
+            c.up()
+            out["up_s"] = r(c.up_s, 1)
+            primary, others = c.roles()
+            nodes = [primary, *others]
+            out["idle_0"] = measure_idle(c, args.window, "0 VMs")
+            define_s = c.define(vm_names("sw", 0, args.sweep_vms), nodes)
+            out["define_bulk"] = {"vms": args.sweep_vms, "seconds": r(define_s, 1),
+                                  "per_vm_ms": r(1000 * define_s / max(args.sweep_vms, 1), 1)}
+            out["idle"] = measure_idle(c, args.window, f"{args.sweep_vms} VMs")
+            if args.starts:
+                # VMs of nodes other than the primary: the owning node is one of many.
+                candidates = [v for v in sorted(c.vms) if c.vms[v] != primary][: args.starts]
+                out["start"] = measure_start(c, candidates, args.window)
+        except (BenchError, cluster.ClusterError, failover.BenchError, subprocess.TimeoutExpired) as exc:
+            out["error"] = str(exc)
+            print(f"  {count} nodes stopped: {exc}", file=sys.stderr, flush=True)
+        finally:
+            out["notes"] = c.notes
+            out["loadavg"] = loadavg()
+            c.close()
+        results.append(out)
+    return results
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+
+
+def get(d: dict[str, Any] | None, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value}{unit}"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    a = report.get("a") or {}
+    rows = []
+    for key in ("idle_0", "idle_1", "idle_large"):
+        if key in a:
+            rows.append((f"idle reads/s, whole cluster / per node ({a[key]['vms']} VMs)",
+                         f"{fmt(a[key]['reads_per_s'])} / {fmt(a[key]['reads_per_node_per_s'])}"
+                         f" (node requests/s {a[key]['node_requests_per_s']}); ZooKeeper CPU "
+                         f"{fmt(a[key]['zk_cpu_percent'], '%')}; {fmt(a[key]['data_kib_per_s'])} KiB/s"))
+    if "start" in a:
+        m = a["start"]["median"]
+        rows.append(("one `pvc vm start`: ZooKeeper reads, whole cluster (median)",
+                     f"{fmt(m['reads'])} reads, {fmt(m['data_kib'])} KiB, ZooKeeper {fmt(m['zk_cpu_s'])} CPU-s, "
+                     f"pvcd {fmt(m['pvcd_cpu_s'])} CPU-s; domain started {fmt(m['start_to_domain_started_s'])} s "
+                     "after the command"))
+    for key in ("cli_1", "cli_large"):
+        if key in a:
+            m = a[key]["median_s"]
+            rows.append((f"`pvc vm list` / `pvc vm define` at {a[key]['vms']} VMs",
+                         f"{fmt(m['pvc vm list'], ' s')} / {fmt(m['pvc vm define --node'], ' s')} "
+                         f"(`pvc --help` {fmt(m['pvc --help'], ' s')}, "
+                         f"`pvc node list` {fmt(m['pvc node list'], ' s')})"))
+    if "flush" in a:
+        f = a["flush"]
+        for command in ("flush", "ready"):
+            if command in f:
+                x = f[command]
+                rows.append((f"`pvc node {command} --wait`, {f['running_vms']} running VMs",
+                             f"{fmt(x['seconds'], ' s')}, {fmt(x['vms_per_s'])} VMs/s, "
+                             f"{fmt(x['pvcd_cpu_s_per_vm'])} pvcd CPU-s and {fmt(x['reads_per_vm'])} reads per VM"
+                             + (f" ({x['error']})" if x["error"] else "")))
+    if "crash" in a:
+        x = a["crash"]
+        rows.append((f"crash of a node with {x['vms']} VMs -> all running elsewhere "
+                     f"({x['keepalive_interval']} s x {x['fence_intervals']})",
+                     f"{fmt(x['total_s'], ' s')} (detect {fmt(x['detect_s'])} + fence {fmt(x['fence_s'])} + "
+                     f"restart {fmt(x['restart_s'])})"))
+    for key in ("define_bulk", "start_bulk", "define_bulk_large"):
+        if key in a:
+            rows.append((f"bench set-up: {key.replace('_', ' ')}", f"{a[key]['vms'] if 'vms' in a[key] else ''} VMs in "
+                         f"{fmt(a[key]['seconds'], ' s')}"))
+    if rows:
+        print()
+        print(f"(a) {NODES} nodes, keepalive {KEEPALIVE_S} s:")
+        width = max(len(label) for label, _ in rows)
+        for label, value in rows:
+            print(f"  {label:<{width}}  {value}")
+        if a.get("error"):
+            print(f"  stopped early: {a['error']}")
+    sweep = report.get("b") or []
+    if sweep:
+        print()
+        print("(b) nodes  VMs  idle reads/s  per node  ZK CPU%  start reads  per node  start->acting s  keepalives/due")
+        for s in sweep:
+            idle, start = s.get("idle") or {}, (s.get("start") or {}).get("median") or {}
+            ka = idle.get("keepalives_delivered_per_due") or {}
+            print(f"    {s['nodes']:>5}  {s['vms']:>3}  {fmt(idle.get('reads_per_s')):>12}  "
+                  f"{fmt(idle.get('reads_per_node_per_s')):>8}  {fmt(idle.get('zk_cpu_percent')):>7}  "
+                  f"{fmt(start.get('reads')):>11}  {fmt(get(s, 'start', 'reads_per_node_median')):>8}  "
+                  f"{fmt(start.get('start_to_domain_started_s')):>15}  "
+                  f"{fmt(min(ka.values()) if ka else None)}" + (f"  stopped: {s['error']}" if s.get("error") else ""))
+
+
+def parse_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every number must be at least 1")
+    return values
+
+
+def parse_parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS + ("none",)]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(PARTS)} (or none)")
+    return [p for p in parts if p != "none"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", type=parse_parts, default=list(PARTS),
+                        help=f"parts of (a) to run, comma-separated, or none (default {','.join(PARTS)})")
+    parser.add_argument("--vms", type=int, default=VMS, help=f"VMs in (a) (default {VMS})")
+    parser.add_argument("--large-vms", type=int, default=LARGE_VMS,
+                        help=f"VMs in all for `large` (default {LARGE_VMS})")
+    parser.add_argument("--flush-vms", type=int, default=FLUSH_VMS,
+                        help=f"running VMs on the flushed node (default {FLUSH_VMS})")
+    parser.add_argument("--flush-timeout", type=float, default=600.0, help="--wait-timeout of flush and ready")
+    parser.add_argument("--crash-vms", type=int, default=CRASH_VMS,
+                        help=f"running VMs on the node that loses power (default {CRASH_VMS})")
+    parser.add_argument("--starts", type=int, default=STARTS, help=f"`pvc vm start` measured (default {STARTS})")
+    parser.add_argument("--window", type=float, default=WINDOW_S,
+                        help=f"seconds of each counter window (default {WINDOW_S:g})")
+    parser.add_argument("--cli-runs", type=int, default=CLI_RUNS, help=f"runs of each CLI command (default {CLI_RUNS})")
+    parser.add_argument("--sweep", type=parse_list, default=[], help="(b): node counts, e.g. 10,20 (default none)")
+    parser.add_argument("--sweep-vms", type=int, default=SWEEP_VMS,
+                        help=f"VMs in each (b) cluster (default {SWEEP_VMS})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    try:
+        failover.tool("pvc"), failover.tool("pvc-devcluster")
+    except failover.BenchError as exc:
+        print(f"bench/scale.py: {exc}", file=sys.stderr)
+        return 2
+    started = datetime.datetime.now(datetime.UTC)
+    t0 = time.monotonic()
+    load_before = loadavg()
+    import pvcd
+
+    report: dict[str, Any] = {
+        "benchmark": "scale",
+        "date": started.isoformat(timespec="seconds"),
+        "code": str(Path(pvcd.__file__).resolve().parent.parent),
+        "settings": {"nodes": NODES, "vms": args.vms, "large_vms": args.large_vms, "flush_vms": args.flush_vms,
+                     "crash_vms": args.crash_vms, "starts": args.starts, "window_s": args.window,
+                     "cli_runs": args.cli_runs, "parts": args.parts, "sweep": args.sweep, "sweep_vms": args.sweep_vms,
+                     "keepalive_interval_s": KEEPALIVE_S, "fence_intervals": FENCE_INTERVALS,
+                     "vm_memory_mib": VM_MEMORY_MIB, "vm_vcpus": 1, "domain_type": "test"},
+        "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "targets": TARGETS,
+        "measured": {
+            "reads": "zk_cnt_readlatency: every request that is not a write (getData, getChildren, exists, pings)",
+            "data_reads": "zk_cnt_*_read_per_namespace (data and child-list reads); "
+                          "data KiB: zk_sum_*_read_per_namespace",
+            "writes": "zk_cnt_updatelatency",
+            "node_requests": "`stat`: packets received on each node's connection (all requests incl. writes and "
+                             "pings), attributed through the chassis relay's socket in /proc",
+            "zk_cpu": "/proc/PID/stat utime+stime of the ZooKeeper java process",
+            "start": "counters over --window s from launching `pvc vm start` less the idle rate of the window just "
+                     "before; includes the CLI's own requests",
+            "start_to_domain_started_s": "launching `pvc vm start` -> the chassis journal's start of the domain",
+            "crash": "bench/failover.py: power loss right after a keepalive -> last VM started elsewhere (journals)",
+        },
+    }
+    if args.parts:
+        print(f"(a) {NODES} nodes, {args.vms} VMs, parts {','.join(args.parts)}", flush=True)
+        report["a"] = part_a(args)
+    if args.sweep:
+        report["b"] = part_b(args)
+    report["duration_s"] = round(time.monotonic() - t0)
+    report["loadavg_after"] = loadavg()
+    print_table(report)
+    print(f"\n{report['duration_s']} s; load average before {load_before}, after {report['loadavg_after']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.out}")
+    failed = bool((report.get("a") or {}).get("error")) or any(s.get("error") for s in report.get("b") or [])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
