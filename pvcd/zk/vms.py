@@ -21,7 +21,7 @@ from pvcd.vm.records import (
     VmView,
 )
 from pvcd.zk import schema
-from pvcd.zk.store import Store, StoreError, Transaction
+from pvcd.zk.base import Store, StoreError, Transaction, Versioned
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,15 @@ def read_vm(store: Store, name: str) -> VmView | None:
     record = store.get(schema.vm(name))
     if record is None:
         return None
-    status = store.get(schema.vm_status(name))
-    migration = store.get(schema.vm_migration(name))
+    return view_of(record, store.get(schema.vm_status(name)), store.get(schema.vm_migration(name)))
+
+
+def view_of(record: Versioned | None, status: Versioned | None, migration: Versioned | None) -> VmView | None:
+    """The VM made of its three values as read (or as watched); None without a record.
+
+    Raises InvalidVm on a damaged record."""
+    if record is None:
+        return None
     return VmView(
         record=VmRecord.from_json(record.value),
         record_version=record.version,
