@@ -1,9 +1,9 @@
-"""The election in ZooKeeper: observe, claim, release (a thin adapter over kazoo).
+"""The election in the store: observe, claim, release (a thin adapter).
 
 Every call here is asynchronous underneath and waits at most `timeout`:
-kazoo's synchronous calls wait without limit — a request made while the
-connection is down waits for kazoo to reconnect, however long the outage —
-and would hold up the coordinator loop exactly when it must step down.
+a synchronous call may wait without limit (kazoo's do: a request made while the
+connection is down waits for the reconnection, however long the outage) and
+would hold up the coordinator loop exactly when it must step down.
 
 The recipe is kazoo's Lock reduced to its non-blocking core (see `claims`):
 its blocking `acquire` retries without a deadline, and its queue decides the
@@ -16,18 +16,16 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
-
-from kazoo.exceptions import KazooException, NoNodeError
-from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.connection import _CONNECTION_DROP
+from typing import Any, TypeVar
 
 from pvcd.coordinator.claims import Handover, claims_of
 from pvcd.coordinator.decide import Observation
 from pvcd.zk import schema
-from pvcd.zk.store import Store, StoreError, decode, encode
+from pvcd.zk.base import Pending, Store, StoreError, StoreTimeout, StoreUnavailable, Unreadable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ElectionUnavailable(Exception):
@@ -43,25 +41,19 @@ class Election:
         self.token = secrets.token_hex(4)
         self.timeout = timeout
 
-    def _wait(self, what: str, results: list[Any], deadline: float) -> list[Any]:
-        """The results (or exceptions) of asynchronous calls, or ElectionUnavailable at the deadline."""
-        values: list[Any] = []
-        for result in results:
-            try:
-                values.append(result.get(timeout=max(deadline - time.monotonic(), 0.0)))
-            except NoNodeError as exc:
-                values.append(exc)
-            except KazooTimeoutError as exc:
-                raise ElectionUnavailable(f"{what}: ZooKeeper did not answer within {self.timeout:.1f}s") from exc
-            except KazooException as exc:
-                raise ElectionUnavailable(f"{what}: {type(exc).__name__}") from exc
-        return values
+    def _wait(self, what: str, pending: Pending[T], deadline: float) -> T:
+        """The answer of an asynchronous call, or ElectionUnavailable at the deadline or on a refusal."""
+        try:
+            return pending.result(timeout=max(deadline - time.monotonic(), 0.0))
+        except StoreTimeout as exc:
+            raise ElectionUnavailable(f"{what}: ZooKeeper did not answer within {self.timeout:.1f}s") from exc
+        except StoreError as exc:
+            raise ElectionUnavailable(f"{what}: {exc}") from exc
 
     def prepare(self) -> None:
         """Create the claims directory if this is the cluster's first coordinator."""
-        client = self.store.client
         deadline = time.monotonic() + self.timeout
-        self._wait("creating " + schema.PRIMARY, [client.ensure_path_async(schema.PRIMARY)], deadline)
+        self._wait("creating " + schema.PRIMARY, self.store.ensure_path_async(schema.PRIMARY), deadline)
 
     def observe(self, watch: Callable[[Any], None]) -> Observation:
         """Claims and handover request in one round trip, leaving watches on both.
@@ -69,42 +61,54 @@ class Election:
         The `sync` goes first so the reads reflect the ZooKeeper leader's
         latest state even when the server we talk to is a lagging follower.
         """
-        client = self.store.client
+        store = self.store
         sent_at = time.monotonic()
-        results = [
-            client.sync_async(schema.PRIMARY),
-            client.get_children_async(schema.PRIMARY, watch=watch),
-            client.exists_async(schema.HANDOVER, watch=watch),
-            client.get_async(schema.HANDOVER),
-        ]
-        _, children, _, handover = self._wait("observing the election", results, sent_at + self.timeout)
-        if isinstance(children, NoNodeError):
-            raise ElectionUnavailable(f"{schema.PRIMARY} does not exist")
-        if isinstance(handover, NoNodeError):
-            request, version = None, None
+        deadline = sent_at + self.timeout
+        what = "observing the election"
+        synced = store.sync_async(schema.PRIMARY)
+        listed = store.children_async(schema.PRIMARY, watch=watch)
+        watched = store.exists_async(schema.HANDOVER, watch=watch)
+        read = store.get_async(schema.HANDOVER)
+        self._wait(what, synced, deadline)
+        children = self._wait(what, listed, deadline)
+        self._wait(what, watched, deadline)
+        request: Handover | None = None
+        version: int | None = None
+        try:
+            handover = self._wait(what, read, deadline)
+        except ElectionUnavailable as exc:
+            if not isinstance(exc.__cause__, Unreadable):
+                raise
+            version = exc.__cause__.version  # not JSON: the primary deletes it
         else:
-            data, stat = handover
-            request, version = _handover(data), stat.version
+            if handover is not None:
+                request, version = Handover.from_json(handover.value), handover.version
+        if children is None:
+            raise ElectionUnavailable(f"{schema.PRIMARY} does not exist")
         return Observation(
             sent_at=sent_at, claims=tuple(claims_of(children)), handover=request, handover_version=version
         )
 
     def claim(self, observation: Observation) -> None:
         """Create our claim, deleting the handover request (if any) in the same transaction."""
-        transaction = self.store.client.transaction()
-        transaction.create(
+        transaction = self.store.transaction().create(
             schema.primary_claim_prefix(self.node, self.token),
-            encode({"node": self.node}),
+            {"node": self.node},
             ephemeral=True,
-            sequence=True,
+            sequential=True,
         )
         if observation.handover_version is not None:
             transaction.delete(schema.HANDOVER, version=observation.handover_version)
-        deadline = time.monotonic() + self.timeout
-        (results,) = self._wait("claiming the primary role", [transaction.commit_async()], deadline)
-        failures = [type(result).__name__ for result in results if isinstance(result, Exception)]
-        if failures:
-            raise ElectionUnavailable(f"claim refused ({', '.join(failures)}): the election changed meanwhile")
+        try:
+            transaction.commit(timeout=self.timeout)
+        except StoreTimeout as exc:
+            raise ElectionUnavailable(
+                f"claiming the primary role: ZooKeeper did not answer within {self.timeout:.1f}s"
+            ) from exc
+        except StoreUnavailable as exc:
+            raise ElectionUnavailable(f"claiming the primary role: {exc}") from exc
+        except StoreError as exc:
+            raise ElectionUnavailable(f"claim refused ({exc}): the election changed meanwhile") from exc
 
     def release(self, observation: Observation) -> None:
         """Delete every claim of ours, the primary one included."""
@@ -115,36 +119,28 @@ class Election:
         self._delete_claims([claim.name for claim in observation.strays(self.token)])
 
     def _delete_claims(self, names: list[str]) -> None:
-        client = self.store.client
-        results = [client.delete_async(f"{schema.PRIMARY}/{name}") for name in names]
-        self._wait("deleting our claims", results, time.monotonic() + self.timeout)
+        deadline = time.monotonic() + self.timeout
+        pending = [self.store.delete_async(f"{schema.PRIMARY}/{name}") for name in names]
+        for result in pending:
+            self._wait("deleting our claims", result, deadline)
 
     def discard_handover(self, observation: Observation) -> None:
         """Delete a handover request that no longer applies (if it is still the one we saw)."""
         if observation.handover_version is None:
             return
-        result = self.store.client.delete_async(schema.HANDOVER, version=observation.handover_version)
-        (outcome,) = self._wait("deleting the handover request", [result], time.monotonic() + self.timeout)
-        if isinstance(outcome, Exception):
+        pending = self.store.delete_async(schema.HANDOVER, version=observation.handover_version)
+        deleted = self._wait("deleting the handover request", pending, time.monotonic() + self.timeout)
+        if not deleted:
             return
         request = observation.handover.to_json() if observation.handover else "(unreadable)"
         log.warning("Discarded handover request %s: it does not ask primary %s to step down", request, self.node)
 
     def drop_connection(self) -> None:
-        """Make kazoo drop its connection and reconnect (to another server if it can).
+        """Make the store drop its connection and reconnect (to another server if it can).
 
         kazoo counts every request sent as a heartbeat and never checks that
         requests are answered; the coordinator loop sends one every tick, so a
-        server that silently stopped answering would go unnoticed. This is
-        kazoo's own connection-drop request (the one its test suite uses): the
-        session survives, pending requests fail with ConnectionLoss at once.
+        server that silently stopped answering would go unnoticed. The session
+        survives; pending requests fail at once.
         """
-        client = self.store.client
-        client._call(_CONNECTION_DROP, client.handler.async_result())
-
-
-def _handover(data: bytes) -> Handover | None:
-    try:
-        return Handover.from_json(decode(data, schema.HANDOVER))
-    except StoreError:
-        return None
+        self.store.drop_connection()

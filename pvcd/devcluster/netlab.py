@@ -18,7 +18,6 @@ here yet, so concurrent labs never collide and nothing leaves the machine.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import random
 import secrets
@@ -31,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kazoo.client import KazooClient
 from pyroute2 import IPRoute
 
 from pvcd.devcluster import layout
 from pvcd.devcluster.processes import stop_pid, wait_until
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import schema
+from pvcd.zk.base import Store
+from pvcd.zk.store import ZooKeeperStore
 
 SESSION_TIMEOUT = 4.0
 NODE_MTU = 1400
@@ -66,7 +66,7 @@ def _free_subnet_base() -> int:
 class NodeNamespace:
     """One node: its namespace, its `pvcd` process, its log."""
 
-    def __init__(self, lab: "Lab", name: str, index: int) -> None:
+    def __init__(self, lab: Lab, name: str, index: int) -> None:
         self.lab, self.name, self.index = lab, name, index
         self.netns = f"pvct-{lab.tag}-{name}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -81,7 +81,7 @@ class NodeNamespace:
         sh("ip", "-n", self.netns, "link", "set", "lo", "up")
         sh("ip", "-n", self.netns, "link", "set", "eth0", "up")
 
-    def start(self, enable_networking: bool = True) -> "NodeNamespace":
+    def start(self, enable_networking: bool = True) -> NodeNamespace:
         """Start (or restart) the node's `pvcd` inside its namespace."""
         config = self.lab.workdir / f"{self.name}.yaml"
         config.write_text(yaml.safe_dump(self.lab.document(self.name, self.index, enable_networking), sort_keys=False))
@@ -184,20 +184,18 @@ class Lab:
 
     def clear_zookeeper(self) -> None:
         """An empty /pvc, for a fresh cluster on the same ZooKeeper."""
-        with self.client() as client:
-            client.delete(schema.ROOT, recursive=True)
+        with self.client() as store:
+            store.delete_tree(schema.ROOT)
 
-    def client(self) -> "_Client":
+    def client(self) -> _Client:
         assert self.zookeeper is not None
         return _Client(self.zookeeper.address)
 
     def roles(self) -> dict[str, str]:
         """Each node's published coordinator state."""
-        with self.client() as client:
-            return {
-                name: json.loads(client.get(schema.node_state(name))[0])["coordinator"]
-                for name in self.nodes if client.exists(schema.node_state(name))
-            }
+        with self.client() as store:
+            states = {name: store.get(schema.node_state(name)) for name in self.nodes}
+            return {name: state.value["coordinator"] for name, state in states.items() if state is not None}
 
     def document(self, name: str, index: int, enable_networking: bool) -> dict[str, Any]:
         """The node's pvcd.yaml: the local cluster's, with ZooKeeper on the bridge and networks."""
@@ -276,18 +274,17 @@ class Lab:
 
 
 class _Client:
-    """A short-lived kazoo session on the lab's ZooKeeper, as a context manager."""
+    """A short-lived store session on the lab's ZooKeeper, as a context manager."""
 
     def __init__(self, hosts: str) -> None:
-        self.client = KazooClient(hosts=hosts)
+        self.store = ZooKeeperStore(hosts, connect_timeout=10.0)
 
-    def __enter__(self) -> KazooClient:
-        self.client.start(timeout=10)
-        return self.client
+    def __enter__(self) -> Store:
+        self.store.start()
+        return self.store
 
     def __exit__(self, *_: Any) -> None:
-        self.client.stop()
-        self.client.close()
+        self.store.stop()
 
 
 class AddressSampler:
@@ -301,7 +298,7 @@ class AddressSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._handles = {name: IPRoute(netns=node.netns) for name, node in lab.nodes.items()}
 
-    def __enter__(self) -> "AddressSampler":
+    def __enter__(self) -> AddressSampler:
         self._thread.start()
         return self
 

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kazoo.exceptions import LockTimeout
-
 from pvcd.config import DEFAULT_IPMI_PORT, Config
 from pvcd.fencing import flow
 from pvcd.fencing.detector import LivenessTracker, NodeStatus, Verdict, decide
@@ -28,8 +26,8 @@ from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
 from pvcd.fencing.outcome import FenceOutcome
 from pvcd.supervisor import Supervisor
 from pvcd.zk import nodes, schema
+from pvcd.zk.base import Store, StoreError, VersionConflict
 from pvcd.zk.nodes import NodeView
-from pvcd.zk.store import Store, StoreError, VersionConflict
 
 log = logging.getLogger("pvcd.fencing")
 
@@ -234,15 +232,12 @@ class Fencer:
 
     class _Lock:
         def __init__(self, fencer: Fencer) -> None:
-            self.lock = fencer.store.client.Lock(schema.FENCE_LOCK, identifier=fencer.me)
+            self.lock = fencer.store.lock(schema.FENCE_LOCK, fencer.me)
             self.timeout = fencer.config.fencing.keepalive_interval
             self.held = False
 
         def __enter__(self) -> bool:
-            try:
-                self.held = bool(self.lock.acquire(timeout=self.timeout))
-            except LockTimeout:
-                self.held = False
+            self.held = self.lock.acquire(timeout=self.timeout)
             return self.held
 
         def __exit__(self, *_exc: object) -> None:

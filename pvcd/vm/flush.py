@@ -54,8 +54,8 @@ from pvcd.vm.records import (
     moved,
 )
 from pvcd.zk import nodes, schema, vms
+from pvcd.zk.base import AlreadyExists, Store, StoreError, StoreUnavailable, Versioned
 from pvcd.zk.nodes import NodeView
-from pvcd.zk.store import AlreadyExists, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("pvcd.flush")
 
@@ -335,7 +335,7 @@ class FlushRunner:
 
     def start(self) -> None:
         self._stop.clear()
-        self.store.client.DataWatch(schema.node_command(self.node), self._on_command)
+        self.store.watch_data(schema.node_command(self.node), self._on_command)
         self._wake.set()
         self._thread = threading.Thread(target=self._loop, name=f"flush-{self.node}", daemon=True)
         self._thread.start()
@@ -347,7 +347,7 @@ class FlushRunner:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _on_command(self, _data: bytes | None, _stat: object) -> bool:
+    def _on_command(self, _value: Versioned | None) -> bool:
         if self._stop.is_set():
             return False
         self._wake.set()

@@ -34,7 +34,7 @@ from pvcd.vm.records import (
     VmView,
 )
 from pvcd.zk import nodes, schema, vms
-from pvcd.zk.store import Store, StoreError, StoreUnavailable, VersionConflict
+from pvcd.zk.base import Store, StoreError, StoreUnavailable, VersionConflict, Versioned
 
 log = logging.getLogger("pvcd.vm")
 
@@ -84,7 +84,7 @@ class VmReconciler:
     def start(self) -> None:
         """Run passes in a background thread until `stop`."""
         self._stop.clear()
-        self.store.client.DataWatch(schema.VMS, self._on_vms_changed)
+        self.store.watch_data(schema.VMS, self._on_vms_changed)
         self._wake.set()
         self._thread = threading.Thread(target=self._loop, name=f"vm-reconciler-{self.node}", daemon=True)
         self._thread.start()
@@ -119,9 +119,9 @@ class VmReconciler:
             log.critical("Node %s: VM actions on %s still under way after %.0fs", self.node, ", ".join(busy), timeout)
         return busy
 
-    def _on_vms_changed(self, _data: bytes | None, _stat: object) -> bool:
+    def _on_vms_changed(self, _value: Versioned | None) -> bool:
         if self._stop.is_set():
-            return False  # kazoo removes the watch
+            return False  # the store removes the watch
         self._wake.set()
         return True
 

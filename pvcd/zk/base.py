@@ -66,6 +66,15 @@ class AlreadyExists(StoreError):
     """The path exists already."""
 
 
+class Unreadable(StoreError):
+    """The value at a path is not JSON (not written by pvcd); its version lets a writer replace or delete it."""
+
+    def __init__(self, message: str, version: int, mtime_ms: int) -> None:
+        super().__init__(message)
+        self.version = version
+        self.mtime_ms = mtime_ms
+
+
 def encode(value: Any) -> bytes:
     """Canonical JSON, so equal values are equal bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
@@ -87,6 +96,14 @@ class Versioned:
     value: Any
     version: int
     mtime_ms: int
+
+
+def versioned(data: bytes, path: str, version: int, mtime_ms: int) -> Versioned:
+    """A value as read, or `Unreadable` (with the version) when it is not JSON."""
+    try:
+        return Versioned(decode(data, path), version, mtime_ms)
+    except StoreError as exc:
+        raise Unreadable(str(exc), version, mtime_ms) from exc
 
 
 DataCallback = Callable[[Versioned | None], bool | None]
@@ -186,7 +203,7 @@ class Store(ABC):
 
     @abstractmethod
     def get(self, path: str) -> Versioned | None:
-        """The value at `path`, or None when the path does not exist."""
+        """The value at `path`, or None when the path does not exist (`Unreadable` when it is not JSON)."""
 
     @abstractmethod
     def children(self, path: str) -> list[str]:
@@ -215,6 +232,15 @@ class Store(ABC):
     @abstractmethod
     def delete(self, path: str, version: int = -1) -> None:
         """Delete `path` if it is still at `version` (-1: any); `NotFound` when it does not exist."""
+
+    def delete_tree(self, path: str) -> None:
+        """Delete `path` and everything under it (children first; nothing when it does not exist)."""
+        for child in self.children(path):
+            self.delete_tree(f"{path.rstrip('/')}/{child}")
+        try:
+            self.delete(path)
+        except NotFound:
+            pass
 
     @abstractmethod
     def ensure_path(self, path: str) -> None:
@@ -246,6 +272,7 @@ class Store(ABC):
         """Call `callback` at once with the value at `path` (None: no such path), then
         after every change of it (set, create, delete) with the new value, and again
         with the current value after a new session; returning False stops the watch.
+        A value that is not JSON is reported with value None (and its version).
 
         Callbacks run on the store's own thread, one at a time."""
 

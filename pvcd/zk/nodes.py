@@ -16,7 +16,7 @@ from typing import Any
 from pvcd.fencing.flow import UNFINISHED, Fence
 from pvcd.keepalive import StateRecord
 from pvcd.zk import schema
-from pvcd.zk.store import AlreadyExists, Store
+from pvcd.zk.base import AlreadyExists, Store
 
 NO_FENCE: dict[str, Any] = {"outcome": None}
 

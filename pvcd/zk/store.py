@@ -41,10 +41,12 @@ from pvcd.zk.base import (
     StoreLock,
     StoreTimeout,
     StoreUnavailable,
+    Unreadable,
     VersionConflict,
     Versioned,
     decode,
     encode,
+    versioned,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "StoreTimeout",
     "StoreUnavailable",
     "Transaction",
+    "Unreadable",
     "VersionConflict",
     "Versioned",
     "ZooKeeperStore",
@@ -277,7 +280,11 @@ class _DataWatch(_Watch):
             if stat is not None:
                 return _AGAIN, None
             return None, None
-        return stat.mzxid, Versioned(decode(data, self.path), stat.version, stat.mtime)
+        try:
+            return stat.mzxid, versioned(data, self.path, stat.version, stat.mtime)
+        except Unreadable as exc:
+            log.warning("Watch on %s: %s; reported as None", self.path, exc)
+            return stat.mzxid, Versioned(None, stat.version, stat.mtime)
 
     def _deliver(self, value: Any) -> bool | None:
         return self._callback(value)
@@ -424,7 +431,7 @@ class ZooKeeperStore(base.Store):
             data, stat = self._call(path, lambda: self.client.get(path))
         except NotFound:
             return None
-        return Versioned(decode(data, path), stat.version, stat.mtime)
+        return versioned(data, path, stat.version, stat.mtime)
 
     def children(self, path: str) -> list[str]:
         try:
@@ -495,7 +502,7 @@ class ZooKeeperStore(base.Store):
     def get_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[Versioned | None]:
         def convert(raw: Any) -> Versioned | None:
             data, stat = raw
-            return Versioned(decode(data, path), stat.version, stat.mtime)
+            return versioned(data, path, stat.version, stat.mtime)
 
         return _Pending(path, self.client.get_async(path, watch=watch), convert, missing=lambda: None)
 
