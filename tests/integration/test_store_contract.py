@@ -24,6 +24,7 @@ from pvcd.zk.base import (
     NotFound,
     Store,
     StoreError,
+    Unreadable,
     VersionConflict,
     Versioned,
 )
@@ -460,3 +461,34 @@ def test_a_waiting_lock_is_granted_on_release_and_when_the_holder_goes(backend: 
     holder.stop()  # its session closes: its contender node goes
     waiter.join(15)
     assert granted == [True]
+
+
+def test_delete_tree_deletes_everything_under_a_path(store: Store) -> None:
+    store.create(f"{P}/t/a/b", 1, makepath=True)
+    store.create(f"{P}/t/c", 1)
+    store.delete_tree(f"{P}/t")
+    assert not store.exists(f"{P}/t") and store.exists(P)
+    store.delete_tree(f"{P}/t")  # nothing to delete: nothing to do
+
+
+# -- ZooKeeper only: values pvcd did not write ------------------------------------------------------------------
+
+
+def test_a_value_that_is_not_json_is_unreadable_with_its_version(zookeeper: Any, zk: KazooClient) -> None:
+    zk.create(f"{P}/raw", b"not json", makepath=True)
+    zk.set(f"{P}/raw", b"still not json")
+    store = ZooKeeperStore(zookeeper.address)
+    store.start()
+    try:
+        with pytest.raises(Unreadable) as refused:
+            store.get(f"{P}/raw")
+        assert refused.value.version == 1 and f"{P}/raw" in str(refused.value)
+        with pytest.raises(Unreadable):
+            store.get_async(f"{P}/raw").result(5.0)
+        seen: list[Versioned | None] = []
+        store.watch_data(f"{P}/raw", seen.append)
+        assert seen == [Versioned(None, 1, seen[0].mtime_ms)]  # type: ignore[union-attr]
+        store.set(f"{P}/raw", {"now": "json"}, 1)
+        eventually(lambda: len(seen) == 2 and seen[-1] is not None and seen[-1].value == {"now": "json"}, "the fix")
+    finally:
+        store.stop()
