@@ -273,6 +273,8 @@ class Store(ABC):
         after every change of it (set, create, delete) with the new value, and again
         with the current value after a new session; returning False stops the watch.
         A value that is not JSON is reported with value None (and its version).
+        While the store is unreachable the watch waits: its first call comes once
+        the session is connected again.
 
         Callbacks run on the store's own thread, one at a time."""
 

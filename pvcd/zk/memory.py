@@ -472,11 +472,14 @@ class _Watch:
             losses = self._store._losses
             try:
                 key, value = self._fetch()
+            except StoreUnavailable:
+                return  # read again at the next CONNECTED
             except StoreError:
                 if initial:
                     self.stopped = True
                     raise
-                return  # read again at the next CONNECTED
+                log.exception("Watch on %s: read failed; reading again once connected", self.path)
+                return
             if losses == self._losses_seen and key == self._last:
                 return
             self._last, self._losses_seen = key, losses

@@ -229,11 +229,14 @@ class _Watch:
             losses = self._losses
             try:
                 key, value = self._fetch()
+            except StoreUnavailable:
+                log.debug("Watch on %s: read failed; reading again once connected", self.path, exc_info=True)
+                return
             except StoreError:
                 if initial:
                     self.stopped = True
                     raise
-                log.debug("Watch on %s: read failed; reading again once connected", self.path, exc_info=True)
+                log.exception("Watch on %s: read failed; reading again once connected", self.path)
                 return
             except Exception:
                 if initial:

@@ -165,3 +165,18 @@ def test_the_election_runs_on_the_memory_store(server: MemoryServer) -> None:
     second.reconnect()
     second.expire_session()
     assert one.observe(lambda _event: None).claims == ()  # the claims were ephemeral
+
+
+def test_a_watch_set_while_cut_off_reports_once_connected(server: MemoryServer) -> None:
+    store, other = started(server), started(server)
+    other.create("/d/a", 1, makepath=True)
+    store.disconnect()
+    seen: list[Any] = []
+    names: list[list[str]] = []
+    store.watch_data("/d/a", lambda value: seen.append(value and value.value))
+    store.watch_children("/d", names.append)
+    assert seen == [] and names == []
+    store.reconnect()
+    assert seen == [1] and names == [["a"]]
+    other.create("/d/b", 2)
+    assert names == [["a"], ["a", "b"]]
