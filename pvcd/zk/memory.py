@@ -731,9 +731,8 @@ class MemoryStore(base.Store):
         self._start_watch(_ChildrenWatch(self, path, callback))
 
     def _start_watch(self, watch: _Watch) -> None:
+        self._watches.append(watch)
         watch._read(initial=True)
-        if not watch.stopped:
-            self._watches.append(watch)
 
     def lock(self, path: str, identifier: str) -> StoreLock:
         return _MemoryLock(self, path, identifier)

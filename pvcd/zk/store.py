@@ -207,8 +207,8 @@ class _Watch:
         self._losses_seen = -1
 
     def start(self) -> None:
+        self._store._add_watch(self)  # first: a CONNECTED during the first read is not missed
         self._read()
-        self._store._add_watch(self)
 
     def on_state(self, state: str) -> None:
         if state == "LOST":
@@ -361,8 +361,6 @@ class ZooKeeperStore(base.Store):
             watch.on_state(name)
 
     def _add_watch(self, watch: _Watch) -> None:
-        if watch.stopped:
-            return
         with self._watches_lock:
             self._watches.append(watch)
 
