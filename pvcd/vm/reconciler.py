@@ -1,11 +1,22 @@
 """The per-node VM loop: make this node's libvirt match ZooKeeper, and say what happened.
 
-Each pass reads every VM and this node's domains, asks `reconcile.decide`
-what to do, and runs each action in a small worker pool, one action per VM
-at a time: a guest taking minutes to shut down must not hold up the others.
-A pass runs whenever a VM changes in ZooKeeper (one watch on `/pvc/vms`),
-when an action finishes, and every `resync_interval` seconds to notice what
-changed in libvirt alone (a guest that shut itself down).
+The node watches only what it owns: its index (`/pvc/node_vms/NODE`, the VMs
+assigned to it and the moves towards or away from it, kept by `pvcd.zk.vms`)
+and, for each VM in it, the record, status and migration znodes. Every change
+updates that VM's view in memory; a pass then asks `reconcile.decide` about the
+owned views and this node's domains, and runs each action in a small worker
+pool, one action per VM at a time: a guest taking minutes to shut down must not
+hold up the others. Nothing re-reads the whole VM tree: one VM change costs the
+re-read of the changed znode, and an action re-reads its VM once more before
+acting (`_still_wanted`).
+
+A pass also runs when an action finishes and every `resync_interval` seconds,
+to notice what changed in libvirt alone (a guest that shut itself down): those
+passes read nothing from ZooKeeper. A domain on this host that no owned VM
+claims is looked up on its own (at most once per `store_resync_interval`) so it
+can be reported. After a session loss every watch delivers its current value
+again; besides, every `store_resync_interval` seconds the owned VMs (only those)
+are read once and any VM whose watched view differs is watched afresh.
 
 Nothing a single VM does can stop the loop: every failure of an action is
 written into that VM (`fail` with the reason) or logged, and the next pass
@@ -17,16 +28,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from pvcd.supervisor import Supervisor
 from pvcd.vm.domains import DomainError, Domains
 from pvcd.vm.migration import MigrationFailed, Migrator, migration_address, migrator_for
-from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, decide, decide_vm, memory_shortfall
+from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, DomainInfo, decide, decide_vm, memory_shortfall
 from pvcd.vm.records import (
     SHOULD_RUN,
     ActualState,
+    InvalidVm,
     MigrationMethod,
     MovePhase,
     VmState,
@@ -39,7 +52,18 @@ from pvcd.zk.base import Store, StoreError, StoreUnavailable, VersionConflict, V
 log = logging.getLogger("pvcd.vm")
 
 DEFAULT_RESYNC_INTERVAL = 5.0
+DEFAULT_STORE_RESYNC_INTERVAL = 60.0
 DEFAULT_WORKERS = 4
+
+_PARTS = ("record", "status", "migration")
+
+
+def _part_path(part: str, vm: str) -> str:
+    if part == "record":
+        return schema.vm(vm)
+    if part == "status":
+        return schema.vm_status(vm)
+    return schema.vm_migration(vm)
 
 
 class VmReconciler:
@@ -56,9 +80,12 @@ class VmReconciler:
         workers: int = DEFAULT_WORKERS,
         held: Callable[[], str | None] = lambda: None,
         supervisor: Supervisor | None = None,
+        store_resync_interval: float = DEFAULT_STORE_RESYNC_INTERVAL,
+        repair_index: bool = True,
     ) -> None:
         """`held` says why the node must not touch its VMs right now (it was
-        fenced and waits for an operator), or None."""
+        fenced and waits for an operator), or None. `repair_index`: put this
+        node's index right at start (one read of every VM, once)."""
         self.store = store
         self.held = held
         self.supervisor = supervisor or Supervisor(node)
@@ -67,6 +94,8 @@ class VmReconciler:
         self.shutdown_timeout = shutdown_timeout
         self.migrator = migrator or migrator_for(domains.uri)
         self.resync_interval = resync_interval
+        self.store_resync_interval = store_resync_interval
+        self.repair_index = repair_index
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._busy: dict[str, Future[None]] = {}
@@ -78,13 +107,33 @@ class VmReconciler:
         self._thread: threading.Thread | None = None
         self.reports: dict[str, str] = {}
         """VMs this node reports but leaves alone (unmanaged, blocked), with the reason."""
+        # What the watches delivered (guarded by _watch_lock; callbacks only record and wake).
+        self._watch_lock = threading.Lock()
+        self._index: set[str] | None = None
+        """The names in this node's index, as last delivered (None: not yet watched)."""
+        self._raw: dict[str, dict[str, Versioned | None]] = {}
+        """Per watched VM, the values delivered so far for its record, status and migration."""
+        self._generation: dict[str, int] = {}
+        """The current watch generation per watched VM; a callback of an older one stops its watch."""
+        self._next_generation = 0
+        self._foreign: dict[str, tuple[float, VmView | None]] = {}
+        """Domains no owned VM claims: the VM of that name as last read, and when (for the reports)."""
+        self._last_store_resync = time.monotonic()
 
     # -- thread control --------------------------------------------------------
 
     def start(self) -> None:
-        """Run passes in a background thread until `stop`."""
+        """Watch this node's index and run passes in a background thread until `stop`."""
         self._stop.clear()
-        self.store.watch_data(schema.VMS, self._on_vms_changed)
+        if self.repair_index:
+            try:
+                added, removed = vms.repair_index(self.store, self.node)
+            except StoreError as exc:
+                log.warning("Index of node %s not checked: %s", self.node, exc)
+            else:
+                if added or removed:
+                    log.warning("Index of node %s put right: added %s, removed %s", self.node, added, removed)
+        self.store.watch_children(schema.node_vms(self.node), self._on_index)
         self._wake.set()
         self._thread = threading.Thread(target=self._loop, name=f"vm-reconciler-{self.node}", daemon=True)
         self._thread.start()
@@ -96,6 +145,8 @@ class VmReconciler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._watch_lock:
+            self._generation.clear()  # every VM watch stops at its next event
         with self._busy_lock:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
@@ -119,11 +170,106 @@ class VmReconciler:
             log.critical("Node %s: VM actions on %s still under way after %.0fs", self.node, ", ".join(busy), timeout)
         return busy
 
-    def _on_vms_changed(self, _value: Versioned | None) -> bool:
+    # -- watches (the store's thread: record and wake, nothing else) -------------
+
+    def _on_index(self, names: list[str]) -> bool:
         if self._stop.is_set():
-            return False  # the store removes the watch
+            return False
+        with self._watch_lock:
+            self._index = set(names)
         self._wake.set()
         return True
+
+    def _on_value(self, vm: str, part: str, generation: int, value: Versioned | None) -> bool:
+        with self._watch_lock:
+            if self._stop.is_set() or self._generation.get(vm) != generation:
+                return False  # no longer owned, or watched afresh: this watch ends
+            self._raw.setdefault(vm, {})[part] = value
+        self._wake.set()
+        return True
+
+    def _watch_vm(self, vm: str) -> None:
+        """Watch the VM's three znodes (afresh: an earlier generation's watches end at their next event)."""
+        with self._watch_lock:
+            self._next_generation += 1
+            generation = self._next_generation
+            self._generation[vm] = generation
+            self._raw[vm] = {}
+        for part in _PARTS:
+            self.store.watch_data(
+                _part_path(part, vm),
+                lambda value, part=part: self._on_value(vm, part, generation, value),  # type: ignore[misc]
+            )
+
+    def _follow_index(self) -> None:
+        """Start watching the VMs that joined the index, forget those that left it."""
+        with self._watch_lock:
+            index = set(self._index or ())
+            joined = sorted(index - set(self._generation))
+            for vm in set(self._generation) - index:
+                del self._generation[vm]
+                self._raw.pop(vm, None)
+        for vm in joined:
+            self._watch_vm(vm)
+
+    def owned_views(self) -> tuple[dict[str, VmView], dict[str, str]]:
+        """The owned VMs as the watches have them, and the damaged ones with the reason."""
+        with self._watch_lock:
+            raw = {vm: dict(parts) for vm, parts in self._raw.items() if vm in self._generation}
+        views: dict[str, VmView] = {}
+        damaged: dict[str, str] = {}
+        for vm, parts in raw.items():
+            if len(parts) < len(_PARTS):
+                continue  # being watched: not all of it delivered yet
+            try:
+                view = vms.view_of(parts["record"], parts["status"], parts["migration"])
+            except InvalidVm as exc:
+                damaged[vm] = str(exc)
+                continue
+            if view is not None:
+                views[vm] = view
+        return views, damaged
+
+    def _store_resync(self) -> None:
+        """The slow safety net: read the owned VMs once; watch afresh any whose view differs."""
+        self._last_store_resync = time.monotonic()
+        self._foreign.clear()
+        index = set(vms.owned(self.store, self.node))
+        with self._watch_lock:
+            if index != self._index:
+                log.warning("Index of node %s: watch missed %s", self.node, sorted(index ^ (self._index or set())))
+                self._index = index
+        self._follow_index()
+        watched, _damaged = self.owned_views()
+        for vm in sorted(index):
+            try:
+                fresh = vms.read_vm(self.store, vm)
+            except InvalidVm:
+                continue
+            if fresh != watched.get(vm):
+                with self._watch_lock:
+                    still_owned = vm in self._generation
+                if still_owned:
+                    log.warning("VM %s on node %s: watched view out of date; watching it afresh", vm, self.node)
+                    self._watch_vm(vm)
+
+    def _unclaimed(self, domains: dict[str, DomainInfo], views: dict[str, VmView]) -> dict[str, VmView]:
+        """The VMs (if any) of the domains here that no owned VM claims, read on their own."""
+        now = time.monotonic()
+        found: dict[str, VmView] = {}
+        for name in sorted(domains.keys() - views.keys()):
+            cached = self._foreign.get(name)
+            if cached is None or now - cached[0] >= self.store_resync_interval:
+                try:
+                    cached = (now, vms.read_vm(self.store, name))
+                except InvalidVm:
+                    cached = (now, None)
+                self._foreign[name] = cached
+            if cached[1] is not None:
+                found[name] = cached[1]
+        for name in set(self._foreign) - domains.keys():
+            del self._foreign[name]
+        return found
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -132,6 +278,8 @@ class VmReconciler:
             if self._stop.is_set():
                 return
             try:
+                if time.monotonic() - self._last_store_resync >= self.store_resync_interval:
+                    self._store_resync()
                 self.run_once()
             except StoreUnavailable as exc:
                 log.warning("VM pass on node %s skipped: ZooKeeper unreachable (%s)", self.node, exc)
@@ -150,8 +298,10 @@ class VmReconciler:
         if reason is not None:
             log.debug("VM pass on node %s skipped: %s", self.node, reason)
             return []
-        views, damaged = vms.read_vms(self.store)
+        self._follow_index()
+        views, damaged = self.owned_views()
         domains = self.domains.list()
+        views.update(self._unclaimed(domains, views))
         for name, problem in damaged.items():
             self._report(name, f"VM {name} has a damaged record and is left alone: {problem}")
         actions = decide(self.node, views, domains)

@@ -224,7 +224,6 @@ class VmWrite:
         after = acting_nodes(self._after.record, self._after.migration)
         if before != after:
             _index(self._store, self._txn, self._view.name, before, after)
-        self._txn.set(schema.VMS, None, -1)  # BUMP: until the reconciler watches its index
         self._txn.commit()
         return self._after
 
@@ -242,7 +241,6 @@ def define(store: Store, record: VmRecord) -> None:
         .create(schema.vm_uuid(record.uuid), {"name": record.name})
     )
     _index(store, txn, record.name, frozenset(), acting_nodes(record, None))
-    txn.set(schema.VMS, None, -1)  # BUMP
     txn.commit()
 
 
@@ -259,7 +257,6 @@ def remove(store: Store, view: VmView) -> None:
         txn.delete(schema.vm_status(view.name), view.status_version)
     txn.delete(schema.vm(view.name), view.record_version).delete(schema.vm_uuid(view.record.uuid))
     _index(store, txn, view.name, acting_nodes(view.record, view.migration), frozenset())
-    txn.set(schema.VMS, None, -1)  # BUMP
     txn.commit()
 
 

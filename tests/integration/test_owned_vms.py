@@ -9,13 +9,19 @@ before the index, or changed by hand) never makes a VM write fail.
 from __future__ import annotations
 
 import dataclasses
+import time
+import uuid
+from collections import Counter
 
 import pytest
 
-from helpers import VmOperator, vm_operator
+from helpers import VmOperator, vm_operator, vm_xml, wait_for
 from pvcd.vm import records
-from pvcd.vm.records import MoveKind, MovePhase, VmState
+from pvcd.vm.reconcile import DomainInfo
+from pvcd.vm.reconciler import VmReconciler
+from pvcd.vm.records import ActualState, MoveKind, MovePhase, VmState
 from pvcd.zk import schema, vms
+from pvcd.zk.store import Store
 
 
 @pytest.fixture
@@ -101,3 +107,110 @@ def test_read_owned_reads_only_the_nodes_vms(zk, operator):
     views, damaged = vms.read_owned(operator.store, "hv1")
     assert sorted(views) == ["vm1", "vm3"] and damaged == {}
     assert vms.owned(operator.store, "hv3") == []
+
+
+# -- what one VM change costs ------------------------------------------------------
+
+
+class FakeDomains:
+    """A libvirt host in a dict (`pvcd.vm.domains.Domains`'s interface): no libvirt reads to count."""
+
+    uri = "test:///default"
+
+    def __init__(self) -> None:
+        self.domains: dict[str, DomainInfo] = {}
+
+    def list(self) -> dict[str, DomainInfo]:
+        return dict(self.domains)
+
+    def info(self, name: str) -> DomainInfo | None:
+        return self.domains.get(name)
+
+    def is_running(self, name: str) -> bool:
+        return name in self.domains and self.domains[name].active
+
+    def free_memory_mib(self) -> int:
+        return 1 << 20
+
+    def start(self, name: str, xml: str) -> None:
+        self.domains[name] = DomainInfo(name, records.parse_domain_xml(xml).uuid, True)
+
+    def shutdown(self, name: str, timeout: float, stop: object = None) -> str:
+        self.domains.pop(name, None)
+        return "shut down"
+
+    def destroy(self, name: str) -> None:
+        self.domains.pop(name, None)
+
+    def undefine(self, name: str) -> None:
+        if name in self.domains and not self.domains[name].active:
+            del self.domains[name]
+
+
+class CountedStore:
+    """A store session whose ZooKeeper reads (the watches' included) are counted."""
+
+    def __init__(self, address: str) -> None:
+        self.store = Store(address)
+        self.store.start()
+        self.reads: Counter[str] = Counter()
+        client = self.store.client
+        for method in ("get", "get_children", "exists"):
+            original = getattr(client, method)
+
+            def counted(path: str, *args: object, original=original, method=method, **kwargs: object) -> object:
+                self.reads[f"{method} {path}"] += 1
+                return original(path, *args, **kwargs)
+
+            setattr(client, method, counted)
+
+    def total(self) -> int:
+        return sum(self.reads.values())
+
+
+@pytest.fixture
+def reconcilers(zookeeper):
+    started: list[tuple[VmReconciler, CountedStore]] = []
+
+    def start(*names: str) -> dict[str, tuple[VmReconciler, CountedStore]]:
+        for name in names:
+            counted = CountedStore(zookeeper.address)
+            reconciler = VmReconciler(counted.store, FakeDomains(), name, shutdown_timeout=1)  # type: ignore[arg-type]
+            reconciler.start()
+            started.append((reconciler, counted))
+        return {reconciler.node: (reconciler, counted) for reconciler, counted in started}
+
+    yield start
+    for reconciler, counted in started:
+        reconciler.stop()
+        counted.store.stop()
+
+
+VMS = 500
+
+
+def test_one_vm_change_costs_a_bounded_number_of_reads_on_its_node_only(zk, operator, reconcilers):
+    for i in range(VMS):
+        name = f"vm{i:03d}"
+        xml = vm_xml(name, uuid=str(uuid.UUID(int=i + 1)))
+        operator.define(name, "hv1" if i % 2 else "hv2", xml=xml)
+    nodes = reconcilers("hv1", "hv2", "hv3")
+    hv1, hv2 = nodes["hv1"][0], nodes["hv2"][0]
+    wait_for(lambda: len(hv1.owned_views()[0]) == VMS // 2 and len(hv2.owned_views()[0]) == VMS // 2, 30,
+             what="every node to watch its VMs")
+    time.sleep(0.5)
+    before = {name: counted.total() for name, (_reconciler, counted) in nodes.items()}
+    reads_before = Counter(nodes["hv1"][1].reads)
+
+    operator.set_state("vm001", VmState.START)
+    wait_for(lambda: operator.settled("vm001", VmState.START, "hv1", ActualState.RUNNING), 10, what="vm001 running")
+    time.sleep(1.0)  # the watches' re-reads of what the start wrote
+    cost = {name: counted.total() - before[name] for name, (_reconciler, counted) in nodes.items()}
+
+    full = CountedStore(operator.store.hosts)
+    vms.read_vms(full.store)  # what one pass of the reconciler cost before: the whole VM tree
+    print(f"\nreads for one `start` with {VMS} VMs: {cost}; one full read of the VM tree: {full.total()}")
+    full.store.stop()
+    assert cost["hv1"] <= 12, nodes["hv1"][1].reads - reads_before  # typically 5 to 9
+    assert cost["hv2"] == 0 and cost["hv3"] == 0
+    assert full.total() > VMS * 3
