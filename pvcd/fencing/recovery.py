@@ -172,14 +172,12 @@ def _placed_from_cut_move(view: VmView, migration: Migration, dead: str, replace
             record = record.with_state(VmState.FAIL, why)
         return dataclasses.replace(record, node=dead), None, fenced
     heading = record.lastnode or migration.target
-    if record.state in SHOULD_RUN:
-        state = VmState.START
-    elif record.state == VmState.SHUTDOWN:
-        state = VmState.STOP
-    else:
-        state = record.state
     placed = dataclasses.replace(
-        record, node=replacement, lastnode=None if heading == replacement else heading, state=state, reason=None
+        record,
+        node=replacement,
+        lastnode=None if heading == replacement else heading,
+        state=records.state_after_fence(record.state),
+        reason=None,
     )
     return placed, None, fenced
 

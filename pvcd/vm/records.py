@@ -606,6 +606,16 @@ def moved(
     return new_record, migration
 
 
+def state_after_fence(state: VmState) -> VmState:
+    """What a fenced node's VM wants on its new node: it runs again if it ran (or was restarting);
+    a shutdown the dead node never finished is a stop."""
+    if state in SHOULD_RUN:
+        return VmState.START
+    if state == VmState.SHUTDOWN:
+        return VmState.STOP
+    return state
+
+
 def after_fence(view: VmView, dead: str, replacement: str | None) -> tuple[VmRecord, Migration | None, VmStatus]:
     """What becomes of a VM once node `dead` is confirmed powered off (for the fencing flow).
 
@@ -643,13 +653,7 @@ def after_fence(view: VmView, dead: str, replacement: str | None) -> tuple[VmRec
         if record.state in SHOULD_RUN:
             record = record.with_state(VmState.FAIL, f"node {dead} was fenced and no node could take the VM")
         return dataclasses.replace(record, node=dead), None, fenced
-    if record.state in SHOULD_RUN:
-        state = VmState.START
-    elif record.state == VmState.SHUTDOWN:
-        state = VmState.STOP
-    else:
-        state = record.state
     moved_record = dataclasses.replace(
-        record, node=replacement, lastnode=record.lastnode or dead, state=state, reason=None
+        record, node=replacement, lastnode=record.lastnode or dead, state=state_after_fence(record.state), reason=None
     )
     return moved_record, None, fenced
