@@ -431,7 +431,7 @@ class Cluster:
         """Every VM the bench defined -> the node it was defined on."""
         self.notes: list[str] = []
         self.not_ready: set[str] = set()
-        """Nodes left out of service on purpose (a crashed node that came back): not required to be ready."""
+        """Nodes left out of service on purpose (a crashed node that came back): may stay fenced, not ready."""
 
     def up(self) -> None:
         t = time.monotonic()
@@ -498,8 +498,10 @@ class Cluster:
             return None
         if len(nodes) != self.count or [n["coordinator_state"] for n in nodes].count("primary") != 1:
             return None
-        if any(n["daemon_state"] != "run" or n["keepalive"]["late"] or n["fence"]["pending"]
-               or (n["domain_state"] != "ready" and n["name"] not in self.not_ready) for n in nodes):
+        # A crashed node that came back stays fenced (its fence pending) until made ready.
+        if any(n["daemon_state"] != "run" or n["keepalive"]["late"] or (
+                n["name"] not in self.not_ready and (n["fence"]["pending"] or n["domain_state"] != "ready"))
+               for n in nodes):
             return None
         return nodes
 
@@ -604,9 +606,14 @@ def measure_idle(c: Cluster, window: float, label: str) -> dict[str, Any]:
 
 
 def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]:
-    """Each VM: an idle window, then `pvc vm start` and a window of the same length from the command."""
+    """Each VM: an idle window, then `pvc vm start` and a window of the same length from the command.
+
+    The cost of a start is its window less the idle rate over the same time; the idle rate is the median over
+    every idle window of the series (pvcd's periodic passes make one window differ from the next by up to a
+    pass of every node: the spread is reported).
+    """
     c.release_writer()
-    runs: list[dict[str, Any]] = []
+    windows: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
     for name in names:
         node = c.vms[name]
         c.wait_quiet()
@@ -627,39 +634,56 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
         remaining = t0 + window - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
-        b2 = c.snapshot()
-        d = delta(b, b2)
-        scale = d["seconds"] / base["seconds"]
+        d = delta(b, c.snapshot())
+        windows.append((base, d, {"vm": name, "node": node, "cli_s": r(cli_s), "start_to_domain_started_s": r(acted),
+                                  "window_s": r(d["seconds"], 2)}))
+        print(f"  start {name} on {node}: {d['reads']} reads in {d['seconds']:.1f} s after the command, "
+              f"{base['reads']} in the idle window before; domain started {r(acted)} s after the command", flush=True)
 
-        def extra(key: str, d: dict[str, Any] = d, base: dict[str, Any] = base, scale: float = scale) -> float:
-            return float(d[key] - base[key] * scale)
+    def idle_rate(value: Callable[[dict[str, Any]], float | None]) -> float | None:
+        found = [v / base["seconds"] for base, _, _ in windows if (v := value(base)) is not None]
+        return median(found)
 
-        node_extra = {n: r(v - base["node_requests"].get(n, 0) * scale, 0) for n, v in d["node_requests"].items()}
-        cpu_extra = [(d["pvcd_cpu_s"][n] - base["pvcd_cpu_s"][n] * scale) for n in d["pvcd_cpu_s"]
-                     if d["pvcd_cpu_s"].get(n) is not None and base["pvcd_cpu_s"].get(n) is not None]
-        run = {
-            "vm": name, "node": node, "cli_s": r(cli_s), "start_to_domain_started_s": r(acted),
-            "window_s": r(d["seconds"], 2),
-            "reads": r(extra("reads"), 0), "data_reads": r(extra("data_reads"), 0),
-            "data_kib": r(extra("data_bytes") / 1024, 1), "writes": r(extra("writes"), 0),
-            "node_requests": node_extra,
-            "zk_cpu_s": r(d["zk_cpu_s"] - base["zk_cpu_s"] * scale, 2)
-            if d["zk_cpu_s"] is not None and base["zk_cpu_s"] is not None else None,
-            "pvcd_cpu_s": r(sum(cpu_extra), 2) if cpu_extra else None,
-            "baseline_reads_in_window": r(base["reads"] * scale, 0),
-        }
-        runs.append(run)
-        print(f"  start {name} on {node}: +{run['reads']} reads (idle window {run['baseline_reads_in_window']}), "
-              f"+{run['data_kib']} KiB, ZooKeeper +{run['zk_cpu_s']} CPU-s, pvcd +{run['pvcd_cpu_s']} CPU-s, "
-              f"domain started {run['start_to_domain_started_s']} s after the command", flush=True)
+    def extra(d: dict[str, Any], value: Callable[[dict[str, Any]], float | None]) -> float | None:
+        now, rate = value(d), idle_rate(value)
+        return None if now is None or rate is None else now - rate * d["seconds"]
+
+    def pvcd_total(x: dict[str, Any]) -> float | None:
+        cpu = [v for v in x["pvcd_cpu_s"].values() if v is not None]
+        return sum(cpu) if len(cpu) == len(x["pvcd_cpu_s"]) else None
+
+    def node_getter(node: str) -> Callable[[dict[str, Any]], float | None]:
+        return lambda x: x["node_requests"].get(node)
+
+    runs: list[dict[str, Any]] = []
+    for _, d, meta in windows:
+        runs.append({
+            **meta,
+            "reads": r(extra(d, lambda x: x["reads"]), 0),
+            "data_reads": r(extra(d, lambda x: x["data_reads"]), 0),
+            "data_kib": r((extra(d, lambda x: x["data_bytes"]) or 0) / 1024, 1),
+            "writes": r(extra(d, lambda x: x["writes"]), 0),
+            "node_requests": {n: r(extra(d, node_getter(n)), 0) for n in d["node_requests"]},
+            "zk_cpu_s": r(extra(d, lambda x: x["zk_cpu_s"]), 2),
+            "pvcd_cpu_s": r(extra(d, pvcd_total), 2),
+            "reads_in_window": d["reads"],
+        })
+    idle_reads = [base["reads"] / base["seconds"] * window for base, _, _ in windows]
 
     def med(key: str) -> float | None:
         return r(median([float(x[key]) for x in runs if x[key] is not None]), 2)
 
-    return {"vms": len(c.vms), "nodes": c.count, "window_s": window, "runs": runs,
-            "median": {k: med(k) for k in ("reads", "data_reads", "data_kib", "writes", "zk_cpu_s", "pvcd_cpu_s",
-                                            "start_to_domain_started_s", "cli_s")},
-            "reads_per_node_median": r((med("reads") or 0) / c.count, 0)}
+    result: dict[str, Any] = {"vms": len(c.vms), "nodes": c.count, "window_s": window, "runs": runs,
+              "idle_reads_per_window": [r(x, 0) for x in idle_reads],
+              "idle_reads_per_window_spread": r(max(idle_reads) - min(idle_reads), 0) if idle_reads else None,
+              "median": {k: med(k) for k in ("reads", "data_reads", "data_kib", "writes", "zk_cpu_s", "pvcd_cpu_s",
+                                              "start_to_domain_started_s", "cli_s")}}
+    result["reads_per_node_median"] = r((result["median"]["reads"] or 0) / c.count, 0)
+    for run in runs:
+        print(f"  start {run['vm']}: +{run['reads']} reads, +{run['data_kib']} KiB, "
+              f"ZooKeeper +{run['zk_cpu_s']} CPU-s, pvcd +{run['pvcd_cpu_s']} CPU-s", flush=True)
+    print(f"  idle windows before them: {result['idle_reads_per_window']} reads", flush=True)
+    return result
 
 
 def time_cli(c: Cluster, runs: int, node: str, prefix: str) -> dict[str, Any]:
@@ -679,7 +703,7 @@ def time_cli(c: Cluster, runs: int, node: str, prefix: str) -> dict[str, Any]:
         path.write_text(domain_xml(name))
         times["pvc vm define --node"].append(c.cli.run("vm", "define", str(path), "--node", node)[1])
         c.vms[name] = node
-    result = {"vms": len(c.vms), "runs": runs,
+    result: dict[str, Any] = {"vms": len(c.vms), "runs": runs,
               "median_s": {k: r(median(v)) for k, v in times.items()},
               "all_s": {k: [r(x) for x in v] for k, v in times.items()}}
     print(f"  cli at {len(c.vms)} VMs (median of {runs}, s): {result['median_s']}", flush=True)
