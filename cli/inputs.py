@@ -10,7 +10,7 @@ overflows the clock.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,7 +26,13 @@ def node_name(name: str) -> str:
         raise CliError(str(exc)) from exc
 
 
-class Seconds(click.ParamType[float, Any]):
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float, Any]
+else:  # click before 8.2 (Debian bookworm's python3-click) has no generic ParamType
+    _ParamType = click.ParamType
+
+
+class Seconds(_ParamType):
     """A finite number of seconds from `low` to `high`: a usage error (exit 2) otherwise."""
 
     name = "seconds"

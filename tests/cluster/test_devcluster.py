@@ -235,6 +235,9 @@ def test_the_watchdog_resets_a_host_that_stops_petting_it_and_not_one_that_disar
     reset = wait_for(lambda: next((e for e in cluster.journal("hv2") if e["event"] == "watchdog-reset"), None), 3 + 3,
                      what="the watchdog reset")
     assert reset["t"] > disarmed_at
+    # The reset is journaled first, the stops and the power-off as the chassis carries them out.
+    wait_for(lambda: any(e["event"] == "power-off" and e["t"] >= reset["t"] for e in cluster.journal("hv2")), 10,
+             what="the power-off of the reset journaled")
     events = [(e["event"], e.get("vm"), e.get("via")) for e in cluster.journal("hv2") if e["t"] >= reset["t"]]
     assert events[:len(vms) + 2] == [("watchdog-reset", None, None)] + [("stop", vm, "watchdog") for vm in vms] + [
         ("power-off", None, "watchdog")]
