@@ -20,7 +20,7 @@ from helpers import wait_for
 from pvcd.devcluster.processes import free_port, stop_pid
 from pvcd.fencing.fencer import Fencer, RecoveryResult
 from pvcd.fencing.flow import NodeFencing
-from pvcd.fencing.ipmi import IpmiDriver, IpmiTarget
+from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
 from pvcd.keepalive import StateRecord
 from pvcd.zk import nodes, schema
 from pvcd.zk.store import Store
@@ -53,10 +53,18 @@ def bmc(tmp_path):
                                 PASSWORD, str(state_file)])
     machine = Machine(state_file)
     wait_for(lambda: state_file.exists(), 10, what="the BMC simulator")
-    IpmiDriver(call_timeout=5.0).power_state(IpmiTarget("127.0.0.1", port, "admin", PASSWORD))
+    wait_for(lambda: answers(IpmiTarget("127.0.0.1", port, "admin", PASSWORD)), 30, interval=0.5,
+             what="the BMC simulator to answer IPMI")
     yield machine, port
     stop_pid(process.pid, timeout=5)
     process.wait()
+
+
+def answers(target: IpmiTarget) -> bool:
+    try:
+        return IpmiDriver().power_state(target) == "on"
+    except IpmiError:
+        return False
 
 
 @dataclass
@@ -92,7 +100,7 @@ def put_fence(zk, record: dict[str, Any]) -> None:
 
 def make_fencer(store: Store, make_config, recoveries: Recoveries, **config: Any) -> Fencer:
     return Fencer(store, make_config("hv1", **config), is_primary=lambda: True, recover=recoveries,
-                  driver=IpmiDriver(call_timeout=2.0, off_wait=3.0))
+                  driver=IpmiDriver(off_wait=3.0))
 
 
 WATCHDOG = NodeFencing(keepalive_interval=1, fence_intervals=3, watchdog_timeout=2)

@@ -37,9 +37,17 @@ def machine(tmp_path, zookeeper, zk):
     wait_for(lambda: (chassis.read_state(node_dir) or {}).get("power") == "on", 20, what="chassis power on")
     ipmi = document["pvc"]["system"]["fencing"]["ipmi"]
     target = IpmiTarget("127.0.0.1", bmc_port, ipmi["user"], ipmi["pass"])
+    wait_for(lambda: _answers(target), 30, interval=0.5, what="the chassis' BMC to answer IPMI")
     yield node_dir, target
     stop_pid(process.pid, timeout=15)
     process.wait()
+
+
+def _answers(target: IpmiTarget) -> bool:
+    try:
+        return IpmiDriver().power_state(target) in ("on", "off")
+    except IpmiError:
+        return False
 
 
 def keepalive_counter(zk):
