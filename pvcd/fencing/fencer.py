@@ -364,9 +364,6 @@ class Fencer:
             log.warning("Recovered VM %s of fenced node %s on node %s", vm, node, target)
         for vm, why in sorted(result.unplaced.items()):
             log.error("VM %s of fenced node %s could not be placed: %s; left stopped", vm, node, why)
-        bmc = self._ipmi_target(node)
-        if record.get("outcome") == FenceOutcome.CONFIRMED and bmc is not None:
-            self._power_on(node, bmc)
         self._write(node, dict(
             record,
             step=str(Step.RECOVERED),
@@ -375,6 +372,11 @@ class Fencer:
             unplaced_vms=result.unplaced,
             recovered_ms=self.store.server_time_ms(),
         ))
+        # Only now, with its VMs placed elsewhere, may the node boot again (it comes back fenced).
+        # A primary that dies right here leaves it off, which is safe; an operator powers it on.
+        bmc = self._ipmi_target(node)
+        if record.get("outcome") == FenceOutcome.CONFIRMED and bmc is not None:
+            self._power_on(node, bmc)
 
     def _power_on(self, node: str, target: IpmiTarget) -> None:
         try:

@@ -1074,10 +1074,11 @@ class Model:
                     if view is None:
                         break
             yield
-        if record.get("outcome") == FenceOutcome.CONFIRMED:
-            self._power_on(self.hosts[node])
         self._write(term, node, dict(record, step=str(Step.RECOVERED), recovered=True))
         self.note(f"fence {record['id']} of {node} recovered")
+        yield
+        if record.get("outcome") == FenceOutcome.CONFIRMED:
+            self._power_on(self.hosts[node])
 
     def _check_host_cleared(self, node: str, record: dict[str, Any]) -> None:
         """Ground truth when a recovery begins: the fenced host is off, or has lost every VM since the
