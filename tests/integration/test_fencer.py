@@ -52,12 +52,14 @@ def bmc(tmp_path):
     process = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "bmc_sim.py"), str(port), "admin",
                                 PASSWORD, str(state_file)])
     machine = Machine(state_file)
-    wait_for(lambda: state_file.exists(), 10, what="the BMC simulator")
-    wait_for(lambda: answers(IpmiTarget("127.0.0.1", port, "admin", PASSWORD)), 30, interval=0.5,
-             what="the BMC simulator to answer IPMI")
-    yield machine, port
-    stop_pid(process.pid, timeout=5)
-    process.wait()
+    try:  # stopped by its PID however the test ends, also when the set-up fails
+        wait_for(lambda: state_file.exists(), 10, what="the BMC simulator")
+        wait_for(lambda: answers(IpmiTarget("127.0.0.1", port, "admin", PASSWORD)), 30, interval=0.5,
+                 what="the BMC simulator to answer IPMI")
+        yield machine, port
+    finally:
+        stop_pid(process.pid, timeout=5)
+        process.wait()
 
 
 def answers(target: IpmiTarget) -> bool:

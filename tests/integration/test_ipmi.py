@@ -34,13 +34,15 @@ def machine(tmp_path, zookeeper, zk):
          "--relay-port", str(relay_port), "--bmc-port", str(bmc_port)],
         stdout=open(node_dir / "chassis.log", "ab"), stderr=subprocess.STDOUT,
     )
-    wait_for(lambda: (chassis.read_state(node_dir) or {}).get("power") == "on", 20, what="chassis power on")
-    ipmi = document["pvc"]["system"]["fencing"]["ipmi"]
-    target = IpmiTarget("127.0.0.1", bmc_port, ipmi["user"], ipmi["pass"])
-    wait_for(lambda: _answers(target), 30, interval=0.5, what="the chassis' BMC to answer IPMI")
-    yield node_dir, target
-    stop_pid(process.pid, timeout=15)
-    process.wait()
+    try:  # stopped by its PID however the test ends, also when the set-up fails
+        wait_for(lambda: (chassis.read_state(node_dir) or {}).get("power") == "on", 20, what="chassis power on")
+        ipmi = document["pvc"]["system"]["fencing"]["ipmi"]
+        target = IpmiTarget("127.0.0.1", bmc_port, ipmi["user"], ipmi["pass"])
+        wait_for(lambda: _answers(target), 30, interval=0.5, what="the chassis' BMC to answer IPMI")
+        yield node_dir, target
+    finally:
+        stop_pid(process.pid, timeout=15)
+        process.wait()
 
 
 def _answers(target: IpmiTarget) -> bool:
