@@ -9,7 +9,6 @@ before the index, or changed by hand) never makes a VM write fail.
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 from collections import Counter
 
@@ -189,6 +188,13 @@ def reconcilers(zookeeper):
 VMS = 500
 
 
+def watches_current(reconciler: VmReconciler, operator: VmOperator) -> bool:
+    """The event that shows a node's watches have delivered every change: its views equal ZooKeeper's
+    (read through the operator's own, uncounted session)."""
+    views, _damaged = reconciler.owned_views()
+    return all(vms.read_vm(operator.store, name) == view for name, view in views.items())
+
+
 def test_one_vm_change_costs_a_bounded_number_of_reads_on_its_node_only(zk, operator, reconcilers):
     for i in range(VMS):
         name = f"vm{i:03d}"
@@ -198,13 +204,14 @@ def test_one_vm_change_costs_a_bounded_number_of_reads_on_its_node_only(zk, oper
     hv1, hv2 = nodes["hv1"][0], nodes["hv2"][0]
     wait_for(lambda: len(hv1.owned_views()[0]) == VMS // 2 and len(hv2.owned_views()[0]) == VMS // 2, 30,
              what="every node to watch its VMs")
-    time.sleep(0.5)
+    wait_for(lambda: all(watches_current(reconciler, operator) for reconciler, _ in nodes.values()), 60,
+             what="every watched view as ZooKeeper has it")
     before = {name: counted.total() for name, (_reconciler, counted) in nodes.items()}
     reads_before = Counter(nodes["hv1"][1].reads)
 
     operator.set_state("vm001", VmState.START)
     wait_for(lambda: operator.settled("vm001", VmState.START, "hv1", ActualState.RUNNING), 10, what="vm001 running")
-    time.sleep(1.0)  # the watches' re-reads of what the start wrote
+    wait_for(lambda: watches_current(hv1, operator), 10, what="hv1's watches to have re-read what the start wrote")
     cost = {name: counted.total() - before[name] for name, (_reconciler, counted) in nodes.items()}
 
     full = CountedStore(operator.store.hosts)

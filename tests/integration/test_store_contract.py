@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
 
+from pvcd.devcluster.processes import wait_until
 from pvcd.zk import schema
 from pvcd.zk.base import (
     AlreadyExists,
@@ -35,16 +37,18 @@ P = schema.ROOT + "/contract"
 
 
 def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.02)
+    wait_until(check, timeout, what, 0.02)
 
 
-def settle() -> None:
-    """Long enough for a ZooKeeper watch event that should NOT come to have come."""
-    time.sleep(0.5)
+def barrier(store: Store) -> None:
+    """Wait until this session's watch sees a write made now. A session's watch events come
+    in order, so an event for any earlier change would have come before it: what has not
+    come by then will not come (no sleep stands as that proof)."""
+    seen = Recorder()
+    path = f"{schema.ROOT}/barriers/{uuid.uuid4().hex}"
+    store.watch_data(path, seen)
+    store.create(path, 1, makepath=True)
+    eventually(lambda: len(seen.calls) >= 2, "the barrier's write seen")
 
 
 class Backend:
@@ -330,7 +334,7 @@ def test_watch_data_stops_when_the_callback_returns_false(store: Store) -> None:
     eventually(lambda: len(watched.calls) == 2, "the creation seen")
     store.set(f"{P}/w", 2, 0)
     store.delete(f"{P}/w")
-    settle()
+    barrier(store)
     assert watched.values() == [None, 1]
 
 
@@ -373,7 +377,7 @@ def test_watch_children_stops_when_the_callback_returns_false(store: Store) -> N
     store.create(f"{P}/d/a", 1)
     eventually(lambda: len(watched.calls) == 2, "the first child seen")
     store.create(f"{P}/d/b", 1)
-    settle()
+    barrier(store)
     assert watched.calls == [[], ["a"]]
 
 
@@ -406,13 +410,13 @@ def test_asynchronous_reads_answer_and_their_watches_fire_once(backend: Backend,
     found = store.get_async(f"{P}/h").result(5.0)
     assert found is not None and found.value == {"to": "hv2"} and found.version == 0
     writer.set(f"{P}/h", 1, 0)
-    settle()
+    barrier(store)
     assert len(fired) == 1  # one-shot
     assert store.children_async(P, watch=fired.append).result(5.0) == ["h"]
     assert store.children_async(P, watch=fired.append).result(5.0) == ["h"]  # the same callable: one watch
     writer.create(f"{P}/i", 1)
     eventually(lambda: len(fired) == 2, "the children watch fired")
-    settle()
+    barrier(store)
     assert len(fired) == 2
     with pytest.raises(VersionConflict):
         store.delete_async(f"{P}/h", version=5).result(5.0)
@@ -457,7 +461,7 @@ def test_a_waiting_lock_is_granted_on_release_and_when_the_holder_goes(backend: 
     granted: list[bool] = []
     waiter = threading.Thread(target=lambda: granted.append(store.lock(f"{P}/lock", "me").acquire(timeout=10.0)))
     waiter.start()
-    time.sleep(0.3)
+    eventually(lambda: len(store.children(f"{P}/lock")) >= 2, "the waiter's contender queued behind the holder")
     holder.stop()  # its session closes: its contender node goes
     waiter.join(15)
     assert granted == [True]
