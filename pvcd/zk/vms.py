@@ -61,9 +61,13 @@ def read_vms(store: Store) -> tuple[dict[str, VmView], dict[str, str]]:
 
     One bad record must not hide the others from the reconciler or the CLI.
     """
+    return _read_named(store, store.children(schema.VMS))
+
+
+def _read_named(store: Store, names: list[str]) -> tuple[dict[str, VmView], dict[str, str]]:
     views: dict[str, VmView] = {}
     damaged: dict[str, str] = {}
-    for name in store.children(schema.VMS):
+    for name in names:
         try:
             view = read_vm(store, name)
         except InvalidVm as exc:
@@ -97,17 +101,7 @@ def owned(store: Store, node: str) -> list[str]:
 
 def read_owned(store: Store, node: str) -> tuple[dict[str, VmView], dict[str, str]]:
     """Every VM in node `node`'s index (see `read_vms`); entries without a VM are skipped."""
-    views: dict[str, VmView] = {}
-    damaged: dict[str, str] = {}
-    for name in owned(store, node):
-        try:
-            view = read_vm(store, name)
-        except InvalidVm as exc:
-            damaged[name] = str(exc)
-            continue
-        if view is not None:
-            views[name] = view
-    return views, damaged
+    return _read_named(store, owned(store, node))
 
 
 def _index(store: Store, txn: Transaction, vm_name: str, before: frozenset[str], after: frozenset[str]) -> None:
