@@ -165,8 +165,10 @@ def parse_cases(text: str) -> list[str]:
 
 
 def domain_xml(name: str) -> str:
-    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{VM_MEMORY_MIB}</memory>"
-            "<vcpu>1</vcpu><os><type>hvm</type></os></domain>")
+    return (
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>{VM_MEMORY_MIB}</memory>"
+        "<vcpu>1</vcpu><os><type>hvm</type></os></domain>"
+    )
 
 
 def process_gone(pid: int) -> bool:
@@ -180,7 +182,7 @@ def process_gone(pid: int) -> bool:
 
 
 def batches(items: list[str], size: int = BATCH) -> list[list[str]]:
-    return [items[index:index + size] for index in range(0, len(items), size)]
+    return [items[index : index + size] for index in range(0, len(items), size)]
 
 
 def watchdog_timeout_for(interval: int, intervals: int, given: int | None) -> int:
@@ -220,9 +222,16 @@ class Bench:
     def pvc_all(self, commands: list[list[str]], timeout: float = 120) -> None:
         """`pvc` commands, BATCH at a time (each its own ZooKeeper session)."""
         failures = []
-        for group in [commands[index:index + BATCH] for index in range(0, len(commands), BATCH)]:
-            running = [(c, subprocess.Popen([tool("pvc"), *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True, env=self.env)) for c in group]
+        for group in [commands[index : index + BATCH] for index in range(0, len(commands), BATCH)]:
+            running = [
+                (
+                    c,
+                    subprocess.Popen(
+                        [tool("pvc"), *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+                    ),
+                )
+                for c in group
+            ]
             for command, process in running:
                 out, err = process.communicate(timeout=timeout)
                 if process.returncode != 0:
@@ -232,13 +241,21 @@ class Bench:
 
     def devcluster_check(self) -> dict[str, Any]:
         """`pvc-devcluster check`: its exit status and the essentials of its report."""
-        result = subprocess.run([tool("pvc-devcluster"), "check", "--workdir", str(self.workdir), "--format", "json"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [tool("pvc-devcluster"), "check", "--workdir", str(self.workdir), "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if result.returncode not in (0, 1):
             return {"exit": result.returncode, "clean": False, "error": result.stderr.strip()}
         report = json.loads(result.stdout)
-        return {"exit": result.returncode, "clean": bool(report["clean"]), "overlaps": report["overlaps"],
-                "not_running_once": report["not_running_once"]}
+        return {
+            "exit": result.returncode,
+            "clean": bool(report["clean"]),
+            "overlaps": report["overlaps"],
+            "not_running_once": report["not_running_once"],
+        }
 
     # -- clocks ----------------------------------------------------------------
 
@@ -266,8 +283,13 @@ class Bench:
         nodes_now = self.summaries()
         if len(nodes_now) != NODES:
             return None
-        if any(n["daemon_state"] != "run" or n["keepalive"]["late"] or n["domain_state"] != "ready"
-               or n["fence"]["pending"] for n in nodes_now.values()):
+        if any(
+            n["daemon_state"] != "run"
+            or n["keepalive"]["late"]
+            or n["domain_state"] != "ready"
+            or n["fence"]["pending"]
+            for n in nodes_now.values()
+        ):
             return None
         if [n["coordinator_state"] for n in nodes_now.values()].count("primary") != 1:
             return None
@@ -283,8 +305,11 @@ class Bench:
     # -- one run ---------------------------------------------------------------
 
     def pick_victim(self, nodes_now: dict[str, dict[str, Any]]) -> str:
-        candidates = sorted(name for name, n in nodes_now.items()
-                            if n["coordinator_state"] != "primary" and n["domain_state"] == "ready")
+        candidates = sorted(
+            name
+            for name, n in nodes_now.items()
+            if n["coordinator_state"] != "primary" and n["domain_state"] == "ready"
+        )
         if not candidates:
             raise BenchError("no secondary node in domain state ready")
         victim = candidates[self._next_victim % len(candidates)]
@@ -309,8 +334,14 @@ class Bench:
         first = self.store.get(path)
         if first is None:
             raise BenchError(f"{victim} has no keepalive znode")
-        found = wait_until(lambda: (lambda now: now if now is not None and now.version != first.version else None)(
-            self.store.get(path)), 3 * self.interval + 5, f"a keepalive of {victim}", poll=0.01)
+        found = wait_until(
+            lambda: (lambda now: now if now is not None and now.version != first.version else None)(
+                self.store.get(path)
+            ),
+            3 * self.interval + 5,
+            f"a keepalive of {victim}",
+            poll=0.01,
+        )
         return int(found.mtime_ms)
 
     def inject(self, victim: str, case: str) -> dict[str, Any]:
@@ -334,17 +365,27 @@ class Bench:
                 time.sleep(0.001)
             gone = time.monotonic()
         offset_after, error_after = self.zk_offset()
-        return {"t0": t0, "returned": returned, "gone": gone, "pid": int(pid),
-                "offset_ms": (offset_before + offset_after) / 2,
-                "offset_drift_ms": offset_after - offset_before,
-                "offset_error_ms": max(error_before, error_after)}
+        return {
+            "t0": t0,
+            "returned": returned,
+            "gone": gone,
+            "pid": int(pid),
+            "offset_ms": (offset_before + offset_after) / 2,
+            "offset_drift_ms": offset_after - offset_before,
+            "offset_error_ms": max(error_before, error_after),
+        }
 
     def moved(self, victim: str, names: list[str], t0: float) -> dict[str, tuple[str, float]] | None:
         """Each VM's first start on another host since t0 (journal), once every VM has one."""
         found: dict[str, tuple[str, float]] = {}
         for entry in sorted(self.entries(), key=lambda e: e.t):
-            if (entry.event == journal.START and entry.vm in names and entry.host != victim and entry.t >= t0
-                    and entry.vm not in found):
+            if (
+                entry.event == journal.START
+                and entry.vm in names
+                and entry.host != victim
+                and entry.t >= t0
+                and entry.vm not in found
+            ):
                 found[entry.vm] = (entry.host, entry.t)
         return found if len(found) == len(names) else None
 
@@ -352,8 +393,13 @@ class Bench:
         """Each VM's first stop on the failed host since t0 (journal), for the VMs that have one."""
         found: dict[str, journal.Entry] = {}
         for entry in sorted(self.entries(), key=lambda e: e.t):
-            if (entry.event == journal.STOP and entry.vm in names and entry.host == victim and entry.t >= t0
-                    and entry.vm not in found):
+            if (
+                entry.event == journal.STOP
+                and entry.vm in names
+                and entry.host == victim
+                and entry.t >= t0
+                and entry.vm not in found
+            ):
                 found[entry.vm] = entry
         return found
 
@@ -375,12 +421,17 @@ class Bench:
         try:
             return wait_until(done, limit, "every VM started on another host (journal)", poll=POLL_S)
         except BenchError as exc:
-            raise BenchError(f"{exc}; fence record of {victim}: {json.dumps(self.fence_record(victim))}; "
-                             f"see {self.workdir}/nodes/*/pvcd.log and chassis.log") from exc
+            raise BenchError(
+                f"{exc}; fence record of {victim}: {json.dumps(self.fence_record(victim))}; "
+                f"see {self.workdir}/nodes/*/pvcd.log and chassis.log"
+            ) from exc
 
     def wait_fence_done(self, victim: str) -> dict[str, Any]:
-        record = wait_until(lambda: (lambda r: r if r.get("recovered_ms") else None)(self.fence_record(victim)),
-                            30 + 4 * self.interval, f"{victim}'s fence record to say recovered")
+        record = wait_until(
+            lambda: (lambda r: r if r.get("recovered_ms") else None)(self.fence_record(victim)),
+            30 + 4 * self.interval,
+            f"{victim}'s fence record to say recovered",
+        )
         if record.get("outcome") != "confirmed":
             raise BenchError(f"{victim}: the fence was not confirmed: {json.dumps(record)}")
         return record
@@ -412,29 +463,38 @@ class Bench:
         errors: list[str] = []
         old = self.wait_old_stopped(victim, names, t0)
         if len(old) != len(names):
-            errors.append(f"still running on {victim} {OLD_STOP_TIMEOUT_S:g}s after starting elsewhere: "
-                          f"{', '.join(sorted(set(names) - set(old)))}")
+            errors.append(
+                f"still running on {victim} {OLD_STOP_TIMEOUT_S:g}s after starting elsewhere: "
+                f"{', '.join(sorted(set(names) - set(old)))}"
+            )
         fence = self.wait_fence_done(victim)
         entries = self.entries()
         overlaps = [o for o in journal.overlaps(journal.runs(entries)) if o.vm in names]
         for overlap in overlaps:
             until = "(still)" if overlap.end is None else f"to t0+{overlap.end - t0:.3f}s"
-            errors.append(f"{overlap.vm} ran on {' and '.join(overlap.hosts)} at once from "
-                          f"t0+{overlap.start - t0:.3f}s {until}")
+            errors.append(
+                f"{overlap.vm} ran on {' and '.join(overlap.hosts)} at once from t0+{overlap.start - t0:.3f}s {until}"
+            )
         power_offs = [e for e in entries if e.host == victim and e.event == journal.POWER_OFF and e.t >= t0]
         checked = self.devcluster_check()
         # Its overlaps cover the whole journal: an earlier run's are that run's failure, not this one's.
-        if not checked["clean"] and (checked.get("error") or checked["not_running_once"]
-                                     or any(o["vm"] in names for o in checked["overlaps"])):
-            errors.append(f"pvc-devcluster check not clean (exit {checked['exit']}): "
-                          f"{json.dumps({k: v for k, v in checked.items() if k != 'exit'})}")
+        if not checked["clean"] and (
+            checked.get("error") or checked["not_running_once"] or any(o["vm"] in names for o in checked["overlaps"])
+        ):
+            errors.append(
+                f"pvc-devcluster check not clean (exit {checked['exit']}): "
+                f"{json.dumps({k: v for k, v in checked.items() if k != 'exit'})}"
+            )
         zk_running = self.zk_running_ms(names, victim)
         last_start = max(t for _, t in new.values())
         last_stop = max((e.t for e in old.values()), default=None)
         stopped_by = sorted({e.via or "?" for e in old.values()})
         expected_by = "power-loss" if case == "crash" else "bmc"
-        notes = [] if stopped_by == [expected_by] else [
-            f"old copies stopped by {', '.join(stopped_by)}, not only by {expected_by}"]
+        notes = (
+            []
+            if stopped_by == [expected_by]
+            else [f"old copies stopped by {', '.join(stopped_by)}, not only by {expected_by}"]
+        )
 
         def mono(ms: float) -> float:
             return (ms - offset) / 1000.0
@@ -455,8 +515,14 @@ class Bench:
             "fence": seconds((fence["finished_ms"] - fence["started_ms"]) / 1000),
             "restart": seconds(last_start - mono(fence["finished_ms"])),
             "first": seconds(min(t for _, t in new.values()) - t0),
-            "fault": seconds((fault["gone"] if fault["gone"] is not None
-                              else min((e.t for e in power_offs), default=fault["returned"])) - t0),
+            "fault": seconds(
+                (
+                    fault["gone"]
+                    if fault["gone"] is not None
+                    else min((e.t for e in power_offs), default=fault["returned"])
+                )
+                - t0
+            ),
             "zk_running": seconds(mono(zk_running) - t0) if zk_running else None,
             "recovered": seconds(mono(fence["recovered_ms"]) - t0),
             "after_keepalive": seconds(t0 - mono(keepalive_ms)),
@@ -480,8 +546,11 @@ class Bench:
     def cleanup(self, victim: str, names: list[str]) -> None:
         self.pvc_all([["vm", "stop", name, "--wait", "--wait-timeout", "60"] for name in names])
         self.pvc_all([["vm", "remove", name] for name in names])
-        wait_until(lambda: (lambda n: n["daemon_state"] == "run" and not n["keepalive"]["late"])(
-            self.summaries()[victim]), 60 + 4 * self.interval, f"{victim} powered on again and running")
+        wait_until(
+            lambda: (lambda n: n["daemon_state"] == "run" and not n["keepalive"]["late"])(self.summaries()[victim]),
+            60 + 4 * self.interval,
+            f"{victim} powered on again and running",
+        )
         self.pvc("node", "ready", victim, "--wait", "--wait-timeout", "60")
         self.wait_quiet()
 
@@ -496,14 +565,24 @@ def stats(runs: list[dict[str, Any]], key: str) -> dict[str, float] | None:
 def describe(run: dict[str, Any]) -> str:
     old = f"{run['old_off']:.2f}s" if run["old_off"] is not None else "never"
     problems = "; ".join(run["errors"] + run["notes"])
-    return (f"{run['case']} of {run['victim']}: total {run['total']:.2f}s, old copies off at {old} "
-            f"({', '.join(run['old_stopped_by'])}); detect {run['detect']:.2f} + fence {run['fence']:.2f} + "
-            f"restart {run['restart']:.2f}; check {'clean' if run['check']['clean'] else 'NOT CLEAN'}"
-            + (f"; {problems}" if problems else ""))
+    return (
+        f"{run['case']} of {run['victim']}: total {run['total']:.2f}s, old copies off at {old} "
+        f"({', '.join(run['old_stopped_by'])}); detect {run['detect']:.2f} + fence {run['fence']:.2f} + "
+        f"restart {run['restart']:.2f}; check {'clean' if run['check']['clean'] else 'NOT CLEAN'}"
+        + (f"; {problems}" if problems else "")
+    )
 
 
-def bench_config(interval: int, intervals: int, cases: list[str], runs: int, vm_count: int, phase: str,
-                 rng: random.Random, watchdog_timeout: int) -> dict[str, Any]:
+def bench_config(
+    interval: int,
+    intervals: int,
+    cases: list[str],
+    runs: int,
+    vm_count: int,
+    phase: str,
+    rng: random.Random,
+    watchdog_timeout: int,
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"pvcd-failover-{interval}x{intervals}-"))
     load_before = os.getloadavg()
     results: list[dict[str, Any]] = []
@@ -511,10 +590,24 @@ def bench_config(interval: int, intervals: int, cases: list[str], runs: int, vm_
     bench: Bench | None = None
     try:
         up = subprocess.run(
-            [tool("pvc-devcluster"), "up", "--nodes", str(NODES), "--workdir", str(workdir),
-             "--keepalive-interval", str(interval), "--fence-intervals", str(intervals),
-             "--watchdog-timeout", str(watchdog_timeout), "--detach"],
-            capture_output=True, text=True, timeout=180,
+            [
+                tool("pvc-devcluster"),
+                "up",
+                "--nodes",
+                str(NODES),
+                "--workdir",
+                str(workdir),
+                "--keepalive-interval",
+                str(interval),
+                "--fence-intervals",
+                str(intervals),
+                "--watchdog-timeout",
+                str(watchdog_timeout),
+                "--detach",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         if up.returncode != 0:
             raise BenchError(f"pvc-devcluster up: {up.stderr.strip()}")
@@ -531,8 +624,9 @@ def bench_config(interval: int, intervals: int, cases: list[str], runs: int, vm_
     finally:
         if bench is not None:
             bench.close()
-        down = subprocess.run([tool("pvc-devcluster"), "down", "--workdir", str(workdir)],
-                              capture_output=True, text=True, timeout=180)
+        down = subprocess.run(
+            [tool("pvc-devcluster"), "down", "--workdir", str(workdir)], capture_output=True, text=True, timeout=180
+        )
         if down.returncode != 0:
             print(f"pvc-devcluster down --workdir {workdir}: {down.stderr.strip()}", file=sys.stderr)
         if error is None and not any(r["errors"] for r in results):
@@ -552,7 +646,8 @@ def bench_config(interval: int, intervals: int, cases: list[str], runs: int, vm_
             "met": median is not None and median <= target,
             "failed_runs": sum(1 for r in case_runs if r["errors"]),
             "times_faster_than_typical": [round(TYPICAL_TODAY_S[0] / median, 1), round(TYPICAL_TODAY_S[1] / median, 1)]
-            if median else None,
+            if median
+            else None,
             "seconds": summary,
             "runs": case_runs,
         }
@@ -579,19 +674,26 @@ def cell(part: dict[str, float] | None) -> str:
 
 def print_table(report: dict[str, Any]) -> None:
     print()
-    print(f"Failover, {report['nodes']}-node local cluster, {report['vms']} VMs on the failed node, fault "
-          f"{report['phase']}; median of {report['runs']} (min-max), seconds from the fault (t0):")
+    print(
+        f"Failover, {report['nodes']}-node local cluster, {report['vms']} VMs on the failed node, fault "
+        f"{report['phase']}; median of {report['runs']} (min-max), seconds from the fault (t0):"
+    )
     widths = {"total": 20, "old_off": 20, "detect": 20, "fence": 18, "restart": 18}
-    header = (f"{'config':<7}{'case':<14}" + "".join(f"{p.replace('_', ' '):>{w}}" for p, w in widths.items())
-              + f"{'target':>8}{'met':>5}{'fails':>7}")
+    header = (
+        f"{'config':<7}{'case':<14}"
+        + "".join(f"{p.replace('_', ' '):>{w}}" for p, w in widths.items())
+        + f"{'target':>8}{'met':>5}{'fails':>7}"
+    )
     print(header)
     print("-" * len(header))
     for c in report["configs"]:
         for case, result in c["cases"].items():
             s = result["seconds"]
             cells = "".join(f"{cell(s[p]):>{w}}" for p, w in widths.items())
-            print(f"{c['keepalive_interval']}x{c['fence_intervals']:<5}{case:<14}{cells}{c['target_s']:>8.0f}"
-                  f"{'yes' if result['met'] else 'NO':>5}{result['failed_runs']:>7}")
+            print(
+                f"{c['keepalive_interval']}x{c['fence_intervals']:<5}{case:<14}{cells}{c['target_s']:>8.0f}"
+                f"{'yes' if result['met'] else 'NO':>5}{result['failed_runs']:>7}"
+            )
     print("config KxF: keepalive every K s, dead after F missed (K x F s); target = median total <= K x F + 3 s.")
     print("total = t0 -> the last VM started on another host; old off = t0 -> the last old copy stopped on the")
     print("failed host (journals). detect = t0 -> fence started_ms; fence = started_ms -> finished_ms (IPMI")
@@ -601,11 +703,13 @@ def print_table(report: dict[str, Any]) -> None:
         for case, result in c["cases"].items():
             s = result["seconds"]
             if s["zk_running"] is not None and s["first"] is not None:
-                print(f"{c['keepalive_interval']}x{c['fence_intervals']} {case}: first VM started after "
-                      f"{s['first']['median']:.2f}s; ZooKeeper said all running after "
-                      f"{s['zk_running']['median']:.2f}s; "
-                      f"fault {s['after_keepalive']['median'] if s['after_keepalive'] else 0:.2f}s after the "
-                      f"node's last keepalive (medians)")
+                print(
+                    f"{c['keepalive_interval']}x{c['fence_intervals']} {case}: first VM started after "
+                    f"{s['first']['median']:.2f}s; ZooKeeper said all running after "
+                    f"{s['zk_running']['median']:.2f}s; "
+                    f"fault {s['after_keepalive']['median'] if s['after_keepalive'] else 0:.2f}s after the "
+                    f"node's last keepalive (medians)"
+                )
         if c["error"]:
             print(f"{c['keepalive_interval']}x{c['fence_intervals']}: stopped early: {c['error']}")
 
@@ -613,19 +717,36 @@ def print_table(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=RUNS, help=f"runs of each case per configuration (default {RUNS})")
-    parser.add_argument("--configs", type=parse_configs, default=parse_configs(CONFIGS),
-                        help=f"comma-separated KxF: keepalive interval x fence intervals (default {CONFIGS})")
-    parser.add_argument("--cases", type=parse_cases, default=list(CASES),
-                        help=f"comma-separated faults: crash (power loss), daemon-crash (SIGKILL of pvcd "
-                             f"alone) (default {','.join(CASES)})")
-    parser.add_argument("--vms", type=int, default=VMS,
-                        help=f"VMs on the failed node, {VM_MEMORY_MIB} MiB each (default {VMS})")
-    parser.add_argument("--watchdog-timeout", type=int, metavar="S",
-                        help=f"the nodes' watchdog timeout (default {WATCHDOG_WINDOWS} x K x F, so the fencer, "
-                             "not the watchdog, powers off a host whose pvcd died)")
-    parser.add_argument("--phase", choices=("after-keepalive", "random"), default="after-keepalive",
-                        help="fault right after one of the node's keepalives (the whole window of silence must "
-                             "pass: the worst case for detection; default) or at a random moment of the interval")
+    parser.add_argument(
+        "--configs",
+        type=parse_configs,
+        default=parse_configs(CONFIGS),
+        help=f"comma-separated KxF: keepalive interval x fence intervals (default {CONFIGS})",
+    )
+    parser.add_argument(
+        "--cases",
+        type=parse_cases,
+        default=list(CASES),
+        help=f"comma-separated faults: crash (power loss), daemon-crash (SIGKILL of pvcd "
+        f"alone) (default {','.join(CASES)})",
+    )
+    parser.add_argument(
+        "--vms", type=int, default=VMS, help=f"VMs on the failed node, {VM_MEMORY_MIB} MiB each (default {VMS})"
+    )
+    parser.add_argument(
+        "--watchdog-timeout",
+        type=int,
+        metavar="S",
+        help=f"the nodes' watchdog timeout (default {WATCHDOG_WINDOWS} x K x F, so the fencer, "
+        "not the watchdog, powers off a host whose pvcd died)",
+    )
+    parser.add_argument(
+        "--phase",
+        choices=("after-keepalive", "random"),
+        default="after-keepalive",
+        help="fault right after one of the node's keepalives (the whole window of silence must "
+        "pass: the worst case for detection; default) or at a random moment of the interval",
+    )
     parser.add_argument("--seed", type=int, default=20240601, help="RNG seed for --phase random")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
@@ -643,10 +764,14 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     for interval, intervals in args.configs:
         watchdog_timeout = watchdog_timeout_for(interval, intervals, args.watchdog_timeout)
-        print(f"{interval}x{intervals}: keepalive {interval}s, dead after {interval * intervals}s, watchdog "
-              f"{watchdog_timeout}s; {args.runs} runs of {', '.join(args.cases)} with {args.vms} VMs", flush=True)
-        configs.append(bench_config(interval, intervals, args.cases, args.runs, args.vms, args.phase, rng,
-                                    watchdog_timeout))
+        print(
+            f"{interval}x{intervals}: keepalive {interval}s, dead after {interval * intervals}s, watchdog "
+            f"{watchdog_timeout}s; {args.runs} runs of {', '.join(args.cases)} with {args.vms} VMs",
+            flush=True,
+        )
+        configs.append(
+            bench_config(interval, intervals, args.cases, args.runs, args.vms, args.phase, rng, watchdog_timeout)
+        )
     report = {
         "benchmark": "failover",
         "date": started.isoformat(timespec="seconds"),
@@ -674,12 +799,12 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "measured": {
             "clock": "CLOCK_MONOTONIC (time.monotonic(), the chassis journals' clock); fence record times "
-                     "(ZooKeeper ms) converted with the offset measured by a write and its mtime around the fault",
+            "(ZooKeeper ms) converted with the offset measured by a write and its mtime around the fault",
             "t0": "time.monotonic() just before the fault is sent (cluster.fault, what `pvc-devcluster fault` runs); "
-                  "daemon-crash: pvcd then confirmed gone through /proc",
+            "daemon-crash: pvcd then confirmed gone through /proc",
             "total": "t0 -> the journal's start of the last of the VMs on a host other than the failed one",
             "old_off": "t0 -> the journal's stop of the last of the VMs' old copies on the failed host "
-                       "(crash: power-loss; daemon-crash: the fencer's IPMI power off, via bmc)",
+            "(crash: power-loss; daemon-crash: the fencer's IPMI power off, via bmc)",
             "detect": "t0 -> fence record started_ms",
             "fence": "fence record started_ms -> finished_ms (IPMI power off confirmed; ZooKeeper clock only)",
             "restart": "fence finished_ms -> the last VM started on its new host (journal)",
@@ -689,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
             "recovered": "t0 -> fence record recovered_ms (after the batch and powering the node on again)",
             "after_keepalive": "the node's last keepalive (znode mtime) -> t0",
             "failure": "a VM on two hosts at once in the journals, an old copy still running 10 s after its VM "
-                       "started elsewhere, or `pvc-devcluster check` not clean after the run",
+            "started elsewhere, or `pvc-devcluster check` not clean after the run",
             "target": "median total <= keepalive_interval x fence_intervals + 3 s, per case",
             "typical_today": "shared/DESIGN.md: 60-75 s with 5 s keepalive x 6 missed",
         },
@@ -699,8 +824,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out}")
-    ok = all(c["error"] is None and all(r["met"] and not r["failed_runs"] for r in c["cases"].values())
-             for c in configs)
+    ok = all(
+        c["error"] is None and all(r["met"] and not r["failed_runs"] for r in c["cases"].values()) for c in configs
+    )
     return 0 if ok else 1
 
 

@@ -70,8 +70,11 @@ def settle(lab: Lab, address: str, macs: dict[str, str]) -> str:
     """Wait for one primary holding every floating IP, two secondaries, and the observer pointing at it."""
     primary = lab.wait_holder(timeout=30)
     wait_until(lambda: sorted(lab.roles().values()) == ["primary", "secondary", "secondary"], 30, "two secondaries")
-    wait_until(lambda: lab.ping(address, PING_TIMEOUT) and lab.observer_neighbour(address) == macs[primary], 10,
-               f"{primary} to answer for {address}")
+    wait_until(
+        lambda: lab.ping(address, PING_TIMEOUT) and lab.observer_neighbour(address) == macs[primary],
+        10,
+        f"{primary} to answer for {address}",
+    )
     return primary
 
 
@@ -109,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=RUNS, help=f"runs of each kind (default {RUNS})")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        print("bench/handover.py: run as root (it creates network namespaces, veth pairs and a bridge)",
-              file=sys.stderr)
+        print(
+            "bench/handover.py: run as root (it creates network namespaces, veth pairs and a bridge)", file=sys.stderr
+        )
         return 2
     if not zookeeper_available():
         print("bench/handover.py: ZooKeeper is not installed; run ./setup.sh test once", file=sys.stderr)
@@ -156,13 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"Primary coordinator handover, {len(COORDINATORS)} coordinators in network namespaces, "
-          f"session timeout {SESSION_TIMEOUT:g}s, median of {args.runs}:")
-    print(f"  planned (pvc node primary X -> floating IP answers from X): {results['planned']['median_seconds']:.3f}s "
-          f"(target <= {PLANNED_TARGET:g}s; "
-          f"inside the cluster: {results['planned']['pvc_reported_median_seconds']:.3f}s)")
-    print(f"  crash   (SIGKILL primary -> floating IP answers from the new primary): "
-          f"{results['crash']['median_seconds']:.3f}s (target <= {CRASH_TARGET:g}s)")
+    print(
+        f"Primary coordinator handover, {len(COORDINATORS)} coordinators in network namespaces, "
+        f"session timeout {SESSION_TIMEOUT:g}s, median of {args.runs}:"
+    )
+    print(
+        f"  planned (pvc node primary X -> floating IP answers from X): {results['planned']['median_seconds']:.3f}s "
+        f"(target <= {PLANNED_TARGET:g}s; "
+        f"inside the cluster: {results['planned']['pvc_reported_median_seconds']:.3f}s)"
+    )
+    print(
+        f"  crash   (SIGKILL primary -> floating IP answers from the new primary): "
+        f"{results['crash']['median_seconds']:.3f}s (target <= {CRASH_TARGET:g}s)"
+    )
     print(f"Results written to {args.out}")
     return 0 if results["planned"]["met"] and results["crash"]["met"] else 1
 

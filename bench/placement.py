@@ -30,8 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from pvcd.migration.planner import Plan, greedy_one_at_a_time, plan_batch  # noqa: E402
-from pvcd.migration.selectors import SELECTORS, NodeCapacity, VmRequest  # noqa: E402
+from pvcd.placement.planner import Plan, greedy_one_at_a_time, plan_batch  # noqa: E402
+from pvcd.placement.selectors import SELECTORS, NodeCapacity, VmRequest  # noqa: E402
 
 NODE_COUNT = 100
 NODE_MEMORY_MIB = 256 * 1024

@@ -125,8 +125,10 @@ class BenchError(Exception):
 
 
 def domain_xml(name: str) -> str:
-    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{VM_MEMORY_MIB}</memory>"
-            "<vcpu>1</vcpu><os><type>hvm</type></os></domain>")
+    return (
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>{VM_MEMORY_MIB}</memory>"
+        "<vcpu>1</vcpu><os><type>hvm</type></os></domain>"
+    )
 
 
 def vm_names(prefix: str, start: int, count: int) -> list[str]:
@@ -276,11 +278,18 @@ class ZooKeeper:
         per_namespace = [(k, v) for k, v in values.items() if k.endswith("_read_per_namespace")]
         namespaces_cnt = sum(v for k, v in per_namespace if k.startswith("zk_cnt_"))
         namespaces_sum = sum(v for k, v in per_namespace if k.startswith("zk_sum_"))
-        return Snapshot(t=t, reads=int(values.get("zk_cnt_readlatency", 0)),
-                        writes=int(values.get("zk_cnt_updatelatency", 0)),
-                        packets=int(values.get("zk_packets_received", 0)), data_reads=int(namespaces_cnt),
-                        data_bytes=int(namespaces_sum), zk_cpu_s=zk_cpu, by_node=by_node, ports=ports,
-                        pvcd_cpu_s=pvcd_cpu)
+        return Snapshot(
+            t=t,
+            reads=int(values.get("zk_cnt_readlatency", 0)),
+            writes=int(values.get("zk_cnt_updatelatency", 0)),
+            packets=int(values.get("zk_packets_received", 0)),
+            data_reads=int(namespaces_cnt),
+            data_bytes=int(namespaces_sum),
+            zk_cpu_s=zk_cpu,
+            by_node=by_node,
+            ports=ports,
+            pvcd_cpu_s=pvcd_cpu,
+        )
 
 
 def delta(a: Snapshot, b: Snapshot) -> dict[str, Any]:
@@ -291,10 +300,14 @@ def delta(a: Snapshot, b: Snapshot) -> dict[str, Any]:
         grew = count - before[1] if before is not None and before[0] == node else count
         if node != "-":
             per_node[node] = per_node.get(node, 0) + max(grew, 0)
-    cpu = {name: (b.pvcd_cpu_s[name] - a.pvcd_cpu_s[name])  # type: ignore[operator]
-           if b.pvcd_cpu_s.get(name) is not None and a.pvcd_cpu_s.get(name) is not None
-           and b.pvcd_cpu_s[name] >= a.pvcd_cpu_s[name] else None  # type: ignore[operator]
-           for name in b.pvcd_cpu_s}
+    cpu = {
+        name: (b.pvcd_cpu_s[name] - a.pvcd_cpu_s[name])  # type: ignore[operator]
+        if b.pvcd_cpu_s.get(name) is not None
+        and a.pvcd_cpu_s.get(name) is not None
+        and b.pvcd_cpu_s[name] >= a.pvcd_cpu_s[name]
+        else None  # type: ignore[operator]
+        for name in b.pvcd_cpu_s
+    }
     return {
         "seconds": b.t - a.t,
         "reads": b.reads - a.reads,
@@ -402,14 +415,16 @@ class Cli:
         self.env = dict(os.environ, PVC_ZOOKEEPER=zookeeper)
 
     def popen(self, args: list[str]) -> subprocess.Popen[str]:
-        return subprocess.Popen([failover.tool("pvc"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=self.env)
+        return subprocess.Popen(
+            [failover.tool("pvc"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+        )
 
     def run(self, *args: str, timeout: float = 600) -> tuple[str, float]:
         """Output and wall time of one `pvc` command."""
         t = time.monotonic()
-        result = subprocess.run([failover.tool("pvc"), *args], capture_output=True, text=True, timeout=timeout,
-                                env=self.env)
+        result = subprocess.run(
+            [failover.tool("pvc"), *args], capture_output=True, text=True, timeout=timeout, env=self.env
+        )
         took = time.monotonic() - t
         if result.returncode != 0:
             raise BenchError(f"pvc {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
@@ -436,10 +451,25 @@ class Cluster:
     def up(self) -> None:
         t = time.monotonic()
         result = subprocess.run(
-            [failover.tool("pvc-devcluster"), "up", "--nodes", str(self.count), "--workdir", str(self.workdir),
-             "--keepalive-interval", str(self.keepalive), "--fence-intervals", str(self.fence_intervals),
-             "--watchdog-timeout", str(2 * self.keepalive * self.fence_intervals), "--detach"],
-            capture_output=True, text=True, timeout=UP_TIMEOUT_S)
+            [
+                failover.tool("pvc-devcluster"),
+                "up",
+                "--nodes",
+                str(self.count),
+                "--workdir",
+                str(self.workdir),
+                "--keepalive-interval",
+                str(self.keepalive),
+                "--fence-intervals",
+                str(self.fence_intervals),
+                "--watchdog-timeout",
+                str(2 * self.keepalive * self.fence_intervals),
+                "--detach",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=UP_TIMEOUT_S,
+        )
         self.started = True
         if result.returncode != 0:
             raise BenchError(f"pvc-devcluster up: {result.stderr.strip()}")
@@ -459,8 +489,12 @@ class Cluster:
             self.failover.close()
         if not self.started:
             return
-        down = subprocess.run([failover.tool("pvc-devcluster"), "down", "--workdir", str(self.workdir)],
-                              capture_output=True, text=True, timeout=600)
+        down = subprocess.run(
+            [failover.tool("pvc-devcluster"), "down", "--workdir", str(self.workdir)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if down.returncode != 0:
             print(f"pvc-devcluster down --workdir {self.workdir}: {down.stderr.strip()}", file=sys.stderr)
         else:
@@ -499,9 +533,12 @@ class Cluster:
         if len(nodes) != self.count or [n["coordinator_state"] for n in nodes].count("primary") != 1:
             return None
         # A crashed node that came back stays fenced (its fence pending) until made ready.
-        if any(n["daemon_state"] != "run" or n["keepalive"]["late"] or (
-                n["name"] not in self.not_ready and (n["fence"]["pending"] or n["domain_state"] != "ready"))
-               for n in nodes):
+        if any(
+            n["daemon_state"] != "run"
+            or n["keepalive"]["late"]
+            or (n["name"] not in self.not_ready and (n["fence"]["pending"] or n["domain_state"] != "ready"))
+            for n in nodes
+        ):
             return None
         return nodes
 
@@ -593,15 +630,24 @@ def measure_idle(c: Cluster, window: float, label: str) -> dict[str, Any]:
     b = c.snapshot()
     after_ka, t_ka2 = keepalive_counters(c), time.monotonic()
     due = (t_ka2 - t_ka) / c.keepalive
-    result = {"label": label, "vms": len(c.vms), "nodes": c.count, **rates(delta(a, b), c.count),
-              "keepalives_delivered_per_due": {n: r((after_ka.get(n, 0) - v) / due, 2) for n, v in before_ka.items()},
-              "pvcd_rss_mib": {n: r(rss_mib(p), 1) for n, p in c.pvcd_pids().items()},
-              "zk_rss_mib": r(rss_mib(c.zk.pid), 1), "loadavg": loadavg()}
-    print(f"  idle, {c.count} nodes, {len(c.vms)} VMs: {result['reads_per_s']} reads/s "
-          f"({result['reads_per_node_per_s']}/node), {result['data_kib_per_s']} KiB/s, node requests/s "
-          f"{result['node_requests_per_s']}, ZooKeeper CPU {result['zk_cpu_percent']}%, pvcd CPU "
-          f"{result['pvcd_cpu_percent_total']}% in all, keepalives delivered/due "
-          f"{result['keepalives_delivered_per_due']}", flush=True)
+    result = {
+        "label": label,
+        "vms": len(c.vms),
+        "nodes": c.count,
+        **rates(delta(a, b), c.count),
+        "keepalives_delivered_per_due": {n: r((after_ka.get(n, 0) - v) / due, 2) for n, v in before_ka.items()},
+        "pvcd_rss_mib": {n: r(rss_mib(p), 1) for n, p in c.pvcd_pids().items()},
+        "zk_rss_mib": r(rss_mib(c.zk.pid), 1),
+        "loadavg": loadavg(),
+    }
+    print(
+        f"  idle, {c.count} nodes, {len(c.vms)} VMs: {result['reads_per_s']} reads/s "
+        f"({result['reads_per_node_per_s']}/node), {result['data_kib_per_s']} KiB/s, node requests/s "
+        f"{result['node_requests_per_s']}, ZooKeeper CPU {result['zk_cpu_percent']}%, pvcd CPU "
+        f"{result['pvcd_cpu_percent_total']}% in all, keepalives delivered/due "
+        f"{result['keepalives_delivered_per_due']}",
+        flush=True,
+    )
     return result
 
 
@@ -625,8 +671,11 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
         _, cli_s = c.cli.run("vm", "start", name)
         acted: float | None = None
         while time.monotonic() < t0 + max(window, 120):
-            started = [e.t for e in check.read_journals(c.record)
-                       if e.event == journal.START and e.vm == name and e.host == node and e.t >= t0]
+            started = [
+                e.t
+                for e in check.read_journals(c.record)
+                if e.event == journal.START and e.vm == name and e.host == node and e.t >= t0
+            ]
             if started:
                 acted = min(started) - t0
                 break
@@ -635,10 +684,24 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
         if remaining > 0:
             time.sleep(remaining)
         d = delta(b, c.snapshot())
-        windows.append((base, d, {"vm": name, "node": node, "cli_s": r(cli_s), "start_to_domain_started_s": r(acted),
-                                  "window_s": r(d["seconds"], 2)}))
-        print(f"  start {name} on {node}: {d['reads']} reads in {d['seconds']:.1f} s after the command, "
-              f"{base['reads']} in the idle window before; domain started {r(acted)} s after the command", flush=True)
+        windows.append(
+            (
+                base,
+                d,
+                {
+                    "vm": name,
+                    "node": node,
+                    "cli_s": r(cli_s),
+                    "start_to_domain_started_s": r(acted),
+                    "window_s": r(d["seconds"], 2),
+                },
+            )
+        )
+        print(
+            f"  start {name} on {node}: {d['reads']} reads in {d['seconds']:.1f} s after the command, "
+            f"{base['reads']} in the idle window before; domain started {r(acted)} s after the command",
+            flush=True,
+        )
 
     def idle_rate(value: Callable[[dict[str, Any]], float | None]) -> float | None:
         found = [v / base["seconds"] for base, _, _ in windows if (v := value(base)) is not None]
@@ -657,31 +720,52 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
 
     runs: list[dict[str, Any]] = []
     for _, d, meta in windows:
-        runs.append({
-            **meta,
-            "reads": r(extra(d, lambda x: x["reads"]), 0),
-            "data_reads": r(extra(d, lambda x: x["data_reads"]), 0),
-            "data_kib": r((extra(d, lambda x: x["data_bytes"]) or 0) / 1024, 1),
-            "writes": r(extra(d, lambda x: x["writes"]), 0),
-            "node_requests": {n: r(extra(d, node_getter(n)), 0) for n in d["node_requests"]},
-            "zk_cpu_s": r(extra(d, lambda x: x["zk_cpu_s"]), 2),
-            "pvcd_cpu_s": r(extra(d, pvcd_total), 2),
-            "reads_in_window": d["reads"],
-        })
+        runs.append(
+            {
+                **meta,
+                "reads": r(extra(d, lambda x: x["reads"]), 0),
+                "data_reads": r(extra(d, lambda x: x["data_reads"]), 0),
+                "data_kib": r((extra(d, lambda x: x["data_bytes"]) or 0) / 1024, 1),
+                "writes": r(extra(d, lambda x: x["writes"]), 0),
+                "node_requests": {n: r(extra(d, node_getter(n)), 0) for n in d["node_requests"]},
+                "zk_cpu_s": r(extra(d, lambda x: x["zk_cpu_s"]), 2),
+                "pvcd_cpu_s": r(extra(d, pvcd_total), 2),
+                "reads_in_window": d["reads"],
+            }
+        )
     idle_reads = [base["reads"] / base["seconds"] * window for base, _, _ in windows]
 
     def med(key: str) -> float | None:
         return r(median([float(x[key]) for x in runs if x[key] is not None]), 2)
 
-    result: dict[str, Any] = {"vms": len(c.vms), "nodes": c.count, "window_s": window, "runs": runs,
-              "idle_reads_per_window": [r(x, 0) for x in idle_reads],
-              "idle_reads_per_window_spread": r(max(idle_reads) - min(idle_reads), 0) if idle_reads else None,
-              "median": {k: med(k) for k in ("reads", "data_reads", "data_kib", "writes", "zk_cpu_s", "pvcd_cpu_s",
-                                              "start_to_domain_started_s", "cli_s")}}
+    result: dict[str, Any] = {
+        "vms": len(c.vms),
+        "nodes": c.count,
+        "window_s": window,
+        "runs": runs,
+        "idle_reads_per_window": [r(x, 0) for x in idle_reads],
+        "idle_reads_per_window_spread": r(max(idle_reads) - min(idle_reads), 0) if idle_reads else None,
+        "median": {
+            k: med(k)
+            for k in (
+                "reads",
+                "data_reads",
+                "data_kib",
+                "writes",
+                "zk_cpu_s",
+                "pvcd_cpu_s",
+                "start_to_domain_started_s",
+                "cli_s",
+            )
+        },
+    }
     result["reads_per_node_median"] = r((result["median"]["reads"] or 0) / c.count, 0)
     for run in runs:
-        print(f"  start {run['vm']}: +{run['reads']} reads, +{run['data_kib']} KiB, "
-              f"ZooKeeper +{run['zk_cpu_s']} CPU-s, pvcd +{run['pvcd_cpu_s']} CPU-s", flush=True)
+        print(
+            f"  start {run['vm']}: +{run['reads']} reads, +{run['data_kib']} KiB, "
+            f"ZooKeeper +{run['zk_cpu_s']} CPU-s, pvcd +{run['pvcd_cpu_s']} CPU-s",
+            flush=True,
+        )
     print(f"  idle windows before them: {result['idle_reads_per_window']} reads", flush=True)
     return result
 
@@ -690,8 +774,14 @@ def time_cli(c: Cluster, runs: int, node: str, prefix: str) -> dict[str, Any]:
     c.release_writer()
     c.wait_quiet()
     some = sorted(c.vms)[0]
-    times: dict[str, list[float]] = {"pvc --help": [], "pvc vm list": [], "pvc vm list --format json": [],
-                                     "pvc vm info": [], "pvc node list": [], "pvc vm define --node": []}
+    times: dict[str, list[float]] = {
+        "pvc --help": [],
+        "pvc vm list": [],
+        "pvc vm list --format json": [],
+        "pvc vm info": [],
+        "pvc node list": [],
+        "pvc vm define --node": [],
+    }
     for index in range(runs):
         times["pvc --help"].append(c.cli.run("--help")[1])
         times["pvc vm list"].append(c.cli.run("vm", "list")[1])
@@ -703,9 +793,12 @@ def time_cli(c: Cluster, runs: int, node: str, prefix: str) -> dict[str, Any]:
         path.write_text(domain_xml(name))
         times["pvc vm define --node"].append(c.cli.run("vm", "define", str(path), "--node", node)[1])
         c.vms[name] = node
-    result: dict[str, Any] = {"vms": len(c.vms), "runs": runs,
-              "median_s": {k: r(median(v)) for k, v in times.items()},
-              "all_s": {k: [r(x) for x in v] for k, v in times.items()}}
+    result: dict[str, Any] = {
+        "vms": len(c.vms),
+        "runs": runs,
+        "median_s": {k: r(median(v)) for k, v in times.items()},
+        "all_s": {k: [r(x) for x in v] for k, v in times.items()},
+    }
     print(f"  cli at {len(c.vms)} VMs (median of {runs}, s): {result['median_s']}", flush=True)
     return result
 
@@ -729,14 +822,21 @@ def measure_flush(c: Cluster, node: str, names: list[str], timeout: float) -> di
         d = delta(a, b)
         cpu = [v for v in d["pvcd_cpu_s"].values() if v is not None]
         result[command] = {
-            "seconds": r(took, 2), "vms_moved": moved, "vms_per_s": r(moved / took, 3), "error": error,
-            "reads": d["reads"], "reads_per_vm": r(d["reads"] / moved, 0) if moved else None,
-            "zk_cpu_s": r(d["zk_cpu_s"], 2), "pvcd_cpu_s": r(sum(cpu), 2),
+            "seconds": r(took, 2),
+            "vms_moved": moved,
+            "vms_per_s": r(moved / took, 3),
+            "error": error,
+            "reads": d["reads"],
+            "reads_per_vm": r(d["reads"] / moved, 0) if moved else None,
+            "zk_cpu_s": r(d["zk_cpu_s"], 2),
+            "pvcd_cpu_s": r(sum(cpu), 2),
             "pvcd_cpu_s_per_vm": r(sum(cpu) / moved, 2) if moved else None,
         }
-        print(f"  {command} {node}: {moved}/{len(names)} VMs in {took:.1f} s ({result[command]['vms_per_s']} VMs/s),"
-              f" {d['reads']} reads, pvcd {result[command]['pvcd_cpu_s']} CPU-s"
-              + (f"; {error}" if error else ""), flush=True)
+        print(
+            f"  {command} {node}: {moved}/{len(names)} VMs in {took:.1f} s ({result[command]['vms_per_s']} VMs/s),"
+            f" {d['reads']} reads, pvcd {result[command]['pvcd_cpu_s']} CPU-s" + (f"; {error}" if error else ""),
+            flush=True,
+        )
         if error:
             break
     return result
@@ -762,20 +862,28 @@ def measure_crash(c: Cluster, victim: str, names: list[str]) -> dict[str, Any]:
     starts = sorted(t for _, t in new.values())
     d = delta(a, b)
     result = {
-        "victim": victim, "vms": len(names), "vms_in_cluster": len(c.vms),
-        "keepalive_interval": c.keepalive, "fence_intervals": c.fence_intervals,
-        "total_s": r(starts[-1] - t0), "first_s": r(starts[0] - t0),
+        "victim": victim,
+        "vms": len(names),
+        "vms_in_cluster": len(c.vms),
+        "keepalive_interval": c.keepalive,
+        "fence_intervals": c.fence_intervals,
+        "total_s": r(starts[-1] - t0),
+        "first_s": r(starts[0] - t0),
         "detect_s": r(mono(fence["started_ms"]) - t0),
         "fence_s": r((fence["finished_ms"] - fence["started_ms"]) / 1000),
         "restart_s": r(starts[-1] - mono(fence["finished_ms"])),
         "after_keepalive_s": r(t0 - mono(keepalive_ms)),
         "placed_on": {h: sum(1 for host, _ in new.values() if host == h) for h in sorted({h for h, _ in new.values()})},
-        "reads_during": d["reads"], "zk_cpu_s_during": r(d["zk_cpu_s"], 2),
+        "reads_during": d["reads"],
+        "zk_cpu_s_during": r(d["zk_cpu_s"], 2),
         "target_s": TARGETS["crash_to_running_s"],
     }
-    print(f"  crash of {victim} with {len(names)} running VMs: all running elsewhere after {result['total_s']} s "
-          f"(detect {result['detect_s']} + fence {result['fence_s']} + restart {result['restart_s']}); "
-          f"first after {result['first_s']} s", flush=True)
+    print(
+        f"  crash of {victim} with {len(names)} running VMs: all running elsewhere after {result['total_s']} s "
+        f"(detect {result['detect_s']} + fence {result['fence_s']} + restart {result['restart_s']}); "
+        f"first after {result['first_s']} s",
+        flush=True,
+    )
     # The victim powers on again; let it rejoin before anything else is measured. It is not made ready: that
     # would bring every VM back, which is a flush's cost again (measured by `flush`).
     c.not_ready.add(victim)
@@ -805,12 +913,16 @@ def part_a(args: argparse.Namespace) -> dict[str, Any]:
         # 1,000 VMs round-robin over the nodes, stopped; then the crash victim's and the flush node's set started.
         names = vm_names("sc", 0, args.vms)
         define_s = c.define(names, [primary, victim, flushed])
-        out["define_bulk"] = {"vms": len(names), "seconds": r(define_s, 1),
-                              "per_vm_ms": r(1000 * define_s / len(names), 1), "writer": c.get_writer().kind}
+        out["define_bulk"] = {
+            "vms": len(names),
+            "seconds": r(define_s, 1),
+            "per_vm_ms": r(1000 * define_s / len(names), 1),
+            "writer": c.get_writer().kind,
+        }
         print(f"  defined {len(names)} VMs in {define_s:.1f} s ({c.get_writer().kind})", flush=True)
         on = {n: [v for v in names if c.vms[v] == n] for n in (primary, victim, flushed)}
-        crash_set = on[victim][:args.crash_vms] if "crash" in args.parts else []
-        flush_set = on[flushed][:args.flush_vms] if "flush" in args.parts else []
+        crash_set = on[victim][: args.crash_vms] if "crash" in args.parts else []
+        flush_set = on[flushed][: args.flush_vms] if "flush" in args.parts else []
         to_start = crash_set + flush_set
         if to_start:
             t = time.monotonic()
@@ -818,10 +930,17 @@ def part_a(args: argparse.Namespace) -> dict[str, Any]:
             c.release_writer()
             waited = c.wait_running(to_start, None, 1800)
             took = time.monotonic() - t
-            out["start_bulk"] = {"vms": len(to_start), "seconds": r(took, 1), "waited_for_journal_s": r(waited, 1),
-                                 "vms_per_s": r(len(to_start) / took, 2)}
-            print(f"  started {len(to_start)} VMs ({len(crash_set)} on {victim}, {len(flush_set)} on {flushed}) "
-                  f"in {took:.1f} s", flush=True)
+            out["start_bulk"] = {
+                "vms": len(to_start),
+                "seconds": r(took, 1),
+                "waited_for_journal_s": r(waited, 1),
+                "vms_per_s": r(len(to_start) / took, 2),
+            }
+            print(
+                f"  started {len(to_start)} VMs ({len(crash_set)} on {victim}, {len(flush_set)} on {flushed}) "
+                f"in {took:.1f} s",
+                flush=True,
+            )
         if "idle" in args.parts:
             out["idle_1"] = measure_idle(c, args.window, f"{len(c.vms)} VMs, {len(to_start)} running")
         if "start" in args.parts and args.starts:
@@ -836,8 +955,11 @@ def part_a(args: argparse.Namespace) -> dict[str, Any]:
         if "large" in args.parts and args.large_vms > len(c.vms):
             more = vm_names("sc", len(names) + 100, args.large_vms - len(c.vms))
             define_s = c.define(more, [primary, victim, flushed])
-            out["define_bulk_large"] = {"vms": len(more), "seconds": r(define_s, 1),
-                                        "per_vm_ms": r(1000 * define_s / len(more), 1)}
+            out["define_bulk_large"] = {
+                "vms": len(more),
+                "seconds": r(define_s, 1),
+                "per_vm_ms": r(1000 * define_s / len(more), 1),
+            }
             print(f"  defined {len(more)} more VMs in {define_s:.1f} s", flush=True)
             if "idle" in args.parts:
                 out["idle_large"] = measure_idle(c, args.window, f"{len(c.vms)} VMs")
@@ -865,8 +987,11 @@ def part_b(args: argparse.Namespace) -> list[dict[str, Any]]:
             nodes = [primary, *others]
             out["idle_0"] = measure_idle(c, args.window, "0 VMs")
             define_s = c.define(vm_names("sw", 0, args.sweep_vms), nodes)
-            out["define_bulk"] = {"vms": args.sweep_vms, "seconds": r(define_s, 1),
-                                  "per_vm_ms": r(1000 * define_s / max(args.sweep_vms, 1), 1)}
+            out["define_bulk"] = {
+                "vms": args.sweep_vms,
+                "seconds": r(define_s, 1),
+                "per_vm_ms": r(1000 * define_s / max(args.sweep_vms, 1), 1),
+            }
             out["idle"] = measure_idle(c, args.window, f"{args.sweep_vms} VMs")
             if args.starts:
                 # VMs of nodes other than the primary: the owning node is one of many.
@@ -907,42 +1032,66 @@ def print_table(report: dict[str, Any]) -> None:
     rows = []
     for key in ("idle_0", "idle_1", "idle_large"):
         if key in a:
-            rows.append((f"idle reads/s, whole cluster / per node ({a[key]['vms']} VMs)",
-                         f"{fmt(a[key]['reads_per_s'])} / {fmt(a[key]['reads_per_node_per_s'])}"
-                         f" (node requests/s {a[key]['node_requests_per_s']}); ZooKeeper CPU "
-                         f"{fmt(a[key]['zk_cpu_percent'], '%')}; {fmt(a[key]['data_kib_per_s'])} KiB/s"))
+            rows.append(
+                (
+                    f"idle reads/s, whole cluster / per node ({a[key]['vms']} VMs)",
+                    f"{fmt(a[key]['reads_per_s'])} / {fmt(a[key]['reads_per_node_per_s'])}"
+                    f" (node requests/s {a[key]['node_requests_per_s']}); ZooKeeper CPU "
+                    f"{fmt(a[key]['zk_cpu_percent'], '%')}; {fmt(a[key]['data_kib_per_s'])} KiB/s",
+                )
+            )
     if "start" in a:
         m = a["start"]["median"]
-        rows.append(("one `pvc vm start`: ZooKeeper reads, whole cluster (median)",
-                     f"{fmt(m['reads'])} reads, {fmt(m['data_kib'])} KiB, ZooKeeper {fmt(m['zk_cpu_s'])} CPU-s, "
-                     f"pvcd {fmt(m['pvcd_cpu_s'])} CPU-s; domain started {fmt(m['start_to_domain_started_s'])} s "
-                     "after the command"))
+        rows.append(
+            (
+                "one `pvc vm start`: ZooKeeper reads, whole cluster (median)",
+                f"{fmt(m['reads'])} reads, {fmt(m['data_kib'])} KiB, ZooKeeper {fmt(m['zk_cpu_s'])} CPU-s, "
+                f"pvcd {fmt(m['pvcd_cpu_s'])} CPU-s; domain started {fmt(m['start_to_domain_started_s'])} s "
+                "after the command",
+            )
+        )
     for key in ("cli_1", "cli_large"):
         if key in a:
             m = a[key]["median_s"]
-            rows.append((f"`pvc vm list` / `pvc vm define` at {a[key]['vms']} VMs",
-                         f"{fmt(m['pvc vm list'], ' s')} / {fmt(m['pvc vm define --node'], ' s')} "
-                         f"(`pvc --help` {fmt(m['pvc --help'], ' s')}, "
-                         f"`pvc node list` {fmt(m['pvc node list'], ' s')})"))
+            rows.append(
+                (
+                    f"`pvc vm list` / `pvc vm define` at {a[key]['vms']} VMs",
+                    f"{fmt(m['pvc vm list'], ' s')} / {fmt(m['pvc vm define --node'], ' s')} "
+                    f"(`pvc --help` {fmt(m['pvc --help'], ' s')}, "
+                    f"`pvc node list` {fmt(m['pvc node list'], ' s')})",
+                )
+            )
     if "flush" in a:
         f = a["flush"]
         for command in ("flush", "ready"):
             if command in f:
                 x = f[command]
-                rows.append((f"`pvc node {command} --wait`, {f['running_vms']} running VMs",
-                             f"{fmt(x['seconds'], ' s')}, {fmt(x['vms_per_s'])} VMs/s, "
-                             f"{fmt(x['pvcd_cpu_s_per_vm'])} pvcd CPU-s and {fmt(x['reads_per_vm'])} reads per VM"
-                             + (f" ({x['error']})" if x["error"] else "")))
+                rows.append(
+                    (
+                        f"`pvc node {command} --wait`, {f['running_vms']} running VMs",
+                        f"{fmt(x['seconds'], ' s')}, {fmt(x['vms_per_s'])} VMs/s, "
+                        f"{fmt(x['pvcd_cpu_s_per_vm'])} pvcd CPU-s and {fmt(x['reads_per_vm'])} reads per VM"
+                        + (f" ({x['error']})" if x["error"] else ""),
+                    )
+                )
     if "crash" in a:
         x = a["crash"]
-        rows.append((f"crash of a node with {x['vms']} VMs -> all running elsewhere "
-                     f"({x['keepalive_interval']} s x {x['fence_intervals']})",
-                     f"{fmt(x['total_s'], ' s')} (detect {fmt(x['detect_s'])} + fence {fmt(x['fence_s'])} + "
-                     f"restart {fmt(x['restart_s'])})"))
+        rows.append(
+            (
+                f"crash of a node with {x['vms']} VMs -> all running elsewhere "
+                f"({x['keepalive_interval']} s x {x['fence_intervals']})",
+                f"{fmt(x['total_s'], ' s')} (detect {fmt(x['detect_s'])} + fence {fmt(x['fence_s'])} + "
+                f"restart {fmt(x['restart_s'])})",
+            )
+        )
     for key in ("define_bulk", "start_bulk", "define_bulk_large"):
         if key in a:
-            rows.append((f"bench set-up: {key.replace('_', ' ')}", f"{a[key]['vms'] if 'vms' in a[key] else ''} VMs in "
-                         f"{fmt(a[key]['seconds'], ' s')}"))
+            rows.append(
+                (
+                    f"bench set-up: {key.replace('_', ' ')}",
+                    f"{a[key]['vms'] if 'vms' in a[key] else ''} VMs in {fmt(a[key]['seconds'], ' s')}",
+                )
+            )
     if rows:
         print()
         print(f"(a) {NODES} nodes, keepalive {KEEPALIVE_S} s:")
@@ -958,11 +1107,13 @@ def print_table(report: dict[str, Any]) -> None:
         for s in sweep:
             idle, start = s.get("idle") or {}, (s.get("start") or {}).get("median") or {}
             ka = idle.get("keepalives_delivered_per_due") or {}
-            print(f"    {s['nodes']:>5}  {s['vms']:>3}  {fmt(idle.get('reads_per_s')):>12}  "
-                  f"{fmt(idle.get('reads_per_node_per_s')):>8}  {fmt(idle.get('zk_cpu_percent')):>7}  "
-                  f"{fmt(start.get('reads')):>11}  {fmt(get(s, 'start', 'reads_per_node_median')):>8}  "
-                  f"{fmt(start.get('start_to_domain_started_s')):>15}  "
-                  f"{fmt(min(ka.values()) if ka else None)}" + (f"  stopped: {s['error']}" if s.get("error") else ""))
+            print(
+                f"    {s['nodes']:>5}  {s['vms']:>3}  {fmt(idle.get('reads_per_s')):>12}  "
+                f"{fmt(idle.get('reads_per_node_per_s')):>8}  {fmt(idle.get('zk_cpu_percent')):>7}  "
+                f"{fmt(start.get('reads')):>11}  {fmt(get(s, 'start', 'reads_per_node_median')):>8}  "
+                f"{fmt(start.get('start_to_domain_started_s')):>15}  "
+                f"{fmt(min(ka.values()) if ka else None)}" + (f"  stopped: {s['error']}" if s.get("error") else "")
+            )
 
 
 def parse_list(text: str) -> list[int]:
@@ -985,23 +1136,35 @@ def parse_parts(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", type=parse_parts, default=list(PARTS),
-                        help=f"parts of (a) to run, comma-separated, or none (default {','.join(PARTS)})")
+    parser.add_argument(
+        "--parts",
+        type=parse_parts,
+        default=list(PARTS),
+        help=f"parts of (a) to run, comma-separated, or none (default {','.join(PARTS)})",
+    )
     parser.add_argument("--vms", type=int, default=VMS, help=f"VMs in (a) (default {VMS})")
-    parser.add_argument("--large-vms", type=int, default=LARGE_VMS,
-                        help=f"VMs in all for `large` (default {LARGE_VMS})")
-    parser.add_argument("--flush-vms", type=int, default=FLUSH_VMS,
-                        help=f"running VMs on the flushed node (default {FLUSH_VMS})")
+    parser.add_argument(
+        "--large-vms", type=int, default=LARGE_VMS, help=f"VMs in all for `large` (default {LARGE_VMS})"
+    )
+    parser.add_argument(
+        "--flush-vms", type=int, default=FLUSH_VMS, help=f"running VMs on the flushed node (default {FLUSH_VMS})"
+    )
     parser.add_argument("--flush-timeout", type=float, default=600.0, help="--wait-timeout of flush and ready")
-    parser.add_argument("--crash-vms", type=int, default=CRASH_VMS,
-                        help=f"running VMs on the node that loses power (default {CRASH_VMS})")
+    parser.add_argument(
+        "--crash-vms",
+        type=int,
+        default=CRASH_VMS,
+        help=f"running VMs on the node that loses power (default {CRASH_VMS})",
+    )
     parser.add_argument("--starts", type=int, default=STARTS, help=f"`pvc vm start` measured (default {STARTS})")
-    parser.add_argument("--window", type=float, default=WINDOW_S,
-                        help=f"seconds of each counter window (default {WINDOW_S:g})")
+    parser.add_argument(
+        "--window", type=float, default=WINDOW_S, help=f"seconds of each counter window (default {WINDOW_S:g})"
+    )
     parser.add_argument("--cli-runs", type=int, default=CLI_RUNS, help=f"runs of each CLI command (default {CLI_RUNS})")
     parser.add_argument("--sweep", type=parse_list, default=[], help="(b): node counts, e.g. 10,20 (default none)")
-    parser.add_argument("--sweep-vms", type=int, default=SWEEP_VMS,
-                        help=f"VMs in each (b) cluster (default {SWEEP_VMS})")
+    parser.add_argument(
+        "--sweep-vms", type=int, default=SWEEP_VMS, help=f"VMs in each (b) cluster (default {SWEEP_VMS})"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     try:
@@ -1018,24 +1181,39 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "scale",
         "date": started.isoformat(timespec="seconds"),
         "code": str(Path(pvcd.__file__).resolve().parent.parent),
-        "settings": {"nodes": NODES, "vms": args.vms, "large_vms": args.large_vms, "flush_vms": args.flush_vms,
-                     "crash_vms": args.crash_vms, "starts": args.starts, "window_s": args.window,
-                     "cli_runs": args.cli_runs, "parts": args.parts, "sweep": args.sweep, "sweep_vms": args.sweep_vms,
-                     "keepalive_interval_s": KEEPALIVE_S, "fence_intervals": FENCE_INTERVALS,
-                     "vm_memory_mib": VM_MEMORY_MIB, "vm_vcpus": 1, "domain_type": "test"},
-        "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "settings": {
+            "nodes": NODES,
+            "vms": args.vms,
+            "large_vms": args.large_vms,
+            "flush_vms": args.flush_vms,
+            "crash_vms": args.crash_vms,
+            "starts": args.starts,
+            "window_s": args.window,
+            "cli_runs": args.cli_runs,
+            "parts": args.parts,
+            "sweep": args.sweep,
+            "sweep_vms": args.sweep_vms,
+            "keepalive_interval_s": KEEPALIVE_S,
+            "fence_intervals": FENCE_INTERVALS,
+            "vm_memory_mib": VM_MEMORY_MIB,
+            "vm_vcpus": 1,
+            "domain_type": "test",
+        },
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
         "loadavg_before": load_before,
         "targets": TARGETS,
         "measured": {
             "reads": "zk_cnt_readlatency: every request that is not a write (getData, getChildren, exists, pings)",
             "data_reads": "zk_cnt_*_read_per_namespace (data and child-list reads); "
-                          "data KiB: zk_sum_*_read_per_namespace",
+            "data KiB: zk_sum_*_read_per_namespace",
             "writes": "zk_cnt_updatelatency",
             "node_requests": "`stat`: packets received on each node's connection (all requests incl. writes and "
-                             "pings), attributed through the chassis relay's socket in /proc",
+            "pings), attributed through the chassis relay's socket in /proc",
             "zk_cpu": "/proc/PID/stat utime+stime of the ZooKeeper java process",
             "start": "counters over --window s from launching `pvc vm start` less the idle rate of the window just "
-                     "before; includes the CLI's own requests",
+            "before; includes the CLI's own requests",
             "start_to_domain_started_s": "launching `pvc vm start` -> the chassis journal's start of the domain",
             "crash": "bench/failover.py: power loss right after a keepalive -> last VM started elsewhere (journals)",
         },

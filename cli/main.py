@@ -73,13 +73,23 @@ def node_list(ctx: click.Context, output_format: str) -> None:
             s["memory"]["allocated"],
             s["memory"]["free"],
             s["load"],
-            "-" if s["keepalive"]["age_seconds"] is None else f"{s['keepalive']['age_seconds']:.1f}s"
-            + (" LATE" if s["keepalive"]["late"] else ""),
+            "-"
+            if s["keepalive"]["age_seconds"] is None
+            else f"{s['keepalive']['age_seconds']:.1f}s" + (" LATE" if s["keepalive"]["late"] else ""),
         ]
         for s in summaries
     ]
     headers = [
-        "NAME", "DAEMON", "COORDINATOR", "DOMAIN", "VMS", "MEM MiB", "ALLOC MiB", "FREE MiB", "LOAD", "KEEPALIVE AGE"
+        "NAME",
+        "DAEMON",
+        "COORDINATOR",
+        "DOMAIN",
+        "VMS",
+        "MEM MiB",
+        "ALLOC MiB",
+        "FREE MiB",
+        "LOAD",
+        "KEEPALIVE AGE",
     ]
     click.echo(table(headers, rows) if rows else "No nodes registered.")
 
@@ -126,8 +136,15 @@ def node_info(ctx: click.Context, name: str, output_format: str) -> None:
                 ),
                 ("Stale figures", keepalive["stale_figures"]),
                 ("Watchdog", _watchdog_line(summary["watchdog"])),
-                *[(f"Loop {name}", f"{loop.get('failures')} failures" + (" (FAILING)" if loop.get("failing") else "")
-                   + f"; last: {loop.get('last_error')}") for name, loop in sorted(summary["loops"].items())],
+                *[
+                    (
+                        f"Loop {name}",
+                        f"{loop.get('failures')} failures"
+                        + (" (FAILING)" if loop.get("failing") else "")
+                        + f"; last: {loop.get('last_error')}",
+                    )
+                    for name, loop in sorted(summary["loops"].items())
+                ],
                 *_fence_lines(summary["fence"], now),
             ]
         )
@@ -151,8 +168,11 @@ def _fence_lines(fence: dict[str, Any], now_ms: int) -> list[tuple[str, Any]]:
         ("Last fence", f"{fence['outcome']} {ago} by {fence['by']}{resumed}{readied}"),
         ("Fence step", f"{fence['step']} (fence {fence['id']})"),
         ("Fence reason", fence["reason"]),
-        ("VM recovery", f"{fence['action']}; done: {bool(fence['recovered'])}"
-         + ("; confirmed by an operator" if fence["confirmed_by_operator"] else "")),
+        (
+            "VM recovery",
+            f"{fence['action']}; done: {bool(fence['recovered'])}"
+            + ("; confirmed by an operator" if fence["confirmed_by_operator"] else ""),
+        ),
     ]
 
 
@@ -201,8 +221,10 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
                 ("Fenced nodes", summary["fenced"]),
                 ("Maintenance", "on (fencing disabled)" if summary["maintenance"] else "off"),
                 *[(f"FAULT {name}", fault.get("reason", fault)) for name, fault in sorted(summary["faults"].items())],
-                *[(f"FAULT loops of {node}", f"{', '.join(loops)} keep failing; the node does not stand as primary")
-                  for node, loops in sorted(summary["failing_loops"].items())],
+                *[
+                    (f"FAULT loops of {node}", f"{', '.join(loops)} keep failing; the node does not stand as primary")
+                    for node, loops in sorted(summary["failing_loops"].items())
+                ],
                 ("Schema version", summary["schema_version"]),
             ]
         )

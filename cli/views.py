@@ -102,13 +102,10 @@ def cluster_summary(
     for node in nodes:
         daemon_states[node["daemon_state"]] = daemon_states.get(node["daemon_state"], 0) + 1
     totals = {
-        key: sum(n["memory"][key] or 0 for n in nodes if n["daemon_state"] == "run")
-        for key in ("total", "allocated")
+        key: sum(n["memory"][key] or 0 for n in nodes if n["daemon_state"] == "run") for key in ("total", "allocated")
     }
     late = [n["name"] for n in nodes if n["keepalive"]["late"] and n["daemon_state"] == "run"]
-    failing = {
-        n["name"]: sorted(name for name, loop in n["loops"].items() if loop.get("failing")) for n in nodes
-    }
+    failing = {n["name"]: sorted(name for name, loop in n["loops"].items() if loop.get("failing")) for n in nodes}
     failing = {node: loops for node, loops in failing.items() if loops}
     return {
         "nodes": len(nodes),
@@ -123,6 +120,9 @@ def cluster_summary(
         "faults": faults or {},
         "fenced": [n["name"] for n in nodes if n["fence"]["pending"]],
         "failing_loops": failing,
-        "healthy": not late and not faults and not failing and bool(nodes)
+        "healthy": not late
+        and not faults
+        and not failing
+        and bool(nodes)
         and all(n["daemon_state"] == "run" and not n["fence"]["pending"] for n in nodes),
     }

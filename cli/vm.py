@@ -22,9 +22,10 @@ import click
 from cli.connection import CliError, Target, connect, resolve_target
 from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
-from pvcd.migration.planner import Plan, plan_batch
-from pvcd.migration.selectors import check_selector
-from pvcd.vm import flush, placement, records
+from pvcd.placement import cluster as placement
+from pvcd.placement.planner import Plan, plan_batch
+from pvcd.placement.selectors import check_selector
+from pvcd.vm import flush, records
 from pvcd.vm.records import (
     IN_PROGRESS,
     SHOULD_RUN,
@@ -259,13 +260,26 @@ def vm_group() -> None:
 @click.option("--limit", "node_limit", help="comma-separated nodes the VM may run on")
 @click.option("--selector", "node_selector", help="target selector for this VM (mem, vcpus, load, vms)")
 @click.option("--autostart", is_flag=True, help="start the VM when its node is next ready")
-@click.option("--method", "migration_method", type=click.Choice([str(m) for m in MigrationMethod]),
-              default="live", show_default=True,
-              help="live: live-migrate (falls back to shutdown); shutdown: stop, move, start")
+@click.option(
+    "--method",
+    "migration_method",
+    type=click.Choice([str(m) for m in MigrationMethod]),
+    default="live",
+    show_default=True,
+    help="live: live-migrate (falls back to shutdown); shutdown: stop, move, start",
+)
 @format_option
 @click.pass_context
-def vm_define(ctx: click.Context, xml_file: str, node: str | None, node_limit: str | None, node_selector: str | None,
-              autostart: bool, migration_method: str, output_format: str) -> None:
+def vm_define(
+    ctx: click.Context,
+    xml_file: str,
+    node: str | None,
+    node_limit: str | None,
+    node_selector: str | None,
+    autostart: bool,
+    migration_method: str,
+    output_format: str,
+) -> None:
     """Define a VM from a libvirt domain XML (FILE.xml, or - for standard input; it starts stopped)."""
     try:
         spec = records.parse_domain_xml(_read_domain_file(xml_file))
@@ -326,7 +340,8 @@ def vm_list(ctx: click.Context, node: str | None, state: str | None, output_form
     with connect(_target(ctx)) as store:
         all_vms, damaged = vms.read_vms(store)
     summaries = [
-        vm_summary(v) for _, v in sorted(all_vms.items())
+        vm_summary(v)
+        for _, v in sorted(all_vms.items())
         if (node is None or v.record.node == node) and (state is None or v.record.state == state)
     ]
     for name, problem in sorted(damaged.items()):
@@ -335,9 +350,19 @@ def vm_list(ctx: click.Context, node: str | None, state: str | None, output_form
         click.echo(to_json(summaries))
         return
     rows = [
-        [s["name"], s["state"], s["node"], s["lastnode"], _actual(s), s["memory_mib"], s["vcpus"],
-         f"{s['migration']['from']} -> {s['migration']['to']} ({s['migration']['phase']})" if s["migration"] else None,
-         s["reason"]]
+        [
+            s["name"],
+            s["state"],
+            s["node"],
+            s["lastnode"],
+            _actual(s),
+            s["memory_mib"],
+            s["vcpus"],
+            f"{s['migration']['from']} -> {s['migration']['to']} ({s['migration']['phase']})"
+            if s["migration"]
+            else None,
+            s["reason"],
+        ]
         for s in summaries
     ]
     headers = ["NAME", "STATE", "NODE", "LASTNODE", "ACTUAL", "MEM MiB", "VCPUS", "MOVING", "REASON"]
@@ -406,6 +431,7 @@ def _state_command(wanted: VmState, done: Callable[[VmView], bool], help_text: s
     @click.pass_context
     def command(ctx: click.Context, name: str, wait: bool, wait_timeout: float, output_format: str) -> None:
         with connect(_target(ctx)) as store:
+
             def attempt(view: VmView) -> VmView:
                 return vms.VmWrite(store, view).record(records.state_change(view, wanted)).commit()
 
@@ -441,8 +467,17 @@ for _state, _done, _help in (
     vm_group.add_command(_state_command(_state, _done, _help))
 
 
-def _move(ctx: click.Context, name: str, kind: MoveKind, target: str | None, force: bool, dry_run: bool,
-          wait: bool, wait_timeout: float, output_format: str) -> None:
+def _move(
+    ctx: click.Context,
+    name: str,
+    kind: MoveKind,
+    target: str | None,
+    force: bool,
+    dry_run: bool,
+    wait: bool,
+    wait_timeout: float,
+    output_format: str,
+) -> None:
     with connect(_target(ctx)) as store:
         if target is not None:
             _node(store, target)
@@ -467,8 +502,10 @@ def _move(ctx: click.Context, name: str, kind: MoveKind, target: str | None, for
                 # Only the node that may run the VM can release it; a move from a dead
                 # node would wait forever (recovering a dead node's VMs is fencing's job).
                 state = current.state.daemon if current else "not registered"
-                raise CliError(f"VM {name}: its node {source} is not running ({state}, or its keepalive is late); "
-                               f"it must release the VM before it can move")
+                raise CliError(
+                    f"VM {name}: its node {source} is not running ({state}, or its keepalive is late); "
+                    f"it must release the VM before it can move"
+                )
             if plan.unplaced and (view.record.state in SHOULD_RUN or wanted is None):
                 raise CliError(f"VM {name}: {plan.unplaced[0].detail}")
             if plan.unplaced:
@@ -510,8 +547,16 @@ def _move(ctx: click.Context, name: str, kind: MoveKind, target: str | None, for
 @_wait_options
 @format_option
 @click.pass_context
-def vm_migrate(ctx: click.Context, name: str, target: str | None, force: bool, dry_run: bool, wait: bool,
-               wait_timeout: float, output_format: str) -> None:
+def vm_migrate(
+    ctx: click.Context,
+    name: str,
+    target: str | None,
+    force: bool,
+    dry_run: bool,
+    wait: bool,
+    wait_timeout: float,
+    output_format: str,
+) -> None:
     """Migrate the VM to another node, remembering this one as lastnode."""
     _move(ctx, name, MoveKind.MIGRATE, target, force, dry_run, wait, wait_timeout, output_format)
 
@@ -533,8 +578,15 @@ def vm_unmigrate(ctx: click.Context, name: str, wait: bool, wait_timeout: float,
 @_wait_options
 @format_option
 @click.pass_context
-def vm_move(ctx: click.Context, name: str, target: str | None, dry_run: bool, wait: bool, wait_timeout: float,
-            output_format: str) -> None:
+def vm_move(
+    ctx: click.Context,
+    name: str,
+    target: str | None,
+    dry_run: bool,
+    wait: bool,
+    wait_timeout: float,
+    output_format: str,
+) -> None:
     """Move the VM to another node for good (lastnode is cleared)."""
     _move(ctx, name, MoveKind.MOVE, target, False, dry_run, wait, wait_timeout, output_format)
 
@@ -546,12 +598,12 @@ def vm_move(ctx: click.Context, name: str, target: str | None, dry_run: bool, wa
 def vm_remove(ctx: click.Context, name: str, output_format: str) -> None:
     """Remove a stopped VM from the cluster."""
     with connect(_target(ctx)) as store:
+
         def attempt(view: VmView) -> VmView:
             if view.migration is not None or view.status.active or view.record.state in SHOULD_RUN | {VmState.SHUTDOWN}:
                 where = f" on {view.status.node}" if view.status.active else ""
                 raise CliError(
-                    f"VM {name} is {view.record.state} ({view.status.state}{where});"
-                    f" stop it first: pvc vm stop {name}"
+                    f"VM {name} is {view.record.state} ({view.status.state}{where}); stop it first: pvc vm stop {name}"
                 )
             vms.remove(store, view)
             return view
@@ -567,8 +619,15 @@ def vm_remove(ctx: click.Context, name: str, output_format: str) -> None:
 # -- node flush / ready ---------------------------------------------------------------
 
 
-def _node_command(ctx: click.Context, name: str, kind: flush.CommandKind, wait: bool, wait_timeout: float,
-                  output_format: str, dry_run: bool = False) -> None:
+def _node_command(
+    ctx: click.Context,
+    name: str,
+    kind: flush.CommandKind,
+    wait: bool,
+    wait_timeout: float,
+    output_format: str,
+    dry_run: bool = False,
+) -> None:
     with connect(_target(ctx)) as store:
         view = _node(store, name)
         if dry_run:
@@ -619,8 +678,9 @@ def _emit_report(output_format: str, value: dict[str, Any], text: str) -> None:
 
 @click.command("flush")
 @click.argument("name")
-@click.option("--dry-run", is_flag=True,
-              help="print where each VM would go with every candidate's score; change nothing")
+@click.option(
+    "--dry-run", is_flag=True, help="print where each VM would go with every candidate's score; change nothing"
+)
 @_wait_options
 @format_option
 @click.pass_context

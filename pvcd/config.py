@@ -310,9 +310,7 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:  # unhashable; SafeLoader reports it properly below
                 continue
             if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -322,9 +320,7 @@ _StrictLoader.yaml_implicit_resolvers = {
     first: [resolver for resolver in resolvers if resolver[0] != _BOOL_TAG]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_StrictLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+_StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _describe_yaml_error(error: yaml.MarkedYAMLError) -> str:
@@ -465,9 +461,7 @@ def _read_document(raw: object, problems: list[str]) -> Config:
     pvc = document.section("pvc")
     node = pvc.value("node", _host_name)
     functions = _functions(pvc.section("functions"))
-    networking_required = (
-        f"required when {_NETWORKING_SWITCH} is True" if functions.enable_networking is True else None
-    )
+    networking_required = f"required when {_NETWORKING_SWITCH} is True" if functions.enable_networking is True else None
     cluster = _cluster(pvc.section("cluster"), networking_required)
     session_timeout = getattr(getattr(cluster, "zookeeper", None), "session_timeout", None)
     if (
@@ -487,9 +481,7 @@ def _read_document(raw: object, problems: list[str]) -> Config:
     configuration = system.section("configuration")
     directories = _directories(configuration.section("directories"))
     logging = _logging(configuration.section("logging"))
-    networking = _node_networking(
-        configuration.section("networking", networking_required), node, cluster.networks
-    )
+    networking = _node_networking(configuration.section("networking", networking_required), node, cluster.networks)
     configuration.finish()
     hypervisor = _hypervisor(system.section("hypervisor", None))
     system.finish()
@@ -591,10 +583,7 @@ def _coordinator(entry: object, path: str, default_port: int, problems: list[str
         return coordinator
     match = _COORDINATOR_STRING.fullmatch(entry) if isinstance(entry, str) else None
     if match is None:
-        problems.append(
-            f"{path}: must be NAME, NAME:PORT or a mapping with name, host and port,"
-            f" got {_show(entry)}"
-        )
+        problems.append(f"{path}: must be NAME, NAME:PORT or a mapping with name, host and port, got {_show(entry)}")
         return Coordinator(_BAD, _BAD, _BAD)
     digits = match["port"]
     if digits is None:
@@ -609,9 +598,7 @@ def _coordinator(entry: object, path: str, default_port: int, problems: list[str
 def _cluster_networks(section: _Section | None) -> ClusterNetworks | None:
     if section is None:
         return None
-    networks = ClusterNetworks(
-        **{name: _cluster_network(section.section(name)) for name in NETWORK_NAMES}
-    )
+    networks = ClusterNetworks(**{name: _cluster_network(section.section(name)) for name in NETWORK_NAMES})
     section.finish()
     return networks
 
@@ -623,9 +610,7 @@ def _cluster_network(section: _Section) -> ClusterNetwork:
     floating_ip = section.value(
         "floating_ip", lambda value: _interface_in(value, _interface(value), network, network_path)
     )
-    gateway = section.value(
-        "gateway", lambda value: _gateway(value, network, network_path), None
-    )
+    gateway = section.value("gateway", lambda value: _gateway(value, network, network_path), None)
     section.finish()
     return ClusterNetwork(domain=domain, network=network, floating_ip=floating_ip, gateway=gateway)
 
@@ -748,9 +733,7 @@ def _logging(section: _Section) -> Logging:
     return logging
 
 
-def _node_networking(
-    section: _Section | None, node: str, networks: ClusterNetworks | None
-) -> NodeNetworking | None:
+def _node_networking(section: _Section | None, node: str, networks: ClusterNetworks | None) -> NodeNetworking | None:
     if section is None:
         return None
     networking = NodeNetworking(
@@ -780,14 +763,10 @@ def _node_networking(
     return networking
 
 
-def _node_network(
-    section: _Section, node: str, network: ClusterNetwork | None, network_path: str
-) -> NodeNetwork:
+def _node_network(section: _Section, node: str, network: ClusterNetwork | None, network_path: str) -> NodeNetwork:
     device = section.value("device", _device)
     mtu = section.value("mtu", _mtu)
-    address = section.value(
-        "address", lambda value: _node_address(value, node, network, network_path)
-    )
+    address = section.value("address", lambda value: _node_address(value, node, network, network_path))
     section.finish()
     mode, interface = (_BAD, _BAD) if _is_bad(address) else address
     return NodeNetwork(device=device, mtu=mtu, address=interface, address_mode=mode)
@@ -965,11 +944,7 @@ _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 def _domain(value: object) -> str | None:
     if _is_none(value):
         return None
-    if (
-        isinstance(value, str)
-        and len(value) <= 253
-        and all(_DNS_LABEL.fullmatch(label) for label in value.split("."))
-    ):
+    if isinstance(value, str) and len(value) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in value.split(".")):
         return value
     raise _expected("must be a DNS domain name (e.g. example.com) or None", value)
 
@@ -995,9 +970,7 @@ def _device(value: object) -> str:
         or value in (".", "..")
         or any(char in "/:" or char.isspace() for char in value)
     ):
-        raise _expected(
-            "must be a network interface name (1-15 characters, no '/', ':' or whitespace)", value
-        )
+        raise _expected("must be a network interface name (1-15 characters, no '/', ':' or whitespace)", value)
     return value
 
 
@@ -1060,9 +1033,7 @@ def _interface_in(
     return interface
 
 
-def _gateway(
-    value: object, network: ipaddress.IPv4Network, network_path: str
-) -> ipaddress.IPv4Address | None:
+def _gateway(value: object, network: ipaddress.IPv4Network, network_path: str) -> ipaddress.IPv4Address | None:
     if _is_none(value):
         return None
     try:
@@ -1084,9 +1055,7 @@ def _node_address(
         return "none", None
     if value == "by-id":
         return "by-id", _by_id_address(node, network, network_path)
-    interface = _interface(
-        value, "must be None, by-id or an IPv4 address in CIDR form (e.g. 10.0.0.1/24)"
-    )
+    interface = _interface(value, "must be None, by-id or an IPv4 address in CIDR form (e.g. 10.0.0.1/24)")
     if network is None or _is_bad(network):
         return "static", interface
     _interface_in(value, interface, network.network, f"{network_path}.network")
@@ -1096,9 +1065,7 @@ def _node_address(
     return "static", interface
 
 
-def _by_id_address(
-    node: str, network: ClusterNetwork | None, network_path: str
-) -> ipaddress.IPv4Interface:
+def _by_id_address(node: str, network: ClusterNetwork | None, network_path: str) -> ipaddress.IPv4Interface:
     """Host N of the cluster network, N being the number the node's name ends in.
 
     Every node computes its own address from its name, so the Ansible role

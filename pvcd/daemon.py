@@ -43,7 +43,7 @@ from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_trans
 from pvcd.supervisor import Supervisor, timed
 from pvcd.vm.domains import Domains
 from pvcd.vm.flush import FlushRunner, initial_domain_state, read_report
-from pvcd.vm.migration import node_addresses
+from pvcd.vm.migrators import node_addresses
 from pvcd.vm.reconciler import VmReconciler
 from pvcd.watchdog import Watchdog, WatchdogState
 from pvcd.zk import nodes
@@ -87,9 +87,11 @@ class NodeDaemon:
         self.name = config.node
         self.stop_event = threading.Event()
         self.supervisor = Supervisor(config.node, self._on_loop_failing)
-        self.watchdog = Watchdog(config.fencing.watchdog.device, config.fencing.watchdog.timeout) if (
-            config.fencing.watchdog is not None
-        ) else None
+        self.watchdog = (
+            Watchdog(config.fencing.watchdog.device, config.fencing.watchdog.timeout)
+            if (config.fencing.watchdog is not None)
+            else None
+        )
         self.watchdog_state = WatchdogState(None, False, None, "no watchdog configured (pvc.system.fencing.watchdog)")
         if self.watchdog is not None:
             self.watchdog_state = WatchdogState(self.watchdog.device, False, None, "armed after the first keepalive")
@@ -170,8 +172,9 @@ class NodeDaemon:
             self._register()
             threading.Thread(target=check_own_bmc, args=(self.config,), name="bmc-check", daemon=True).start()
             if self.config.fencing.suicide_intervals > 0:
-                self.supervisor.spawn("self-fence", self._check_silence, self.stop_event,
-                                      self.interval * SILENCE_CHECK_SHARE)
+                self.supervisor.spawn(
+                    "self-fence", self._check_silence, self.stop_event, self.interval * SILENCE_CHECK_SHARE
+                )
             self._set_daemon_state(DaemonState.RUN)
             if not self._first_keepalive():
                 return 0
@@ -206,7 +209,9 @@ class NodeDaemon:
                 "ZooKeeper granted a %.1fs session timeout, not the configured %.1fs "
                 "(pvc.cluster.zookeeper.session_timeout is outside the server's minSessionTimeout/maxSessionTimeout); "
                 "pvcd uses %.1fs",
-                granted, configured, granted,
+                granted,
+                configured,
+                granted,
             )
 
     def _first_keepalive(self) -> bool:
@@ -226,14 +231,17 @@ class NodeDaemon:
         if self.watchdog is None:
             log.warning(
                 "Node %s has no watchdog (pvc.system.fencing.watchdog is not set): if its BMC cannot power it off "
-                "when it dies, its VMs wait for an operator even with failed_fence: migrate", self.name,
+                "when it dies, its VMs wait for an operator even with failed_fence: migrate",
+                self.name,
             )
             return
         self.watchdog_state = self.watchdog.arm()
         if not self.watchdog_state.armed:
             log.error(
                 "Node %s has no armed watchdog (%s): if its BMC cannot power it off when it dies, its VMs wait "
-                "for an operator even with failed_fence: migrate", self.name, self.watchdog_state.problem,
+                "for an operator even with failed_fence: migrate",
+                self.name,
+                self.watchdog_state.problem,
             )
             return
         while not self.stop_event.is_set():
@@ -282,8 +290,12 @@ class NodeDaemon:
                 if fence is not None:
                     # Its VMs run elsewhere now; a host whose daemon alone restarted may still run
                     # the old copies. No self_fence_command here: it would reboot a fenced host forever.
-                    self._self_fence(f"it was fenced (fence {fence.id}, {fence.outcome}) before this pvcd started; "
-                                     f"it takes no VMs until 'pvc node ready {self.name}'", fence, at_start=True)
+                    self._self_fence(
+                        f"it was fenced (fence {fence.id}, {fence.outcome}) before this pvcd started; "
+                        f"it takes no VMs until 'pvc node ready {self.name}'",
+                        fence,
+                        at_start=True,
+                    )
                 self.versions = nodes.register(self.store, self.name, info, self.state, ipmi_record(self.config))
                 self.last_delivered = time.monotonic()
                 self._acknowledge(self.versions.fence_record)
@@ -330,9 +342,7 @@ class NodeDaemon:
 
     def _is_primary(self) -> bool:
         return (
-            self.coordinator is not None
-            and self.coordinator.state == CoordinatorState.PRIMARY
-            and self.store.connected
+            self.coordinator is not None and self.coordinator.state == CoordinatorState.PRIMARY and self.store.connected
         )
 
     def _held(self) -> str | None:
@@ -507,8 +517,11 @@ class NodeDaemon:
             if self.vm_reconciler is not None:
                 self.vm_reconciler.drain(SELF_FENCE_DRAIN_TIMEOUT)
             try:
-                timed(f"self-fence of node {self.name}",
-                      lambda: destroy_all_domains(self.hypervisor, self.name, reason), SELF_FENCE_DESTROY_TIMEOUT)
+                timed(
+                    f"self-fence of node {self.name}",
+                    lambda: destroy_all_domains(self.hypervisor, self.name, reason),
+                    SELF_FENCE_DESTROY_TIMEOUT,
+                )
             except Exception as exc:
                 log.critical("Self-fence of node %s: destroying its VMs failed: %s", self.name, exc)
             if not at_start:

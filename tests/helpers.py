@@ -118,8 +118,11 @@ class VmNode:
 
     def start(self) -> VmNode:
         self.thread.start()
-        wait_for(lambda: self.daemon.flush_runner is not None and self.daemon.vm_reconciler is not None, 15,
-                 what=f"node {self.name} to register and start its VM services")
+        wait_for(
+            lambda: self.daemon.flush_runner is not None and self.daemon.vm_reconciler is not None,
+            15,
+            what=f"node {self.name} to register and start its VM services",
+        )
         if self.migrator is not None:
             self.daemon.vm_reconciler.migrator = self.migrator
         return self

@@ -64,7 +64,6 @@ moment the session could expire. The kernel removes an address up to ~0.25 s
 after its lifetime ends (its address timer has a coarse granularity)."""
 
 
-
 class Step(StrEnum):
     WAIT = "wait"
     """Nothing to do until something changes (or the next tick)."""

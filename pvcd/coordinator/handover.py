@@ -14,8 +14,8 @@ node's session expires and another coordinator takes over.
 from __future__ import annotations
 
 from pvcd.coordinator.claims import Handover
+from pvcd.placement.cluster import LATE_INTERVALS
 from pvcd.states import CoordinatorState, DaemonState
-from pvcd.vm.placement import LATE_INTERVALS
 from pvcd.zk.nodes import NodeView
 
 

@@ -131,7 +131,9 @@ class CoordinatorRole:
         if not self._eligible:
             log.error(
                 "Node %s will not become primary: pvc.cluster.zookeeper.session_timeout %.1fs is too short "
-                "to hold floating IPs safely (at least 3s)", self.node, self.timing.session_timeout,
+                "to hold floating IPs safely (at least 3s)",
+                self.node,
+                self.timing.session_timeout,
             )
         self._store.add_listener(self._on_session)
         with self._lock:
@@ -147,8 +149,11 @@ class CoordinatorRole:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.error("Coordinator loop of node %s did not stop within %.1fs; removing the floating IPs anyway",
-                          self.node, timeout)
+                log.error(
+                    "Coordinator loop of node %s did not stop within %.1fs; removing the floating IPs anyway",
+                    self.node,
+                    timeout,
+                )
         if self._floating is not None:
             self._floating.close()
         self._publisher.stop(timeout=0.5)
@@ -240,8 +245,12 @@ class CoordinatorRole:
             now = time.monotonic()
             answered = previous.sent_at if previous is not None else None
             if connection_stalled(answered, self._last_drop, now, self.timing):
-                log.warning("ZooKeeper has not answered node %s for %.1fs (%s); reconnecting",
-                            self.node, now - (answered or now), exc)
+                log.warning(
+                    "ZooKeeper has not answered node %s for %.1fs (%s); reconnecting",
+                    self.node,
+                    now - (answered or now),
+                    exc,
+                )
                 self._last_drop = now
                 self._election.drop_connection()
             return
@@ -317,8 +326,13 @@ class CoordinatorRole:
         self.services.start_all(self.timing.service_budget)
         self._set_state(CoordinatorState.PRIMARY)
         addresses = ", ".join(str(a) for a in self._floating.addresses) if self._floating else "not managed"
-        log.info("Node %s is primary coordinator after %.0f ms (floating IPs: %s; services: %s)",
-                 self.node, (time.monotonic() - started) * 1000, addresses, ", ".join(self.services.running) or "none")
+        log.info(
+            "Node %s is primary coordinator after %.0f ms (floating IPs: %s; services: %s)",
+            self.node,
+            (time.monotonic() - started) * 1000,
+            addresses,
+            ", ".join(self.services.running) or "none",
+        )
 
     def _hold(self) -> None:
         if self._floating is None:

@@ -155,8 +155,9 @@ class Chassis:
             return None, None
         device = Path(config.device)
         if device.parent != self.directory:
-            log.warning("The node's watchdog device %s is not in %s: this chassis offers no watchdog",
-                        device, self.directory)
+            log.warning(
+                "The node's watchdog device %s is not in %s: this chassis offers no watchdog", device, self.directory
+            )
             return None, None
         try:
             return watchdog.Fifo(device), watchdog.WatchdogTimer(config.timeout)
@@ -196,8 +197,9 @@ class Chassis:
             self.state.pvcd_pid = self.process.pid
             self.state.libvirtd_pid = self.libvirtd.pid
             self._save()
-            log.info("Powered on: libvirtd pid %s at %s, pvcd pid %s", self.libvirtd.pid, self.libvirtd.uri,
-                     self.process.pid)
+            log.info(
+                "Powered on: libvirtd pid %s at %s, pvcd pid %s", self.libvirtd.pid, self.libvirtd.uri, self.process.pid
+            )
             return True
 
     @staticmethod
@@ -228,8 +230,11 @@ class Chassis:
             self.state.pvcd_pid = None
             self.state.libvirtd_pid = None
             self._save()
-            log.info("Powered off (%s): pvcd and libvirtd killed; VMs gone with the host: %s",
-                     reason, ", ".join(stopped) or "none")
+            log.info(
+                "Powered off (%s): pvcd and libvirtd killed; VMs gone with the host: %s",
+                reason,
+                ", ".join(stopped) or "none",
+            )
 
     def _kill_pvcd(self) -> None:
         if self.process is not None:
@@ -242,8 +247,11 @@ class Chassis:
         """Notice a pvcd or a libvirtd that died by itself: the machine stays powered on."""
         with self.lock:
             if self.process is not None and self.process.poll() is not None:
-                log.warning("pvcd (pid %s) exited with status %s; the host stays on and its VMs keep running",
-                            self.process.pid, self.process.returncode)
+                log.warning(
+                    "pvcd (pid %s) exited with status %s; the host stays on and its VMs keep running",
+                    self.process.pid,
+                    self.process.returncode,
+                )
                 self.process = None
                 self.state.pvcd_pid = None
                 self._save()
@@ -257,9 +265,14 @@ class Chassis:
                 self.writer.write(journal.LIBVIRTD_EXIT, detail=f"status {status}", t=gone)
                 self.state.libvirtd_pid = None
                 self._save()
-                log.error("libvirtd (pid %s) exited by itself with status %s; VMs gone with it: %s. See %s; "
-                          "power-cycle the node to get a hypervisor again", pid, status, ", ".join(stopped) or "none",
-                          self.libvirtd.log)
+                log.error(
+                    "libvirtd (pid %s) exited by itself with status %s; VMs gone with it: %s. See %s; "
+                    "power-cycle the node to get a hypervisor again",
+                    pid,
+                    status,
+                    ", ".join(stopped) or "none",
+                    self.libvirtd.log,
+                )
 
     # -- watchdog ------------------------------------------------------------
 
@@ -275,8 +288,9 @@ class Chassis:
                 now = time.monotonic()
                 changed = self.timer.feed(data, now)
                 if changed is not None:
-                    self._set_watchdog(changed, "pvcd wrote 'V' (magic close)" if changed == watchdog.DISARMED
-                                       else "first write")
+                    self._set_watchdog(
+                        changed, "pvcd wrote 'V' (magic close)" if changed == watchdog.DISARMED else "first write"
+                    )
                 if self.timer.expired(now):
                     self._watchdog_reset()
 
@@ -290,8 +304,9 @@ class Chassis:
 
     def _watchdog_reset(self) -> None:
         assert self.timer is not None
-        log.warning("Watchdog expired: not petted for %ss; resetting the host (power off, power on)",
-                    self.timer.timeout)
+        log.warning(
+            "Watchdog expired: not petted for %ss; resetting the host (power off, power on)", self.timer.timeout
+        )
         self.writer.write(journal.WATCHDOG_RESET, detail=f"not petted for {self.timer.timeout}s")
         self.state.watchdog_resets += 1
         self.power_off("watchdog")
@@ -535,8 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay-port", type=int, required=True)
     parser.add_argument("--bmc-port", type=int, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
-                        format=f"%(asctime)s chassis {args.name}: %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.INFO, format=f"%(asctime)s chassis {args.name}: %(levelname)s %(message)s"
+    )
     ensure_event_loop()
     try:
         Chassis(args).serve()

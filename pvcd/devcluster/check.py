@@ -81,14 +81,15 @@ def render(report: dict[str, Any]) -> str:
         for overlap in report["overlaps"]:
             first, second = overlap["hosts"]
             until = "still running on both" if overlap["ongoing"] else f"to {_since(overlap['end'], origin)}"
-            lines.append(f"  {overlap['vm']} on {first} and {second} from {_since(overlap['start'], origin)} "
-                         f"{until} ({overlap['seconds']:.3f}s)")
+            lines.append(
+                f"  {overlap['vm']} on {first} and {second} from {_since(overlap['start'], origin)} "
+                f"{until} ({overlap['seconds']:.3f}s)"
+            )
     if report["not_running_once"]:
         lines.append("VMs that should run and do not run on exactly one host:")
         for misplaced in report["not_running_once"]:
             lines.append(f"  {misplaced['vm']}: on {', '.join(misplaced['hosts']) or 'no host'}")
     for name, why in sorted(report["unreadable_vms"].items()):
         lines.append(f"VM record {name} cannot be read, not checked: {why}")
-    lines.append("Clean: no VM on two hosts, every VM that should run runs once" if report["clean"]
-                 else "NOT CLEAN")
+    lines.append("Clean: no VM on two hosts, every VM that should run runs once" if report["clean"] else "NOT CLEAN")
     return "\n".join(lines)

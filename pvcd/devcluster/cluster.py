@@ -34,8 +34,19 @@ from pvcd.zk.store import Store, StoreError
 
 NODE_STOP_TIMEOUT = 15.0
 CHASSIS_START_TIMEOUT = 20.0
-FAULTS = ("crash", "daemon-crash", "daemon-hang", "daemon-resume", "cut", "heal", "bmc-down", "bmc-up", "bmc-flaky",
-          "power-off", "power-on")
+FAULTS = (
+    "crash",
+    "daemon-crash",
+    "daemon-hang",
+    "daemon-resume",
+    "cut",
+    "heal",
+    "bmc-down",
+    "bmc-up",
+    "bmc-flaky",
+    "power-off",
+    "power-on",
+)
 DAEMON_SIGNALS = {"daemon-crash": signal.SIGKILL, "daemon-hang": signal.SIGSTOP, "daemon-resume": signal.SIGCONT}
 """Faults of the node's pvcd alone: its host (libvirtd and the VMs) keeps running."""
 
@@ -133,9 +144,23 @@ def start_chassis(node: NodeRecord, zookeeper: str) -> None:
     with open(directory / "chassis.log", "ab") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "pvcd.devcluster.chassis",
-                "--name", node.name, "--node-dir", node.directory, "--config", node.config, "--log", node.log,
-                "--zookeeper", zookeeper, "--relay-port", str(node.relay_port), "--bmc-port", str(node.bmc_port),
+                sys.executable,
+                "-m",
+                "pvcd.devcluster.chassis",
+                "--name",
+                node.name,
+                "--node-dir",
+                node.directory,
+                "--config",
+                node.config,
+                "--log",
+                node.log,
+                "--zookeeper",
+                zookeeper,
+                "--relay-port",
+                str(node.relay_port),
+                "--bmc-port",
+                str(node.bmc_port),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -242,8 +267,18 @@ def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
             raise ClusterError(f"the node configuration would be invalid: {exc.problems[0]}") from exc
         paths.config.write_text(yaml.safe_dump(document, sort_keys=False))
         record.nodes.append(
-            NodeRecord(name, None, str(paths.config), str(paths.log), layout.chassis_libvirt_uri(paths),
-                       str(paths.journal), str(paths.directory), None, bmc_port, relay_port)
+            NodeRecord(
+                name,
+                None,
+                str(paths.config),
+                str(paths.log),
+                layout.chassis_libvirt_uri(paths),
+                str(paths.journal),
+                str(paths.directory),
+                None,
+                bmc_port,
+                relay_port,
+            )
         )
     try:
         for node in record.nodes:
@@ -270,7 +305,8 @@ def wait_until_running(record: ClusterRecord, timeout: float) -> list[str]:
         while pending and time.monotonic() < deadline:
             views = {v.name: v for v in nodes.read_cluster(store)}
             pending = [
-                name for name in pending
+                name
+                for name in pending
                 if name not in views or views[name].state.daemon != "run" or not views[name].keepalive_mtime_ms
             ]
             if pending:

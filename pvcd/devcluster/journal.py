@@ -58,9 +58,18 @@ class Entry:
     detail: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {key: value for key, value in (("t", self.t), ("host", self.host), ("event", self.event),
-                                              ("vm", self.vm), ("via", self.via), ("detail", self.detail))
-                if value is not None}
+        return {
+            key: value
+            for key, value in (
+                ("t", self.t),
+                ("host", self.host),
+                ("event", self.event),
+                ("vm", self.vm),
+                ("via", self.via),
+                ("detail", self.detail),
+            )
+            if value is not None
+        }
 
 
 def parse_line(line: str, where: str) -> Entry:
@@ -80,8 +89,14 @@ def parse_line(line: str, where: str) -> Entry:
     if event in DOMAIN_EVENTS and (not isinstance(vm, str) or not vm):
         raise JournalError(f"{where}: a {event} needs the VM's name in 'vm', got {vm!r}")
     via, detail = value.get("via"), value.get("detail")
-    return Entry(float(t), host, event, vm if isinstance(vm, str) else None,
-                 via if isinstance(via, str) else None, detail if isinstance(detail, str) else None)
+    return Entry(
+        float(t),
+        host,
+        event,
+        vm if isinstance(vm, str) else None,
+        via if isinstance(via, str) else None,
+        detail if isinstance(detail, str) else None,
+    )
 
 
 def parse(text: str, source: str) -> list[Entry]:
@@ -144,8 +159,14 @@ class Overlap:
 
     def to_json(self, now: float) -> dict[str, Any]:
         end = self.end if self.end is not None else now
-        return {"vm": self.vm, "hosts": list(self.hosts), "start": self.start, "end": self.end,
-                "ongoing": self.end is None, "seconds": round(end - self.start, 6)}
+        return {
+            "vm": self.vm,
+            "hosts": list(self.hosts),
+            "start": self.start,
+            "end": self.end,
+            "ongoing": self.end is None,
+            "seconds": round(end - self.start, 6),
+        }
 
 
 def overlaps(all_runs: Iterable[Run]) -> list[Overlap]:
@@ -156,7 +177,7 @@ def overlaps(all_runs: Iterable[Run]) -> list[Overlap]:
     found = []
     for vm, vm_runs in sorted(by_vm.items()):
         for index, first in enumerate(vm_runs):
-            for second in vm_runs[index + 1:]:
+            for second in vm_runs[index + 1 :]:
                 if first.host == second.host:
                     continue
                 start = max(first.start, second.start)
@@ -226,5 +247,11 @@ def analyse(entries: list[Entry], should_run: Iterable[str]) -> Report:
     for entry in entries:
         counts[entry.host] = counts.get(entry.host, 0) + 1
     times = [entry.t for entry in entries]
-    return Report(overlaps(all_runs), not_running_once(should_run, where), where, dict(sorted(counts.items())),
-                  min(times, default=None), max(times, default=None))
+    return Report(
+        overlaps(all_runs),
+        not_running_once(should_run, where),
+        where,
+        dict(sorted(counts.items())),
+        min(times, default=None),
+        max(times, default=None),
+    )

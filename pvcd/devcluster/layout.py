@@ -109,8 +109,10 @@ class NodePaths:
         longest = self.directory / "libvirt-admin-sock"
         length = len(str(longest).encode())
         if length > UNIX_PATH_MAX:
-            return (f"the node directory {self.directory} is too long for UNIX sockets "
-                    f"({length} > {UNIX_PATH_MAX} bytes for {longest.name}); use a shorter --workdir")
+            return (
+                f"the node directory {self.directory} is too long for UNIX sockets "
+                f"({length} > {UNIX_PATH_MAX} bytes for {longest.name}); use a shorter --workdir"
+            )
         return None
 
 
@@ -171,8 +173,7 @@ def node_config(
     namespace. The BMC is the node's chassis simulator at `bmc_port`.
     """
     coordinators = [
-        {"name": coordinator, "host": "127.0.0.1", "port": zookeeper_port}
-        for coordinator in names[:MAX_COORDINATORS]
+        {"name": coordinator, "host": "127.0.0.1", "port": zookeeper_port} for coordinator in names[:MAX_COORDINATORS]
     ]
     document: dict[str, Any] = {
         "pvc": {
@@ -212,9 +213,7 @@ def node_config(
                         "console_log_lines": 1000,
                     },
                 },
-                "hypervisor": {
-                    "libvirt_uri": chassis_libvirt_uri(paths) if in_chassis else f"test://{paths.host_xml}"
-                },
+                "hypervisor": {"libvirt_uri": chassis_libvirt_uri(paths) if in_chassis else f"test://{paths.host_xml}"},
             },
         }
     }

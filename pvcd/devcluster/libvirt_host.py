@@ -128,10 +128,20 @@ class Libvirtd:
         """
         self._prepare()
         command = [
-            "unshare", "-m", "--propagation", "private",
-            "sh", "-c", _mount_script(), "libvirtd-mounts",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            _mount_script(),
+            "libvirtd-mounts",
             *(str(self.root / name) for name in PRIVATE_DIRS),
-            LIBVIRTD, "--config", str(self.config), "--pid-file", str(self.pid_file),
+            LIBVIRTD,
+            "--config",
+            str(self.config),
+            "--pid-file",
+            str(self.pid_file),
         ]
         with open(self.log, "ab") as log:
             # unshare and sh exec: the PID we get is libvirtd's own.
@@ -146,8 +156,9 @@ class Libvirtd:
             except libvirt.libvirtError as exc:
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise LibvirtdError(f"libvirtd did not answer on {self.uri} within {START_TIMEOUT:g}s "
-                                        f"({exc}); see {self.log}") from exc
+                    raise LibvirtdError(
+                        f"libvirtd did not answer on {self.uri} within {START_TIMEOUT:g}s ({exc}); see {self.log}"
+                    ) from exc
             time.sleep(0.02)
 
     def exited(self) -> int | None:

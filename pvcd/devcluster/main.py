@@ -24,28 +24,52 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start ZooKeeper and N pvcd nodes")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3; the first 3 are coordinators)")
     up.add_argument("--workdir", type=Path, required=True, help="directory for configs, data and logs")
-    up.add_argument("--keepalive-interval", type=int, default=1, metavar="S",
-                    help="seconds between keepalives (default 1)")
-    up.add_argument("--fence-intervals", type=int, default=3, metavar="K",
-                    help="missed keepalives before a node is dead (default 3)")
-    up.add_argument("--suicide-intervals", type=int, default=0, metavar="K",
-                    help="missed keepalives before a node destroys its own VMs (default 0: never)")
+    up.add_argument(
+        "--keepalive-interval", type=int, default=1, metavar="S", help="seconds between keepalives (default 1)"
+    )
+    up.add_argument(
+        "--fence-intervals",
+        type=int,
+        default=3,
+        metavar="K",
+        help="missed keepalives before a node is dead (default 3)",
+    )
+    up.add_argument(
+        "--suicide-intervals",
+        type=int,
+        default=0,
+        metavar="K",
+        help="missed keepalives before a node destroys its own VMs (default 0: never)",
+    )
     up.add_argument("--successful-fence", choices=("migrate", "None"), default="migrate")
     up.add_argument("--failed-fence", choices=("migrate", "None"), default="None")
-    up.add_argument("--session-timeout", type=float, default=layout.Timing.session_timeout, metavar="S",
-                    help="ZooKeeper session timeout of the nodes (default %(default)s)")
-    up.add_argument("--watchdog-timeout", type=int, metavar="S",
-                    help=f"seconds the chassis' watchdog waits for pvcd to pet it before it resets the host "
-                         f"(default {layout.WATCHDOG_INTERVALS} keepalive intervals)")
+    up.add_argument(
+        "--session-timeout",
+        type=float,
+        default=layout.Timing.session_timeout,
+        metavar="S",
+        help="ZooKeeper session timeout of the nodes (default %(default)s)",
+    )
+    up.add_argument(
+        "--watchdog-timeout",
+        type=int,
+        metavar="S",
+        help=f"seconds the chassis' watchdog waits for pvcd to pet it before it resets the host "
+        f"(default {layout.WATCHDOG_INTERVALS} keepalive intervals)",
+    )
     up.add_argument("--no-watchdog", action="store_true", help="give the nodes no watchdog device")
-    up.add_argument("--detach", action="store_true",
-                    help="return once the cluster runs instead of staying in the foreground")
+    up.add_argument(
+        "--detach", action="store_true", help="return once the cluster runs instead of staying in the foreground"
+    )
     for name, text in (("status", "show what runs"), ("down", "stop everything the launcher started")):
         command = sub.add_parser(name, help=text)
         command.add_argument("--workdir", type=Path, required=True)
         command.add_argument("--format", choices=("pretty", "json"), default="pretty")
-    checker = sub.add_parser("check", help="check the chassis journals: no VM on two hosts, every VM to start "
-                             "runs once (exit 0 clean, 1 violations, 2 error)")
+    checker = sub.add_parser(
+        "check",
+        help="check the chassis journals: no VM on two hosts, every VM to start "
+        "runs once (exit 0 clean, 1 violations, 2 error)",
+    )
     checker.add_argument("--workdir", type=Path, required=True)
     checker.add_argument("--format", choices=("pretty", "json"), default="pretty")
     fault = sub.add_parser("fault", help="inject a fault into one node, or several at the same moment")
@@ -66,11 +90,18 @@ def _parser() -> argparse.ArgumentParser:
 def _status(record: cluster.ClusterRecord) -> dict[str, Any]:
     return {
         "workdir": record.workdir,
-        "zookeeper": {"address": record.zookeeper, "pid": record.zookeeper_pid,
-                      "running": bool(record.zookeeper_pid and pid_alive(record.zookeeper_pid))},
+        "zookeeper": {
+            "address": record.zookeeper,
+            "pid": record.zookeeper_pid,
+            "running": bool(record.zookeeper_pid and pid_alive(record.zookeeper_pid)),
+        },
         "nodes": [
-            dict(asdict(n), pid=cluster.node_pid(n), running=cluster.node_pid(n) is not None,
-                 chassis=n.current() if cluster.chassis_running(n) else None)
+            dict(
+                asdict(n),
+                pid=cluster.node_pid(n),
+                running=cluster.node_pid(n) is not None,
+                chassis=n.current() if cluster.chassis_running(n) else None,
+            )
             for n in record.nodes
         ],
     }
@@ -84,10 +115,12 @@ def _print_status(status: dict[str, Any], output_format: str) -> None:
     print(f"ZooKeeper {zk['address']} pid {zk['pid']} {'running' if zk['running'] else 'stopped'}")
     for node in status["nodes"]:
         machine = node["chassis"] or {}
-        print(f"{node['name']:<6} pid {str(node['pid']):<8} {'running' if node['running'] else 'stopped':<8} "
-              f"power {machine.get('power', 'off'):<4} libvirtd {str(machine.get('libvirtd_pid')):<8} "
-              f"BMC {machine.get('bmc', '-')}:{node['bmc_port']:<6} link {machine.get('link', '-'):<5} "
-              f"watchdog {machine.get('watchdog', '-'):<9} config {node['config']}  log {node['log']}")
+        print(
+            f"{node['name']:<6} pid {str(node['pid']):<8} {'running' if node['running'] else 'stopped':<8} "
+            f"power {machine.get('power', 'off'):<4} libvirtd {str(machine.get('libvirtd_pid')):<8} "
+            f"BMC {machine.get('bmc', '-')}:{node['bmc_port']:<6} link {machine.get('link', '-'):<5} "
+            f"watchdog {machine.get('watchdog', '-'):<9} config {node['config']}  log {node['log']}"
+        )
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -158,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
             # Checked first, then applied back to back: one power or network event hits them all at once.
             states = {name: cluster.fault(record, name, args.kind) for name in names}
             for name, state in states.items():
-                print(f"{name}: {args.kind} done; power {state.get('power')}, BMC {state.get('bmc')}, "
-                      f"link {state.get('link')}, pvcd pid {state.get('pvcd_pid')}, "
-                      f"libvirtd pid {state.get('libvirtd_pid')}, watchdog {state.get('watchdog')}")
+                print(
+                    f"{name}: {args.kind} done; power {state.get('power')}, BMC {state.get('bmc')}, "
+                    f"link {state.get('link')}, pvcd pid {state.get('pvcd_pid')}, "
+                    f"libvirtd pid {state.get('libvirtd_pid')}, watchdog {state.get('watchdog')}"
+                )
             return 0
         record = cluster.down(args.workdir)
         _print_status(_status(record), args.format)

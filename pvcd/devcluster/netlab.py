@@ -89,7 +89,10 @@ class NodeNamespace:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, sys.executable, "-m", "pvcd.main"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
             )
         return self
 
@@ -224,7 +227,9 @@ class Lab:
             "upstream": {"device": "eth0", "mtu": NODE_MTU, "address": None},
             "cluster": {"device": "eth0", "mtu": NODE_MTU, "address": "by-id"},
             "storage": {
-                "device": "eth0", "mtu": NODE_MTU, "address": f"{self.host('storage', STORAGE_HOST_BASE + index)}/24",
+                "device": "eth0",
+                "mtu": NODE_MTU,
+                "address": f"{self.host('storage', STORAGE_HOST_BASE + index)}/24",
             },
         }
         return doc
@@ -233,7 +238,8 @@ class Lab:
         """One ICMP echo from the observer namespace."""
         result = subprocess.run(
             ["ip", "netns", "exec", self.observer, "ping", "-n", "-c", "1", "-W", str(timeout), address],
-            capture_output=True, timeout=timeout + 5,
+            capture_output=True,
+            timeout=timeout + 5,
         )
         return result.returncode == 0
 
@@ -266,6 +272,7 @@ class Lab:
 
     def wait_holder(self, name: str | None = None, timeout: float = 20.0, exclude: str | None = None) -> str:
         """Wait until one node (`name`, or any but `exclude`) is the single holder of every floating IP."""
+
         def check() -> str | None:
             holder = self.single_holder()
             return holder if holder is not None and holder != exclude and name in (None, holder) else None

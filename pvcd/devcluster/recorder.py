@@ -57,8 +57,14 @@ class JournalWriter:
         self.lock = threading.Lock()
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def write(self, event: str, vm: str | None = None, via: str | None = None, detail: str | None = None,
-              t: float | None = None) -> float:
+    def write(
+        self,
+        event: str,
+        vm: str | None = None,
+        via: str | None = None,
+        detail: str | None = None,
+        t: float | None = None,
+    ) -> float:
         """Journal one event at `t` (now by default) and return its time."""
         with self.lock:
             when = time.monotonic() if t is None else t
@@ -83,7 +89,8 @@ class DomainRecorder:
 
     def attach(self) -> None:
         self.callback_id = self.conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+        )
         self._poll()
         self.poller.start()
 

@@ -66,7 +66,10 @@ def check_own_bmc(config: Config, driver: IpmiDriver | None = None) -> bool:
         log.warning(
             "BMC of node %s at %s does not answer (%s): this node cannot be fenced, so if it dies its VMs "
             "stay down until an operator runs 'pvc node confirm-fenced %s'",
-            config.node, target, exc, config.node,
+            config.node,
+            target,
+            exc,
+            config.node,
         )
         return False
     log.info("BMC of node %s at %s answers (power %s)", config.node, target, state)
@@ -304,8 +307,13 @@ class Fencer:
             return
         record = dict(found.value)
         if record.get("by") != self.me and record.get("resumed_by") != self.me:
-            log.warning("Carrying on fence %s of node %s at step %s, begun by primary %s",
-                        record.get("id"), node, record.get("step"), record.get("by"))
+            log.warning(
+                "Carrying on fence %s of node %s at step %s, begun by primary %s",
+                record.get("id"),
+                node,
+                record.get("step"),
+                record.get("by"),
+            )
             record["resumed_by"] = self.me
         if action is Next.POWER_OFF:
             self._power_off(node, record, node_fencing(view))
@@ -334,18 +342,26 @@ class Fencer:
         after = flow.after_outcome(outcome, self.policy, fencing)
         log.log(
             logging.WARNING if outcome == FenceOutcome.CONFIRMED else logging.ERROR,
-            "Fence %s of node %s: %s (%s); %s", record["id"], node, outcome, why, after.reason,
+            "Fence %s of node %s: %s (%s); %s",
+            record["id"],
+            node,
+            outcome,
+            why,
+            after.reason,
         )
-        record = self._write(node, dict(
-            record,
-            step=str(after.step),
-            outcome=str(outcome),
-            outcome_reason=why,
-            steps=list(steps),
-            finished_ms=self.store.server_time_ms(),
-            node_state=after.node_state,
-            action_reason=after.reason,
-        ))
+        record = self._write(
+            node,
+            dict(
+                record,
+                step=str(after.step),
+                outcome=str(outcome),
+                outcome_reason=why,
+                steps=list(steps),
+                finished_ms=self.store.server_time_ms(),
+                node_state=after.node_state,
+                action_reason=after.reason,
+            ),
+        )
         if after.step is Step.RECOVERING:
             self._recover(node, record)
         elif after.step is Step.HELD and target is not None:
@@ -364,14 +380,17 @@ class Fencer:
             log.warning("Recovered VM %s of fenced node %s on node %s", vm, node, target)
         for vm, why in sorted(result.unplaced.items()):
             log.error("VM %s of fenced node %s could not be placed: %s; left stopped", vm, node, why)
-        self._write(node, dict(
-            record,
-            step=str(Step.RECOVERED),
-            recovered=True,
-            recovered_vms=result.moved,
-            unplaced_vms=result.unplaced,
-            recovered_ms=self.store.server_time_ms(),
-        ))
+        self._write(
+            node,
+            dict(
+                record,
+                step=str(Step.RECOVERED),
+                recovered=True,
+                recovered_vms=result.moved,
+                unplaced_vms=result.unplaced,
+                recovered_ms=self.store.server_time_ms(),
+            ),
+        )
         # Only now, with its VMs placed elsewhere, may the node boot again (it comes back fenced).
         # A primary that dies right here leaves it off, which is safe; an operator powers it on.
         bmc = self._ipmi_target(node)

@@ -112,7 +112,9 @@ class NodeFencing:
         if not isinstance(value, dict):
             return None
         interval, intervals, watchdog = (
-            value.get("keepalive_interval"), value.get("fence_intervals"), value.get("watchdog_timeout")
+            value.get("keepalive_interval"),
+            value.get("fence_intervals"),
+            value.get("watchdog_timeout"),
         )
         if not _number(interval) or interval <= 0 or not isinstance(intervals, int) or isinstance(intervals, bool):
             return None

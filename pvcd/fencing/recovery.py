@@ -36,8 +36,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from pvcd.fencing.fencer import RecoveryResult
+from pvcd.placement import cluster as placement
 from pvcd.states import DaemonState
-from pvcd.vm import placement, records
+from pvcd.vm import records
 from pvcd.vm.records import SHOULD_RUN, ActualState, Migration, MovePhase, VmRecord, VmState, VmStatus, VmView
 from pvcd.zk import nodes, vms
 from pvcd.zk.nodes import NodeView
@@ -194,7 +195,10 @@ def recover_vms(store: Store, dead: str, selector: str) -> RecoveryResult:
         log.warning(
             "VM %s of fenced node %s names target selector %r, which this version does not know; "
             "placed with the cluster's selector %s",
-            name, dead, odd, selector,
+            name,
+            dead,
+            odd,
+            selector,
         )
     for name, problem in sorted(damaged.items()):
         log.error("VM %s has a damaged record and is not recovered if it ran on node %s: %s", name, dead, problem)

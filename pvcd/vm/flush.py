@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pvcd.migration.planner import Plan, Unplaced
-from pvcd.migration.selectors import VmRequest
+from pvcd.placement.cluster import capacities, is_fenced, late_nodes, plan_requests, unknown_selector, vm_request
+from pvcd.placement.planner import Plan, Unplaced
+from pvcd.placement.selectors import VmRequest
 from pvcd.states import DomainState
 from pvcd.supervisor import Supervisor
-from pvcd.vm.placement import capacities, is_fenced, late_nodes, plan_requests, unknown_selector, vm_request
 from pvcd.vm.records import (
     IN_PROGRESS,
     SHOULD_RUN,
@@ -581,8 +581,9 @@ class FlushRunner:
                 self._check_fence()
             except _Refused:
                 progress.left.update({vm: "not moved: the node was fenced" for vm, _ in pending})
-                progress.left.update({vm: "moving when the node was fenced; the fence recovery settles it"
-                                      for vm in in_flight})
+                progress.left.update(
+                    {vm: "moving when the node was fenced; the fence recovery settles it" for vm in in_flight}
+                )
                 raise
             if pending and cancelled():
                 progress.left.update({vm: "cancelled before it moved" for vm, _ in pending})

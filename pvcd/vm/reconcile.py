@@ -146,12 +146,7 @@ def _owned(me: str, view: VmView, domain: DomainInfo | None) -> Action | None:
             if then is not None or status.node != me or status.state != ActualState.RUNNING:
                 return Action(Act.REPORT_RUNNING, record.name, then=then)
             return None
-        if (
-            domain is not None
-            and domain.guest_shutdown
-            and status.node == me
-            and status.state == ActualState.RUNNING
-        ):
+        if domain is not None and domain.guest_shutdown and status.node == me and status.state == ActualState.RUNNING:
             return Action(Act.GUEST_STOPPED, record.name, then=VmState.STOP, note="the guest shut itself down")
         return _blocked_elsewhere(me, view) or Action(Act.START, record.name, then=then)
     if state == VmState.RESTART:

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from pvcd.supervisor import Supervisor
 from pvcd.vm.domains import DomainError, Domains
-from pvcd.vm.migration import MigrationFailed, Migrator, migration_address, migrator_for
+from pvcd.vm.migrators import MigrationFailed, Migrator, migration_address, migrator_for
 from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, DomainInfo, decide, decide_vm, memory_shortfall
 from pvcd.vm.records import (
     SHOULD_RUN,
@@ -514,9 +514,12 @@ class VmReconciler:
         migration = view.migration
         assert migration is not None
         if migration.method == MigrationMethod.LIVE:
-            view = vms.VmWrite(self.store, view).migration(
-                dataclasses.replace(migration, phase=MovePhase.MIGRATING)
-            ).status(self._status(ActualState.MIGRATING, f"migrating to {migration.target}")).commit()
+            view = (
+                vms.VmWrite(self.store, view)
+                .migration(dataclasses.replace(migration, phase=MovePhase.MIGRATING))
+                .status(self._status(ActualState.MIGRATING, f"migrating to {migration.target}"))
+                .commit()
+            )
             target_info = nodes.read_node(self.store, migration.target)
             address = migration_address(target_info.info if target_info else {}, migration.target)
             try:
@@ -530,9 +533,11 @@ class VmReconciler:
                     status = self._status(ActualState.STOPPED, f"left {self.node} by {self.migrator.how} migration")
                 self._release_now(view, self.migrator.how, status)
                 return
-        view = vms.VmWrite(self.store, view).status(
-            self._status(ActualState.STOPPING, f"shutting down to move to {migration.target}")
-        ).commit()
+        view = (
+            vms.VmWrite(self.store, view)
+            .status(self._status(ActualState.STOPPING, f"shutting down to move to {migration.target}"))
+            .commit()
+        )
         try:
             outcome = self.domains.shutdown(view.name, self.shutdown_timeout)
         except DomainError as exc:
@@ -601,5 +606,9 @@ class VmReconciler:
         write.commit()
         log.info(
             "VM %s arrived on node %s from %s (%s, %s)",
-            view.name, self.node, migration.source, migration.kind, migration.how,
+            view.name,
+            self.node,
+            migration.source,
+            migration.kind,
+            migration.how,
         )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pvcd.migration.selectors import VmRequest, check_selector
+from pvcd.placement.selectors import VmRequest, check_selector
 from pvcd.zk import schema
 
 
@@ -93,13 +93,26 @@ class MoveKind(StrEnum):
 
 _MIB = 1024 * 1024
 _MEMORY_UNITS = {
-    "b": 1, "bytes": 1,
-    "kb": 1000, "k": 1024, "kib": 1024,
-    "mb": 1000**2, "m": 1024**2, "mib": 1024**2,
-    "gb": 1000**3, "g": 1024**3, "gib": 1024**3,
-    "tb": 1000**4, "t": 1024**4, "tib": 1024**4,
-    "pb": 1000**5, "p": 1024**5, "pib": 1024**5,
-    "eb": 1000**6, "e": 1024**6, "eib": 1024**6,
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "pb": 1000**5,
+    "p": 1024**5,
+    "pib": 1024**5,
+    "eb": 1000**6,
+    "e": 1024**6,
+    "eib": 1024**6,
 }
 
 
@@ -543,9 +556,7 @@ def move_target(view: VmView, kind: MoveKind, target: str | None, force: bool = 
     """The explicit target of a move, or None to let the planner choose; raises InvalidVm if refused."""
     record = view.record
     if view.migration is not None:
-        raise InvalidVm(
-            f"VM {record.name} is already moving from {view.migration.source} to {view.migration.target}"
-        )
+        raise InvalidVm(f"VM {record.name} is already moving from {view.migration.source} to {view.migration.target}")
     if record.state in IN_PROGRESS:
         raise InvalidVm(f"VM {record.name} is busy ({record.state} in progress); try again when it is done")
     if kind == MoveKind.UNMIGRATE:

@@ -61,18 +61,18 @@ def register(
     existing = store.get(schema.node(name))
     if existing is None:
         try:
-            store.transaction().create(schema.node(name), info).create(
-                schema.node_state(name), state.to_json()
-            ).create(schema.node_keepalive(name), {"counter": 0}).create(
-                schema.node_fence(name), NO_FENCE
-            ).create(schema.node_ipmi(name), ipmi).commit()
+            store.transaction().create(schema.node(name), info).create(schema.node_state(name), state.to_json()).create(
+                schema.node_keepalive(name), {"counter": 0}
+            ).create(schema.node_fence(name), NO_FENCE).create(schema.node_ipmi(name), ipmi).commit()
         except AlreadyExists:
             return register(store, name, info, state, ipmi)
         return read_versions(store, name)
     versions = read_versions(store, name)
     ipmi_record = store.get(schema.node_ipmi(name))
-    transaction = store.transaction().set(schema.node(name), info, existing.version).set(
-        schema.node_state(name), state.to_json(), versions.state
+    transaction = (
+        store.transaction()
+        .set(schema.node(name), info, existing.version)
+        .set(schema.node_state(name), state.to_json(), versions.state)
     )
     if ipmi_record is None:
         transaction.create(schema.node_ipmi(name), ipmi)

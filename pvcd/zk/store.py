@@ -391,9 +391,7 @@ class ZooKeeperStore(base.Store):
         except KazooTimeoutError as exc:
             # kazoo has stopped and closed the client; the next attempt needs a new one.
             self.client = self._new_client()
-            raise StoreUnavailable(
-                f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s"
-            ) from exc
+            raise StoreUnavailable(f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s") from exc
 
     def stop(self) -> None:
         """Close the session (ephemeral nodes vanish now, not at session expiry)."""

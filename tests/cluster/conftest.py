@@ -27,13 +27,29 @@ def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
     """Start clusters; when the test ends, check each for double runs, then stop it."""
     started: list[Cluster] = []
 
-    def make(nodes: int = 3, *extra: str, fence_intervals: int = WINDOW, interval: int = INTERVAL,
-             cwd: Path | None = None) -> Cluster:
+    def make(
+        nodes: int = 3, *extra: str, fence_intervals: int = WINDOW, interval: int = INTERVAL, cwd: Path | None = None
+    ) -> Cluster:
         workdir = tmp_path / f"c{len(started)}"
         result = subprocess.run(
-            [bin_path("pvc-devcluster"), "up", "--nodes", str(nodes), "--workdir", str(workdir),
-             "--keepalive-interval", str(interval), "--fence-intervals", str(fence_intervals), "--detach", *extra],
-            capture_output=True, text=True, timeout=120, cwd=cwd,
+            [
+                bin_path("pvc-devcluster"),
+                "up",
+                "--nodes",
+                str(nodes),
+                "--workdir",
+                str(workdir),
+                "--keepalive-interval",
+                str(interval),
+                "--fence-intervals",
+                str(fence_intervals),
+                "--detach",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=cwd,
         )
         assert result.returncode == 0, result.stderr
         cluster = Cluster(workdir, json.loads((workdir / "cluster.json").read_text()))

@@ -25,8 +25,10 @@ WINDOW = 3
 
 def domain_xml(name: str, memory_mib: int = 128) -> str:
     """A small VM: a chassis host (libvirt's shared test host) has 3 GiB and 16 CPUs."""
-    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
-            "<os><type>hvm</type></os></domain>")
+    return (
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
+        "<os><type>hvm</type></os></domain>"
+    )
 
 
 class Cluster:
@@ -48,8 +50,12 @@ class Cluster:
         return json.loads(self.pvc(*args, "--format", "json").stdout)
 
     def devcluster(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([bin_path("pvc-devcluster"), *args, "--workdir", str(self.workdir)],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [bin_path("pvc-devcluster"), *args, "--workdir", str(self.workdir)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def down(self) -> subprocess.CompletedProcess[str]:
         self.stopped = True
@@ -60,8 +66,12 @@ class Cluster:
 
     def faults(self, nodes: list[str], kind: str) -> None:
         """The same fault on several nodes at the same moment, as one network or power event would."""
-        result = subprocess.run([bin_path("pvc-devcluster"), "fault", "--workdir", str(self.workdir), ",".join(nodes),
-                                 kind], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [bin_path("pvc-devcluster"), "fault", "--workdir", str(self.workdir), ",".join(nodes), kind],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert result.returncode == 0, result.stderr
 
     # -- what the cluster says ---------------------------------------------------
@@ -73,14 +83,20 @@ class Cluster:
         return {v["name"]: v for v in self.json("vm", "list")}
 
     def primary(self) -> str:
-        return wait_for(lambda: next((n for n, v in self.nodes().items() if v["coordinator_state"] == "primary"), None),
-                        30, what="a primary coordinator")
+        return wait_for(
+            lambda: next((n for n, v in self.nodes().items() if v["coordinator_state"] == "primary"), None),
+            30,
+            what="a primary coordinator",
+        )
 
     def wait_keepalives(self, node: str, count: int, timeout: float | None = None) -> None:
         """Wait until `node` has sent `count` more keepalives: its loops have run that many rounds since."""
         start = self.nodes()[node]["keepalive"]["counter"] or 0
-        wait_for(lambda: (self.nodes()[node]["keepalive"]["counter"] or 0) >= start + count,
-                 timeout or (count + 10) * INTERVAL, what=f"{count} more keepalives of {node}")
+        wait_for(
+            lambda: (self.nodes()[node]["keepalive"]["counter"] or 0) >= start + count,
+            timeout or (count + 10) * INTERVAL,
+            what=f"{count} more keepalives of {node}",
+        )
 
     def log(self, node: str) -> str:
         return Path(self.node_record(node)["log"]).read_text()
@@ -136,6 +152,7 @@ class Cluster:
             self.pvc("vm", "define", str(xml), "--node", node)
             self.pvc("vm", "start", name)
             names.append(name)
-        wait_for(lambda: all(self.running_where().get(vm) == [node] for vm in names), 30,
-                 what=f"{names} running on {node}")
+        wait_for(
+            lambda: all(self.running_where().get(vm) == [node] for vm in names), 30, what=f"{names} running on {node}"
+        )
         return names

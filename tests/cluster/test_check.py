@@ -34,9 +34,20 @@ def write_cluster(workdir: Path, zookeeper: str, journals: dict[str, str]) -> No
         paths = layout.node_paths(workdir, name)
         paths.directory.mkdir(parents=True)
         paths.journal.write_text(text)
-        record.nodes.append(cluster.NodeRecord(name, None, str(paths.config), str(paths.log),
-                                               layout.chassis_libvirt_uri(paths), str(paths.journal),
-                                               str(paths.directory), None, 0, 0))
+        record.nodes.append(
+            cluster.NodeRecord(
+                name,
+                None,
+                str(paths.config),
+                str(paths.log),
+                layout.chassis_libvirt_uri(paths),
+                str(paths.journal),
+                str(paths.directory),
+                None,
+                0,
+                0,
+            )
+        )
     cluster.save(record)
 
 
@@ -45,15 +56,29 @@ def define(zookeeper: ZooKeeperServer, names: list[str]) -> None:
     store.start()
     try:
         for name in names:
-            vms.define(store, VmRecord(name=name, uuid=str(uuid.uuid4()), xml=f"<domain><name>{name}</name></domain>",
-                                       memory_mib=128, vcpus=1, state=VmState.START, node="hv1"))
+            vms.define(
+                store,
+                VmRecord(
+                    name=name,
+                    uuid=str(uuid.uuid4()),
+                    xml=f"<domain><name>{name}</name></domain>",
+                    memory_mib=128,
+                    vcpus=1,
+                    state=VmState.START,
+                    node="hv1",
+                ),
+            )
     finally:
         store.stop()
 
 
 def check(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([bin_path("pvc-devcluster"), "check", "--workdir", str(workdir), *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [bin_path("pvc-devcluster"), "check", "--workdir", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -65,16 +90,21 @@ def records(zookeeper: ZooKeeperServer, zk):
 
 def test_a_double_run_and_a_missing_vm_are_reported(tmp_path: Path, records: ZooKeeperServer):
     # vm1 moves from hv1 to hv2 but starts there at 15, five seconds before hv1 stops it; vm3 runs nowhere.
-    write_cluster(tmp_path, records.address, {
-        "hv1": entry(9, "hv1", "power-on") + entry(10, "hv1", "start", "vm1") + entry(20, "hv1", "stop", "vm1"),
-        "hv2": entry(9, "hv2", "power-on") + entry(12, "hv2", "start", "vm2") + entry(15, "hv2", "start", "vm1"),
-    })
+    write_cluster(
+        tmp_path,
+        records.address,
+        {
+            "hv1": entry(9, "hv1", "power-on") + entry(10, "hv1", "start", "vm1") + entry(20, "hv1", "stop", "vm1"),
+            "hv2": entry(9, "hv2", "power-on") + entry(12, "hv2", "start", "vm2") + entry(15, "hv2", "start", "vm1"),
+        },
+    )
     result = check(tmp_path, "--format", "json")
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["clean"] is False
-    assert report["overlaps"] == [{"vm": "vm1", "hosts": ["hv1", "hv2"], "start": 15.0, "end": 20.0,
-                                   "ongoing": False, "seconds": 5.0}]
+    assert report["overlaps"] == [
+        {"vm": "vm1", "hosts": ["hv1", "hv2"], "start": 15.0, "end": 20.0, "ongoing": False, "seconds": 5.0}
+    ]
     assert report["not_running_once"] == [{"vm": "vm3", "hosts": []}]
     assert report["running"] == {"vm1": ["hv2"], "vm2": ["hv2"]}
     assert report["should_run"] == ["vm1", "vm2", "vm3"]
@@ -86,10 +116,16 @@ def test_a_double_run_and_a_missing_vm_are_reported(tmp_path: Path, records: Zoo
 
 
 def test_a_clean_history_exits_0(tmp_path: Path, records: ZooKeeperServer):
-    write_cluster(tmp_path, records.address, {
-        "hv1": entry(10, "hv1", "start", "vm1") + entry(11, "hv1", "start", "vm3") + entry(20, "hv1", "stop", "vm1"),
-        "hv2": entry(12, "hv2", "start", "vm2") + entry(20.5, "hv2", "start", "vm1"),
-    })
+    write_cluster(
+        tmp_path,
+        records.address,
+        {
+            "hv1": entry(10, "hv1", "start", "vm1")
+            + entry(11, "hv1", "start", "vm3")
+            + entry(20, "hv1", "stop", "vm1"),
+            "hv2": entry(12, "hv2", "start", "vm2") + entry(20.5, "hv2", "start", "vm1"),
+        },
+    )
     result = check(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.rstrip().endswith("Clean: no VM on two hosts, every VM that should run runs once")
@@ -98,8 +134,10 @@ def test_a_clean_history_exits_0(tmp_path: Path, records: ZooKeeperServer):
 def test_errors_are_one_line_and_exit_2(tmp_path: Path, zookeeper: ZooKeeperServer):
     missing = check(tmp_path / "nothing")
     assert missing.returncode == 2
-    assert missing.stderr == f"pvc-devcluster: no local cluster in {tmp_path / 'nothing'} " \
-                             f"({tmp_path / 'nothing' / 'cluster.json'} does not exist)\n"
+    assert (
+        missing.stderr == f"pvc-devcluster: no local cluster in {tmp_path / 'nothing'} "
+        f"({tmp_path / 'nothing' / 'cluster.json'} does not exist)\n"
+    )
     damaged = tmp_path / "damaged"
     write_cluster(damaged, zookeeper.address, {"hv1": entry(1, "hv1", "start", "vm1") + "{oops\n"})
     result = check(damaged)

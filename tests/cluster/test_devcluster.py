@@ -38,12 +38,20 @@ def test_three_nodes_run_and_a_killed_node_goes_late(cluster: Cluster):
     for node in cluster.record["nodes"]:
         assert Path(node["config"]).exists() and Path(node["log"]).exists()
         assert pid_alive(node["pid"])
-    nodes = wait_for(lambda: (lambda ns: ns if [n["daemon_state"] for n in ns.values()] == ["run"] * 3 else None)(
-        cluster.nodes()), 30, what="all three nodes in run")
+    nodes = wait_for(
+        lambda: (lambda ns: ns if [n["daemon_state"] for n in ns.values()] == ["run"] * 3 else None)(cluster.nodes()),
+        30,
+        what="all three nodes in run",
+    )
     assert list(nodes) == ["hv1", "hv2", "hv3"]
     # The three coordinators elect one primary (see tests/integration/test_election.py).
-    wait_for(lambda: sorted(n["coordinator_state"] for n in cluster.nodes().values()) == [
-        "primary", "secondary", "secondary"], 15, what="one primary and two secondaries")
+    wait_for(
+        lambda: (
+            sorted(n["coordinator_state"] for n in cluster.nodes().values()) == ["primary", "secondary", "secondary"]
+        ),
+        15,
+        what="one primary and two secondaries",
+    )
 
     os.kill(cluster.node_record("hv2")["pid"], signal.SIGKILL)
     wait_for(lambda: cluster.nodes()["hv2"]["keepalive"]["late"], 10, what="hv2 late")
@@ -76,8 +84,11 @@ def test_status_and_down_stop_everything(cluster: Cluster):
 
     down = cluster.down()
     assert down.returncode == 0, down.stderr
-    pids = [n["pid"] for n in cluster.record["nodes"]] + [cluster.record["zookeeper_pid"]] + [
-        pid for m in machines for pid in (m["chassis_pid"], m["libvirtd_pid"])]
+    pids = (
+        [n["pid"] for n in cluster.record["nodes"]]
+        + [cluster.record["zookeeper_pid"]]
+        + [pid for m in machines for pid in (m["chassis_pid"], m["libvirtd_pid"])]
+    )
     assert not any(pid_alive(pid) for pid in pids)
     again = json.loads(cluster.devcluster("status", "--format", "json").stdout)
     assert again["zookeeper"]["running"] is False
@@ -90,7 +101,9 @@ def test_foreground_launcher_stops_everything_on_ctrl_c(tmp_path: Path):
     workdir = tmp_path / "fg"
     launcher = subprocess.Popen(
         [bin_path("pvc-devcluster"), "up", "--nodes", "2", "--workdir", str(workdir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         lines = []
@@ -101,8 +114,9 @@ def test_foreground_launcher_stops_everything_on_ctrl_c(tmp_path: Path):
                 break
         assert any("Press Ctrl-C" in line for line in lines), "".join(lines)
         record = json.loads((workdir / "cluster.json").read_text())
-        libvirtds = [json.loads((Path(n["directory"]) / "chassis.json").read_text())["libvirtd_pid"]
-                     for n in record["nodes"]]
+        libvirtds = [
+            json.loads((Path(n["directory"]) / "chassis.json").read_text())["libvirtd_pid"] for n in record["nodes"]
+        ]
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=30) == 0
         pids = [n["pid"] for n in record["nodes"]] + [record["zookeeper_pid"]] + libvirtds
@@ -142,8 +156,9 @@ def test_fault_injection(cluster: Cluster):
     cluster.fault("hv2", "power-off")
     assert not pid_alive(pid) and not pid_alive(libvirtd) and cluster.chassis("hv2")["power"] == "off"
     cluster.fault("hv2", "power-on")
-    machine = wait_for(lambda: (lambda m: m if m["pvcd_pid"] else None)(cluster.chassis("hv2")), 10,
-                       what="hv2 powered on")
+    machine = wait_for(
+        lambda: (lambda m: m if m["pvcd_pid"] else None)(cluster.chassis("hv2")), 10, what="hv2 powered on"
+    )
     assert machine["pvcd_pid"] != pid and machine["libvirtd_pid"] != libvirtd and pid_alive(machine["libvirtd_pid"])
 
     # daemon-crash: SIGKILL of pvcd while the host (libvirtd) stays on.
@@ -213,7 +228,9 @@ def test_the_watchdog_resets_a_host_that_stops_petting_it_and_not_one_that_disar
     vms = cluster.define_vms("hv2", 2, "dog")
     machine = cluster.chassis("hv2")
     assert (machine["watchdog_device"], machine["watchdog_timeout"]) == (
-        str(Path(cluster.node_record("hv2")["directory"]) / "watchdog"), 3)
+        str(Path(cluster.node_record("hv2")["directory"]) / "watchdog"),
+        3,
+    )
     cluster.fault("hv2", "daemon-crash")
     petter = Petter(machine["watchdog_device"])
     petter.start()
@@ -224,29 +241,42 @@ def test_the_watchdog_resets_a_host_that_stops_petting_it_and_not_one_that_disar
     wait_for(lambda: cluster.chassis("hv2")["watchdog"] == "disarmed", 5, what="the watchdog disarmed")
     disarmed_at = cluster.journal("hv2")[-1]["t"]
     with pytest.raises(pytest.fail.Exception, match="a watchdog reset"):
-        wait_for(lambda: any(e["event"] == "watchdog-reset" for e in cluster.journal("hv2")), 3 + 2,
-                 what="a watchdog reset")
+        wait_for(
+            lambda: any(e["event"] == "watchdog-reset" for e in cluster.journal("hv2")), 3 + 2, what="a watchdog reset"
+        )
     assert cluster.domains("hv2") == vms
 
     # Armed again, then no more pets: the chassis resets the host within the timeout (and its check tick).
     writer = os.open(machine["watchdog_device"], os.O_WRONLY)
     os.write(writer, b"\0")
     os.close(writer)
-    reset = wait_for(lambda: next((e for e in cluster.journal("hv2") if e["event"] == "watchdog-reset"), None), 3 + 3,
-                     what="the watchdog reset")
+    reset = wait_for(
+        lambda: next((e for e in cluster.journal("hv2") if e["event"] == "watchdog-reset"), None),
+        3 + 3,
+        what="the watchdog reset",
+    )
     assert reset["t"] > disarmed_at
     # The reset is journaled first, the stops and the power-off as the chassis carries them out.
-    wait_for(lambda: any(e["event"] == "power-off" and e["t"] >= reset["t"] for e in cluster.journal("hv2")), 10,
-             what="the power-off of the reset journaled")
+    wait_for(
+        lambda: any(e["event"] == "power-off" and e["t"] >= reset["t"] for e in cluster.journal("hv2")),
+        10,
+        what="the power-off of the reset journaled",
+    )
     events = [(e["event"], e.get("vm"), e.get("via")) for e in cluster.journal("hv2") if e["t"] >= reset["t"]]
-    assert events[:len(vms) + 2] == [("watchdog-reset", None, None)] + [("stop", vm, "watchdog") for vm in vms] + [
-        ("power-off", None, "watchdog")]
-    after = wait_for(lambda: (lambda m: m if m["pvcd_pid"] and m["power"] == "on" else None)(cluster.chassis("hv2")),
-                     10, what="hv2 powered on again")
+    assert events[: len(vms) + 2] == [("watchdog-reset", None, None)] + [("stop", vm, "watchdog") for vm in vms] + [
+        ("power-off", None, "watchdog")
+    ]
+    after = wait_for(
+        lambda: (lambda m: m if m["pvcd_pid"] and m["power"] == "on" else None)(cluster.chassis("hv2")),
+        10,
+        what="hv2 powered on again",
+    )
     assert after["watchdog_resets"] == 1
     assert after["libvirtd_pid"] != machine["libvirtd_pid"] and not pid_alive(machine["libvirtd_pid"])
-    assert "Watchdog expired: not petted for 3s; resetting the host" in (
-        Path(cluster.node_record("hv2")["directory"]) / "chassis.log").read_text()
+    assert (
+        "Watchdog expired: not petted for 3s; resetting the host"
+        in (Path(cluster.node_record("hv2")["directory"]) / "chassis.log").read_text()
+    )
 
 
 def test_a_pvcd_folder_in_the_working_directory_does_not_shadow_the_package(make_cluster, tmp_path: Path):

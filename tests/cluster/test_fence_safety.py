@@ -39,8 +39,11 @@ def fence_record(cluster: Cluster, node: str) -> dict[str, Any]:
 
 
 def wait_for_step(cluster: Cluster, node: str, step: str, timeout: float) -> dict[str, Any]:
-    return wait_for(lambda: (lambda f: f if f.get("step") == step else None)(fence_record(cluster, node)),
-                    timeout, what=f"the fence of {node} at step {step}")
+    return wait_for(
+        lambda: (lambda f: f if f.get("step") == step else None)(fence_record(cluster, node)),
+        timeout,
+        what=f"the fence of {node} at step {step}",
+    )
 
 
 def secondaries(cluster: Cluster) -> list[str]:
@@ -52,8 +55,11 @@ def starts(cluster: Cluster, vm: str, after: float = 0.0) -> list[tuple[str, flo
     """Every start of `vm` on any host after `after`, from the journals: (host, t)."""
     found = []
     for node in cluster.nodes():
-        found += [(node, e["t"]) for e in cluster.journal(node)
-                  if e["event"] == "start" and e.get("vm") == vm and e["t"] > after]
+        found += [
+            (node, e["t"])
+            for e in cluster.journal(node)
+            if e["event"] == "start" and e.get("vm") == vm and e["t"] > after
+        ]
     return sorted(found, key=lambda item: item[1])
 
 

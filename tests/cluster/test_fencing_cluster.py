@@ -31,8 +31,11 @@ def fenced_at(cluster: Cluster, node: str) -> float:
 
 
 def wait_for_outcome(cluster: Cluster, node: str, outcome: str, timeout: float) -> dict:
-    return wait_for(lambda: (lambda f: f if f["outcome"] == outcome else None)(fence_of(cluster, node)),
-                    timeout, what=f"a {outcome} fence of {node}")
+    return wait_for(
+        lambda: (lambda f: f if f["outcome"] == outcome else None)(fence_of(cluster, node)),
+        timeout,
+        what=f"a {outcome} fence of {node}",
+    )
 
 
 def a_secondary(cluster: Cluster) -> str:
@@ -53,24 +56,37 @@ def test_crash_is_fenced_and_its_vms_recovered(make_cluster):
     info = cluster.vms()
     assert all(info[vm]["lastnode"] == victim for vm in vms)
     # The node was powered on again and came back fenced: it takes no VMs.
-    node = wait_for(lambda: (lambda n: n if n["daemon_state"] == "run" and not n["keepalive"]["late"] else None)(
-        cluster.nodes()[victim]), 30, what="the fenced node to come back")
+    node = wait_for(
+        lambda: (lambda n: n if n["daemon_state"] == "run" and not n["keepalive"]["late"] else None)(
+            cluster.nodes()[victim]
+        ),
+        30,
+        what="the fenced node to come back",
+    )
     assert node["domain_state"] == "fenced" and node["running_vms"] == []
     # The journal: the power loss stopped each VM on the victim, each started once elsewhere afterwards.
     power_off = next(e["t"] for e in cluster.journal(victim) if e["event"] == "power-off")
     stops = {e["vm"]: e for e in cluster.journal(victim) if e["event"] == "stop"}
     assert sorted(stops) == vms and {e["via"] for e in stops.values()} == {"power-loss"}
-    starts = [(e["vm"], name, e["t"]) for name in cluster.nodes() if name != victim
-              for e in cluster.journal(name) if e["event"] == "start"]
+    starts = [
+        (e["vm"], name, e["t"])
+        for name in cluster.nodes()
+        if name != victim
+        for e in cluster.journal(name)
+        if e["event"] == "start"
+    ]
     assert sorted(vm for vm, _, _ in starts) == vms and all(t > power_off for _, _, t in starts)
     cluster.assert_clean()
     # The BMC passwords the fencer used appear in no log and no output.
-    outputs = [cluster.log(name) for name in cluster.nodes()] + [
-        cluster.pvc("node", "info", name, "--format", "json").stdout for name in cluster.nodes()
-    ] + [cluster.pvc("node", "list").stdout, cluster.pvc("cluster", "status", "--format", "json").stdout]
+    outputs = (
+        [cluster.log(name) for name in cluster.nodes()]
+        + [cluster.pvc("node", "info", name, "--format", "json").stdout for name in cluster.nodes()]
+        + [cluster.pvc("node", "list").stdout, cluster.pvc("cluster", "status", "--format", "json").stdout]
+    )
     for name in cluster.nodes():
-        password = yaml.safe_load(Path(next(n["config"] for n in cluster.record["nodes"] if n["name"] == name))
-                                  .read_text())["pvc"]["system"]["fencing"]["ipmi"]["pass"]
+        password = yaml.safe_load(
+            Path(next(n["config"] for n in cluster.record["nodes"] if n["name"] == name)).read_text()
+        )["pvc"]["system"]["fencing"]["ipmi"]["pass"]
         assert not any(password in text for text in outputs), f"the BMC password of {name} leaked"
 
 
@@ -79,9 +95,11 @@ def test_primary_crash_new_primary_fences_it(make_cluster):
     old = cluster.primary()
     vms = cluster.define_vms(old, 3, "prim")
     cluster.fault(old, "crash")
-    new = wait_for(lambda: next((n for n, v in cluster.nodes().items()
-                                 if v["coordinator_state"] == "primary" and n != old), None),
-                   30, what="a new primary")
+    new = wait_for(
+        lambda: next((n for n, v in cluster.nodes().items() if v["coordinator_state"] == "primary" and n != old), None),
+        30,
+        what="a new primary",
+    )
     wait_for(lambda: recovered(cluster, vms, old), 40, what="the old primary's VMs running elsewhere")
     fence = fence_of(cluster, old)
     assert fence["outcome"] == "confirmed" and fence["by"] == new
@@ -142,8 +160,13 @@ def test_two_of_five_are_fenced_one_after_the_other(make_cluster):
     primary = cluster.primary()
     victims = [name for name in sorted(cluster.nodes()) if name != primary][:2]
     cluster.faults(victims, "crash")
-    fences = wait_for(lambda: (lambda fs: fs if all(f["outcome"] == "confirmed" for f in fs) else None)(
-        [fence_of(cluster, v) for v in victims]), 60, what="both nodes fenced")
+    fences = wait_for(
+        lambda: (lambda fs: fs if all(f["outcome"] == "confirmed" for f in fs) else None)(
+            [fence_of(cluster, v) for v in victims]
+        ),
+        60,
+        what="both nodes fenced",
+    )
     first, second = sorted(fences, key=lambda f: f["started_ms"])
     assert second["started_ms"] >= first["finished_ms"], "two fences overlapped"
 
@@ -153,8 +176,11 @@ def test_three_of_five_trip_the_storm_guard(make_cluster):
     primary = cluster.primary()
     victims = [name for name in sorted(cluster.nodes()) if name != primary][:3]
     cluster.faults(victims, "crash")
-    status = wait_for(lambda: (lambda s: s if s["faults"].get("storm") else None)(cluster.json("cluster", "status")),
-                      30, what="the storm guard")
+    status = wait_for(
+        lambda: (lambda s: s if s["faults"].get("storm") else None)(cluster.json("cluster", "status")),
+        30,
+        what="the storm guard",
+    )
     assert sorted(status["faults"]["storm"]["dead"]) == victims
     cluster.wait_keepalives(primary, 2)
     assert all(fence_of(cluster, v)["outcome"] is None for v in victims), "a node was fenced during a storm"

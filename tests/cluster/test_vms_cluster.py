@@ -64,16 +64,23 @@ def test_thirty_vms_through_flush_ready_and_moves_never_run_twice(make_cluster, 
     for name in VMS:
         (xml_dir / f"{name}.xml").write_text(domain_xml(name, VM_MIB))
     with ThreadPoolExecutor(3) as pool:
-        defined = list(pool.map(
-            lambda n: pvc.json("vm", "define", str(xml_dir / f"{n}.xml"), "--node", placement[n]), VMS))
+        defined = list(
+            pool.map(lambda n: pvc.json("vm", "define", str(xml_dir / f"{n}.xml"), "--node", placement[n]), VMS)
+        )
         for vm in defined:
             assert (vm["state"], vm["node"], vm["memory_mib"], vm["vcpus"], vm["actual"]["state"]) == (
-                "stop", placement[vm["name"]], VM_MIB, 1, "stopped")
+                "stop",
+                placement[vm["name"]],
+                VM_MIB,
+                1,
+                "stopped",
+            )
         started = list(pool.map(lambda n: pvc.json("vm", "start", n), VMS))
         assert {vm["state"] for vm in started} == {"start"}
     vms, nodes = settle(pvc, "after start")
     assert {name: on(vms, name) for name in NODES} == {
-        node: sorted(n for n, where in placement.items() if where == node) for node in NODES}
+        node: sorted(n for n, where in placement.items() if where == node) for node in NODES
+    }
     assert all(nodes[n]["vms"] == 10 and nodes[n]["memory"]["allocated"] == 10 * VM_MIB for n in NODES)
 
     # Flush hv1: its VMs run elsewhere, spread by the mem selector over both other nodes.
@@ -127,8 +134,7 @@ def test_thirty_vms_through_flush_ready_and_moves_never_run_twice(make_cluster, 
     assert (vm["node"], vm["lastnode"]) == ("hv2", "hv1")
     settle(pvc, f"after migrating {other}")
     vm = pvc.json("vm", "move", other, "--target", "hv3", "--wait", "--wait-timeout", "30")
-    assert (vm["node"], vm["lastnode"], vm["actual"]["node"], vm["actual"]["state"]) == (
-        "hv3", None, "hv3", "running")
+    assert (vm["node"], vm["lastnode"], vm["actual"]["node"], vm["actual"]["state"]) == ("hv3", None, "hv3", "running")
     vms, nodes = settle(pvc, f"after moving {other}")
     assert pvc.pvc("vm", "unmigrate", other, check=False).returncode == 1
     assert sum(len(n["running_vms"]) for n in nodes.values()) == VM_COUNT
@@ -139,5 +145,7 @@ def test_thirty_vms_through_flush_ready_and_moves_never_run_twice(make_cluster, 
     assert set(starts) == set(VMS)
     # Not a vacuous pass: the journals saw every move (10 flushed out and back, then 2 + 1 + 2 moves).
     assert sum(starts.values()) >= VM_COUNT + 2 * len(before) + 5, dict(starts)
-    print(f"\n{time.monotonic() - began:.1f}s; journal entries {report['journals']['entries']}; "
-          f"{sum(starts.values())} domain starts")
+    print(
+        f"\n{time.monotonic() - began:.1f}s; journal entries {report['journals']['entries']}; "
+        f"{sum(starts.values())} domain starts"
+    )

@@ -52,7 +52,10 @@ def installed_root(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     files = " ".join(f"{OverlayRoot.MOUNTPOINT}/{debs[name].name}" for name in PACKAGES)
     result = root.run(f"dpkg -i {files}")
     assert result.returncode == 0, (
-        "dpkg -i failed (are the packages' Depends installed? " + SETUP_HINT_BUILD + "):\n"
-        + result.stdout[-3000:] + result.stderr[-3000:]
+        "dpkg -i failed (are the packages' Depends installed? "
+        + SETUP_HINT_BUILD
+        + "):\n"
+        + result.stdout[-3000:]
+        + result.stderr[-3000:]
     )
     return root

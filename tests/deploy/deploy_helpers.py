@@ -235,8 +235,7 @@ def undocumented_keys(text: str) -> list[str]:
         about = " ".join(pending + ([comment] if comment else []))
         keys = [k for _, k, _ in stack] + [key]
         path = ".".join(
-            "*" if i and keys[i - 1] in ("networks", "networking") and k in NETWORKS else k
-            for i, k in enumerate(keys)
+            "*" if i and keys[i - 1] in ("networks", "networking") and k in NETWORKS else k for i, k in enumerate(keys)
         )
         is_leaf = bool(value.strip()) or _list_follows(lines, index, indent)
         if is_leaf:

@@ -63,10 +63,24 @@ class Playbook:
             ANSIBLE_CONFIG=str(self.workdir / "no-ansible.cfg"),  # ignore any ansible.cfg around
         )
         return subprocess.run(
-            [str(program), "-i", str(inventory), "-c", "local", "-e", f"@{self.extra_vars}", *options,
-             str(ANSIBLE / playbook)],
-            cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=300, check=False,
+            [
+                str(program),
+                "-i",
+                str(inventory),
+                "-c",
+                "local",
+                "-e",
+                f"@{self.extra_vars}",
+                *options,
+                str(ANSIBLE / playbook),
+            ],
+            cwd=self.workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+            check=False,
         )
 
 
@@ -114,15 +128,19 @@ def test_every_rendered_configuration_validates(deployed: dict) -> None:
     playbook: Playbook = deployed["playbook"]
     for number, node in enumerate(NODES, start=1):
         path = playbook.root(node) / "etc/pvc/pvcd.yaml"
-        check = subprocess.run([str(VENV_BIN / "pvcd"), "--check-config", str(path)],
-                               capture_output=True, text=True, check=False)
+        check = subprocess.run(
+            [str(VENV_BIN / "pvcd"), "--check-config", str(path)], capture_output=True, text=True, check=False
+        )
         assert check.returncode == 0, check.stderr
         assert path.stat().st_mode & 0o777 == 0o600  # it holds passwords
         config = load_config(str(path))
         # Host variables: the node's name, BMC and static upstream address.
         assert config.node == node
         assert (config.fencing.ipmi.host, config.fencing.ipmi.user, config.fencing.ipmi.password) == (
-            f"{node}-lom", "admin", f"Passw0rd-hv{number}")
+            f"{node}-lom",
+            "admin",
+            f"Passw0rd-hv{number}",
+        )
         assert str(config.networking.upstream.address) == f"1.1.1.1{number}/24"
         # Group variables, with by-id addresses resolved from the node's name.
         assert [c.name for c in config.cluster.coordinators] == list(NODES)

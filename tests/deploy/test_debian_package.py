@@ -147,7 +147,8 @@ def test_undocumented_keys_are_found() -> None:
 
 def test_dpkg_installs_the_packages_and_they_work(installed_root: OverlayRoot) -> None:
     result = installed_root.run(
-        "dpkg-query -W -f '${Package} ${Status}\\n' " + " ".join(PACKAGES)
+        "dpkg-query -W -f '${Package} ${Status}\\n' "
+        + " ".join(PACKAGES)
         + f" && pvcd --check-config {SAMPLE} && pvcd --version && pvc --help && head -1 /usr/bin/pvcd"
     )
     assert result.returncode == 0, result.stdout + result.stderr

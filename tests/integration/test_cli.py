@@ -49,9 +49,24 @@ def test_node_list_json_has_stable_keys(zookeeper, two_nodes):
     nodes = json.loads(result.stdout)
     assert [n["name"] for n in nodes] == ["hv1", "hv2"]
     for node in nodes:
-        assert set(node) == {"name", "daemon_state", "coordinator_state", "domain_state", "vms", "running_vms", "fence",
-                             "memory", "vcpus_allocated", "load", "keepalive", "coordinator", "pvcd_version",
-                             "hypervisor", "watchdog", "loops"}
+        assert set(node) == {
+            "name",
+            "daemon_state",
+            "coordinator_state",
+            "domain_state",
+            "vms",
+            "running_vms",
+            "fence",
+            "memory",
+            "vcpus_allocated",
+            "load",
+            "keepalive",
+            "coordinator",
+            "pvcd_version",
+            "hypervisor",
+            "watchdog",
+            "loops",
+        }
         assert node["daemon_state"] == "run"
         # The test nodes run without a watchdog device, and their loops have not failed.
         assert node["watchdog"]["armed"] is False and node["loops"] == {}
@@ -68,8 +83,8 @@ def test_node_list_pretty_is_an_aligned_table(zookeeper, two_nodes):
     # Every column starts at the same offset on every line.
     header_offsets = [lines[0].index("DAEMON"), lines[0].index("COORDINATOR")]
     for line in lines[1:]:
-        assert line[header_offsets[0]:].startswith("run")
-        assert line[header_offsets[1]:].startswith(("primary", "secondary"))
+        assert line[header_offsets[0] :].startswith("run")
+        assert line[header_offsets[1] :].startswith(("primary", "secondary"))
 
 
 def test_node_info_and_cluster_status(zookeeper, two_nodes):
@@ -135,16 +150,21 @@ def test_check_config(write_config, tmp_path):
     failed = subprocess.run([bin_path("pvcd"), "--check-config", str(bad)], capture_output=True, text=True)
     assert failed.returncode == 2
     assert failed.stderr == "pvc.system.fencing.intervals.keepalive_interval: must be a positive integer, got 'five'\n"
-    by_env = subprocess.run([bin_path("pvcd"), "--check-config"], capture_output=True, text=True,
-                            env=dict(os.environ, PVCD_CONFIG_FILE=str(bad)))
+    by_env = subprocess.run(
+        [bin_path("pvcd"), "--check-config"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PVCD_CONFIG_FILE=str(bad)),
+    )
     assert by_env.returncode == 2 and "keepalive_interval" in by_env.stderr
 
 
 def test_pvcd_refuses_to_start_on_a_bad_config(tmp_path):
     bad = tmp_path / "pvcd.yaml"
     bad.write_text("pvc:\n  node: hv1\n")
-    result = subprocess.run([bin_path("pvcd")], capture_output=True, text=True, timeout=30,
-                            env=dict(os.environ, PVCD_CONFIG_FILE=str(bad)))
+    result = subprocess.run(
+        [bin_path("pvcd")], capture_output=True, text=True, timeout=30, env=dict(os.environ, PVCD_CONFIG_FILE=str(bad))
+    )
     assert result.returncode == 2
     assert "pvc.functions: required key is missing" in result.stderr.splitlines()
     assert "Traceback" not in result.stderr

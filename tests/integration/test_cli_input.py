@@ -28,8 +28,9 @@ def run(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = Non
     environment = {k: v for k, v in os.environ.items() if k not in ("PVC_ZOOKEEPER", "PVCD_CONFIG_FILE")}
     environment.update(env or {})
     result = subprocess.run([bin_path("pvc"), *args], input=stdin, capture_output=True, timeout=60, env=environment)
-    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"),
-                                       result.stderr.decode(errors="replace"))
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+    )
 
 
 def refused(result: subprocess.CompletedProcess[str], *messages: str) -> None:
@@ -61,8 +62,15 @@ def cluster(zk, make_config):
 @pytest.fixture
 def two_nodes(zk, cluster):
     cluster(("hv1", "hv2"))
-    wait_for(lambda: all(zk.exists(schema.node_keepalive(n)) and json.loads(zk.get(schema.node_keepalive(n))[0])
-                         .get("memory", {}).get("total") for n in ("hv1", "hv2")), 15, what="both nodes' figures")
+    wait_for(
+        lambda: all(
+            zk.exists(schema.node_keepalive(n))
+            and json.loads(zk.get(schema.node_keepalive(n))[0]).get("memory", {}).get("total")
+            for n in ("hv1", "hv2")
+        ),
+        15,
+        what="both nodes' figures",
+    )
 
 
 # -- where ZooKeeper is ----------------------------------------------------------------
@@ -91,14 +99,19 @@ def test_malformed_zookeeper_address_is_one_line(address, problem):
 def test_mistyped_chroot_is_no_cluster_and_writes_nothing(zk, zookeeper, cluster):
     cluster(("hv1",))
     missing = run("--zookeeper", f"{zookeeper.address}/typo", "node", "list")
-    refused(missing, f"no pvc cluster at ZooKeeper '{zookeeper.address}/typo' (from --zookeeper): "
-                     "its chroot /typo does not exist")
+    refused(
+        missing,
+        f"no pvc cluster at ZooKeeper '{zookeeper.address}/typo' (from --zookeeper): its chroot /typo does not exist",
+    )
     assert not zk.exists("/typo"), "a command against a missing chroot created it"
     zk.create("/elsewhere")
     try:
         empty = run("node", "list", "--format", "json", env={"PVC_ZOOKEEPER": f"{zookeeper.address}/elsewhere"})
-        refused(empty, f"no pvc cluster at ZooKeeper '{zookeeper.address}/elsewhere' (from PVC_ZOOKEEPER): "
-                       "/pvc/schema does not exist under the chroot /elsewhere")
+        refused(
+            empty,
+            f"no pvc cluster at ZooKeeper '{zookeeper.address}/elsewhere' (from PVC_ZOOKEEPER): "
+            "/pvc/schema does not exist under the chroot /elsewhere",
+        )
         for args in (("vm", "list"), ("cluster", "status"), ("cluster", "maintenance", "on"), ("node", "info", "hv1")):
             refused(run("--zookeeper", f"{zookeeper.address}/elsewhere", *args), "no pvc cluster at ZooKeeper")
         assert tree(zk, "/elsewhere") == {}, "a command against a wrong chroot wrote to ZooKeeper"
@@ -143,10 +156,14 @@ def test_bad_vm_input_is_refused_and_writes_nothing(zk, zookeeper, two_nodes, tm
         (("define", file("ctrl.xml", domain("bad&#9;name"))), "VM name 'bad\\tname' cannot be used"),
         (("define", file("long.xml", domain("a" * 100_000))), "cannot be used: it is longer than 64 characters"),
         (("define", file("uni.xml", domain("wébé☃"))), "VM name 'wébé☃' cannot be used"),
-        (("define", file("big.xml", domain("big1", extra=f"<description>{'x' * 2_000_000}</description>"))),
-         f"larger than {MAX_DOMAIN_XML_BYTES} bytes"),
-        (("define", file("mem.xml", domain("mem1", 64 * 1024)), "--node", "hv1"),
-         "VM mem1 needs 65536 MiB of memory; node hv1 has only 16384 MiB in total"),
+        (
+            ("define", file("big.xml", domain("big1", extra=f"<description>{'x' * 2_000_000}</description>"))),
+            f"larger than {MAX_DOMAIN_XML_BYTES} bytes",
+        ),
+        (
+            ("define", file("mem.xml", domain("mem1", 64 * 1024)), "--node", "hv1"),
+            "VM mem1 needs 65536 MiB of memory; node hv1 has only 16384 MiB in total",
+        ),
         (("define", file("empty.xml", "")), "domain XML is empty"),
         (("define", file("binary.xml", b"\x00\xff\xfe<domain")), "not UTF-8 text (byte 0xff at offset 1)"),
         (("define", file("half.xml", domain("half1")[:-20])), "malformed domain XML"),
@@ -171,10 +188,18 @@ def test_bad_vm_input_is_refused_and_writes_nothing(zk, zookeeper, two_nodes, tm
     for args, message in cases:
         refused(run("--zookeeper", zookeeper.address, "vm", *args), message)
         assert (tree(zk, schema.VMS), tree(zk, schema.VM_UUIDS)) == stored, f"{args[:2]} wrote to ZooKeeper"
-    refused(run("--zookeeper", zookeeper.address, "vm", "define", "-", stdin=b"x" * (3 * 1024 * 1024)),
-            f"'-': larger than {MAX_DOMAIN_XML_BYTES} bytes")
-    for command in (("node", "info"), ("node", "flush"), ("node", "ready"), ("node", "primary"), ("node", "secondary"),
-                    ("node", "confirm-fenced")):
+    refused(
+        run("--zookeeper", zookeeper.address, "vm", "define", "-", stdin=b"x" * (3 * 1024 * 1024)),
+        f"'-': larger than {MAX_DOMAIN_XML_BYTES} bytes",
+    )
+    for command in (
+        ("node", "info"),
+        ("node", "flush"),
+        ("node", "ready"),
+        ("node", "primary"),
+        ("node", "secondary"),
+        ("node", "confirm-fenced"),
+    ):
         refused(run("--zookeeper", zookeeper.address, *command, huge), "invalid node name")
         refused(run("--zookeeper", zookeeper.address, *command, "hv\x01"), "invalid node name 'hv\\x01'")
     assert (tree(zk, schema.VMS), tree(zk, schema.VM_UUIDS)) == stored
@@ -182,8 +207,20 @@ def test_bad_vm_input_is_refused_and_writes_nothing(zk, zookeeper, two_nodes, tm
 
 def test_vm_from_standard_input_with_a_byte_order_mark_and_a_repetitive_limit(zk, zookeeper, two_nodes):
     repeated = ",".join(["hv2"] * 20_000 + ["hv1"])
-    defined = run("--zookeeper", zookeeper.address, "vm", "define", "-", "--node", "hv2", "--limit", repeated,
-                  "--format", "json", stdin=b"\xef\xbb\xbf" + domain("bom1").encode())
+    defined = run(
+        "--zookeeper",
+        zookeeper.address,
+        "vm",
+        "define",
+        "-",
+        "--node",
+        "hv2",
+        "--limit",
+        repeated,
+        "--format",
+        "json",
+        stdin=b"\xef\xbb\xbf" + domain("bom1").encode(),
+    )
     assert defined.returncode == 0, defined.stderr
     assert json.loads(defined.stdout)["name"] == "bom1"
     assert json.loads(defined.stdout)["node_limit"] == ["hv2", "hv1"]
@@ -220,12 +257,24 @@ def primary(zk, make_config):
 
 def test_handover_to_a_crashed_coordinator_is_refused(zk, zookeeper, write_config, daemon_process, primary):
     zk.create(schema.MAINTENANCE, json.dumps({"enabled": True}).encode(), makepath=True)  # no fencing noise
-    wait_for(lambda: zk.exists(schema.node_state("hv1"))
-             and json.loads(zk.get(schema.node_state("hv1"))[0])["coordinator"] == "primary", 15, what="hv1 primary")
+    wait_for(
+        lambda: (
+            zk.exists(schema.node_state("hv1"))
+            and json.loads(zk.get(schema.node_state("hv1"))[0])["coordinator"] == "primary"
+        ),
+        15,
+        what="hv1 primary",
+    )
     crashed = daemon_process(write_config("hv2", names=["hv1", "hv2"]))
-    wait_for(lambda: zk.exists(schema.node_state("hv2"))
-             and json.loads(zk.get(schema.node_state("hv2"))[0])["coordinator"] == "secondary"
-             and json.loads(zk.get(schema.node_keepalive("hv2"))[0]).get("counter", 0) >= 1, 20, what="hv2 secondary")
+    wait_for(
+        lambda: (
+            zk.exists(schema.node_state("hv2"))
+            and json.loads(zk.get(schema.node_state("hv2"))[0])["coordinator"] == "secondary"
+            and json.loads(zk.get(schema.node_keepalive("hv2"))[0]).get("counter", 0) >= 1
+        ),
+        20,
+        what="hv2 secondary",
+    )
     crashed.signal(signal.SIGKILL)
 
     def late() -> bool:
@@ -240,8 +289,10 @@ def test_handover_to_a_crashed_coordinator_is_refused(zk, zookeeper, write_confi
     refused(result, "node hv2 is not alive: its last keepalive was ")
     assert result.stderr.rstrip().endswith("s ago (interval 1s)")
     assert not zk.exists(schema.HANDOVER), "a handover request was written"
-    refused(run("--zookeeper", zookeeper.address, "node", "secondary", "hv1", "--format", "json"),
-            "no other coordinator is ready to take over from hv1")
+    refused(
+        run("--zookeeper", zookeeper.address, "node", "secondary", "hv1", "--format", "json"),
+        "no other coordinator is ready to take over from hv1",
+    )
     assert not zk.exists(schema.HANDOVER)
     assert json.loads(zk.get(schema.node_state("hv1"))[0])["coordinator"] == "primary"
 
@@ -263,8 +314,14 @@ def test_output_that_cannot_be_written_is_one_line(zk, zookeeper, cluster):
     cluster(("hv1",))
     environment = {k: v for k, v in os.environ.items() if k not in ("PVC_ZOOKEEPER", "PVCD_CONFIG_FILE")}
     with open("/dev/full", "w") as full:
-        result = subprocess.run([bin_path("pvc"), "--zookeeper", zookeeper.address, "node", "list"], stdout=full,
-                                stderr=subprocess.PIPE, text=True, timeout=60, env=environment)
+        result = subprocess.run(
+            [bin_path("pvc"), "--zookeeper", zookeeper.address, "node", "list"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=environment,
+        )
     assert result.returncode == 1 and result.stderr == "pvc: No space left on device\n"
 
 
@@ -278,8 +335,10 @@ def test_a_stopped_vm_cannot_move_to_a_node_smaller_than_it(zk, zookeeper, two_n
         store.stop()
     stored = tree(zk, schema.VMS)
     for command in ("move", "migrate"):
-        refused(run("--zookeeper", zookeeper.address, "vm", command, "huge", "--target", "hv2"),
-                "VM huge needs 65536 MiB of memory; node hv2 has only 16384 MiB in total")
+        refused(
+            run("--zookeeper", zookeeper.address, "vm", command, "huge", "--target", "hv2"),
+            "VM huge needs 65536 MiB of memory; node hv2 has only 16384 MiB in total",
+        )
     assert tree(zk, schema.VMS) == stored
     small = run("--zookeeper", zookeeper.address, "vm", "define", "-", "--node", "hv1", stdin=domain("small").encode())
     assert small.returncode == 0, small.stderr

@@ -130,8 +130,11 @@ def test_hung_collector_does_not_delay_keepalive(zk, make_config, running_daemon
     # A collector still busy is not started again: one thread, not one per keepalive.
     assert len(calls) == 1
     release.set()
-    wait_for(lambda: read(zk, schema.node_keepalive("hv1"))[0]["vms"]["running"] == ["late-vm"], 10,
-             what="the collector's figures once it answers")
+    wait_for(
+        lambda: read(zk, schema.node_keepalive("hv1"))[0]["vms"]["running"] == ["late-vm"],
+        10,
+        what="the collector's figures once it answers",
+    )
     assert read(zk, schema.node_keepalive("hv1"))[0]["stale"] == []
 
 
@@ -222,8 +225,11 @@ def test_unanswered_bmc_is_reported_at_start(zk, make_config, running_daemon, ca
     config = make_config()
     running_daemon(config)
     # Nothing answers IPMI on 127.0.0.1:623 here.
-    wait_for(lambda: any("does not answer" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records),
-             30, what="the BMC warning")
+    wait_for(
+        lambda: any("does not answer" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records),
+        30,
+        what="the BMC warning",
+    )
     message = next(r.getMessage() for r in caplog.records if "does not answer" in r.getMessage())
     assert message.startswith("BMC of node hv1 at admin@127.0.0.1:623 does not answer")
     assert config.fencing.ipmi.password not in message

@@ -110,12 +110,14 @@ def primaries(zk) -> list[str]:
 
 def pvc(zookeeper, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PVC_ZOOKEEPER", "PVCD_CONFIG_FILE")}
-    return subprocess.run([bin_path("pvc"), "--zookeeper", zookeeper.address, *args],
-                          capture_output=True, text=True, timeout=30, env=env)
+    return subprocess.run(
+        [bin_path("pvc"), "--zookeeper", zookeeper.address, *args], capture_output=True, text=True, timeout=30, env=env
+    )
 
 
 def wait_primary(zk, name: str | None = None, timeout: float = 15) -> str:
     """The node holding the primary claim once it has also published that it is primary."""
+
     def check() -> str | None:
         holder = owner(zk)
         if holder is not None and roles(zk).get(holder) == "primary" and name in (None, holder):
@@ -134,8 +136,11 @@ def test_one_primary_among_the_coordinators_and_no_address_touched(zk, zookeeper
     for name in NAMES:
         cluster(name)
     primary = wait_primary(zk)
-    wait_for(lambda: sorted(roles(zk).values()) == ["client", "primary", "secondary", "secondary"], 10,
-             what="the other nodes' states")
+    wait_for(
+        lambda: sorted(roles(zk).values()) == ["client", "primary", "secondary", "secondary"],
+        10,
+        what="the other nodes' states",
+    )
     assert roles(zk)["hv4"] == "client"
     events = cluster.events
     assert events.of(primary) == ["start dhcp", "start dns"]
@@ -230,9 +235,8 @@ def test_stopped_primary_hands_over_at_once(zk, cluster):
     wait_primary(zk, other, timeout=10)
     # Released explicitly: no waiting for the session to expire.
     assert time.monotonic() - stopped < SESSION_TIMEOUT
-    assert (
-        cluster.events.first(primary, "stop dhcp", after=stopped)
-        <= cluster.events.first(other, "start dhcp", after=stopped)
+    assert cluster.events.first(primary, "stop dhcp", after=stopped) <= cluster.events.first(
+        other, "start dhcp", after=stopped
     )
 
 

@@ -49,13 +49,25 @@ class Machine:
 def bmc(tmp_path):
     port = free_port()
     state_file = tmp_path / "bmc.json"
-    process = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "bmc_sim.py"), str(port), "admin",
-                                PASSWORD, str(state_file)])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parent.parent / "bmc_sim.py"),
+            str(port),
+            "admin",
+            PASSWORD,
+            str(state_file),
+        ]
+    )
     machine = Machine(state_file)
     try:  # stopped by its PID however the test ends, also when the set-up fails
         wait_for(lambda: state_file.exists(), 10, what="the BMC simulator")
-        wait_for(lambda: answers(IpmiTarget("127.0.0.1", port, "admin", PASSWORD)), 30, interval=0.5,
-                 what="the BMC simulator to answer IPMI")
+        wait_for(
+            lambda: answers(IpmiTarget("127.0.0.1", port, "admin", PASSWORD)),
+            30,
+            interval=0.5,
+            what="the BMC simulator to answer IPMI",
+        )
         yield machine, port
     finally:
         stop_pid(process.pid, timeout=5)
@@ -101,8 +113,13 @@ def put_fence(zk, record: dict[str, Any]) -> None:
 
 
 def make_fencer(store: Store, make_config, recoveries: Recoveries, **config: Any) -> Fencer:
-    return Fencer(store, make_config("hv1", **config), is_primary=lambda: True, recover=recoveries,
-                  driver=IpmiDriver(off_wait=3.0))
+    return Fencer(
+        store,
+        make_config("hv1", **config),
+        is_primary=lambda: True,
+        recover=recoveries,
+        driver=IpmiDriver(off_wait=3.0),
+    )
 
 
 WATCHDOG = NodeFencing(keepalive_interval=1, fence_intervals=3, watchdog_timeout=2)
@@ -111,8 +128,17 @@ WATCHDOG = NodeFencing(keepalive_interval=1, fence_intervals=3, watchdog_timeout
 def test_a_fence_left_at_powering_off_by_a_dead_primary_is_finished(store, zk, bmc, make_config):
     machine, port = bmc
     register_dead_node(store, port, WATCHDOG)
-    put_fence(zk, {"id": "f-old", "step": "powering-off", "outcome": "fencing", "by": "hv3", "recovered": False,
-                   "keepalive_mtime_ms": 1})
+    put_fence(
+        zk,
+        {
+            "id": "f-old",
+            "step": "powering-off",
+            "outcome": "fencing",
+            "by": "hv3",
+            "recovered": False,
+            "keepalive_mtime_ms": 1,
+        },
+    )
     recoveries = Recoveries()
     make_fencer(store, make_config, recoveries).run_once()
     record = fence_record(zk)
@@ -161,8 +187,17 @@ def test_a_failed_fence_waits_for_the_watchdog_window_on_zookeepers_clock(store,
     fencer = make_fencer(store, make_config, recoveries, failed_fence="migrate", suicide_intervals=2)
     keepalive = store.get(schema.node_keepalive("hv2"))
     assert keepalive is not None
-    put_fence(zk, {"id": "f1", "step": "declared", "outcome": "fencing", "by": "hv1", "recovered": False,
-                   "keepalive_mtime_ms": keepalive.mtime_ms})
+    put_fence(
+        zk,
+        {
+            "id": "f1",
+            "step": "declared",
+            "outcome": "fencing",
+            "by": "hv1",
+            "recovered": False,
+            "keepalive_mtime_ms": keepalive.mtime_ms,
+        },
+    )
     fencer.run_once()
     record = fence_record(zk)
     assert (record["outcome"], record["step"]) == ("failed", "waiting-watchdog")
@@ -184,8 +219,17 @@ def test_a_failed_fence_of_a_node_without_watchdog_waits_for_an_operator(store, 
     machine.bmc_down()
     recoveries = Recoveries()
     fencer = make_fencer(store, make_config, recoveries, failed_fence="migrate", suicide_intervals=2)
-    put_fence(zk, {"id": "f1", "step": "declared", "outcome": "fencing", "by": "hv1", "recovered": False,
-                   "keepalive_mtime_ms": 1})
+    put_fence(
+        zk,
+        {
+            "id": "f1",
+            "step": "declared",
+            "outcome": "fencing",
+            "by": "hv1",
+            "recovered": False,
+            "keepalive_mtime_ms": 1,
+        },
+    )
     fencer.run_once()
     record = fence_record(zk)
     assert (record["outcome"], record["step"]) == ("failed", "waiting-operator")

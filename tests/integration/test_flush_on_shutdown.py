@@ -29,8 +29,10 @@ def test_sigterm_flushes_the_node_first(zk, zookeeper, tmp_path, make_config, da
 
     try:
         wait_for(
-            lambda: zk.exists("/pvc/nodes/hv1/keepalive")
-            and json.loads(pvc("node", "info", "hv1", "--format", "json"))["daemon_state"] == "run",
+            lambda: (
+                zk.exists("/pvc/nodes/hv1/keepalive")
+                and json.loads(pvc("node", "info", "hv1", "--format", "json"))["daemon_state"] == "run"
+            ),
             20,
             what="hv1 running",
         )

@@ -29,10 +29,27 @@ def machine(tmp_path, zookeeper, zk):
     config = node_dir / "pvcd.yaml"
     config.write_text(yaml.safe_dump(document))
     process = subprocess.Popen(
-        [sys.executable, "-m", "pvcd.devcluster.chassis", "--name", "hv1", "--node-dir", str(node_dir),
-         "--config", str(config), "--log", str(node_dir / "pvcd.log"), "--zookeeper", zookeeper.address,
-         "--relay-port", str(relay_port), "--bmc-port", str(bmc_port)],
-        stdout=open(node_dir / "chassis.log", "ab"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "pvcd.devcluster.chassis",
+            "--name",
+            "hv1",
+            "--node-dir",
+            str(node_dir),
+            "--config",
+            str(config),
+            "--log",
+            str(node_dir / "pvcd.log"),
+            "--zookeeper",
+            zookeeper.address,
+            "--relay-port",
+            str(relay_port),
+            "--bmc-port",
+            str(bmc_port),
+        ],
+        stdout=open(node_dir / "chassis.log", "ab"),
+        stderr=subprocess.STDOUT,
     )
     try:  # stopped by its PID however the test ends, also when the set-up fails
         wait_for(lambda: (chassis.read_state(node_dir) or {}).get("power") == "on", 20, what="chassis power on")
@@ -65,8 +82,9 @@ def test_node_reaches_zookeeper_through_the_chassis_link(machine, zk):
 def test_node_checks_its_own_bmc_at_start_and_publishes_it_for_the_fencer(machine, zk):
     node_dir, target = machine
     log = node_dir / "pvcd.log"
-    wait_for(lambda: f"BMC of node hv1 at {target} answers (power on)" in log.read_text(), 20,
-             what="the BMC self-check")
+    wait_for(
+        lambda: f"BMC of node hv1 at {target} answers (power on)" in log.read_text(), 20, what="the BMC self-check"
+    )
     published = json.loads(zk.get("/pvc/nodes/hv1/ipmi")[0])
     assert published == {"host": "127.0.0.1", "port": target.port, "user": target.user, "password": target.password}
     assert target.password not in log.read_text(), "the BMC password appeared in the node's log"
@@ -82,6 +100,7 @@ def test_fence_confirms_power_off_and_restarts_the_node(machine, zk):
     assert not pid_alive(first_pid), "power off did not kill the node's pvcd"
     assert chassis.read_state(node_dir)["power"] == "off"
     driver.power_on(target)
+
     def powered_on():
         s = chassis.read_state(node_dir)
         return s if s["power"] == "on" and s["pvcd_pid"] else None

@@ -202,10 +202,16 @@ def test_one_vm_change_costs_a_bounded_number_of_reads_on_its_node_only(zk, oper
         operator.define(name, "hv1" if i % 2 else "hv2", xml=xml)
     nodes = reconcilers("hv1", "hv2", "hv3")
     hv1, hv2 = nodes["hv1"][0], nodes["hv2"][0]
-    wait_for(lambda: len(hv1.owned_views()[0]) == VMS // 2 and len(hv2.owned_views()[0]) == VMS // 2, 30,
-             what="every node to watch its VMs")
-    wait_for(lambda: all(watches_current(reconciler, operator) for reconciler, _ in nodes.values()), 60,
-             what="every watched view as ZooKeeper has it")
+    wait_for(
+        lambda: len(hv1.owned_views()[0]) == VMS // 2 and len(hv2.owned_views()[0]) == VMS // 2,
+        30,
+        what="every node to watch its VMs",
+    )
+    wait_for(
+        lambda: all(watches_current(reconciler, operator) for reconciler, _ in nodes.values()),
+        60,
+        what="every watched view as ZooKeeper has it",
+    )
     before = {name: counted.total() for name, (_reconciler, counted) in nodes.items()}
     reads_before = Counter(nodes["hv1"][1].reads)
 

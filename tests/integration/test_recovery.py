@@ -26,16 +26,28 @@ def add_node(store, name: str, total_mib: int, running: tuple[str, ...] = (), fe
     """A registered node with one keepalive delivered (so it is not late), and its fence record."""
     state = StateRecord("run", "client", "ready")
     versions = nodes.register(store, name, {"name": name}, state)
-    keepalive = {"counter": 1, "interval": 5, "memory": {"total": total_mib, "allocated": 0},
-                 "vcpus": {"allocated": 0}, "load": 0.0, "vms": {"count": len(running), "running": list(running)}}
+    keepalive = {
+        "counter": 1,
+        "interval": 5,
+        "memory": {"total": total_mib, "allocated": 0},
+        "vcpus": {"allocated": 0},
+        "load": 0.0,
+        "vms": {"count": len(running), "running": list(running)},
+    }
     nodes.send_keepalive(store, name, versions, state, keepalive, timeout=5)
     if fence is not None:
         found = store.get(schema.node_fence(name))
         store.set(schema.node_fence(name), {"outcome": fence, "by": "hv0"}, found.version)
 
 
-def add_vm(operator, name: str, node: str = DEAD, memory_mib: int = 2048, selector: str | None = None,
-           moving_to: str | None = None) -> None:
+def add_vm(
+    operator,
+    name: str,
+    node: str = DEAD,
+    memory_mib: int = 2048,
+    selector: str | None = None,
+    moving_to: str | None = None,
+) -> None:
     """A VM running on `node`; with `moving_to`, one that `node` has released to that node but that has
     not arrived yet (the target has not started it)."""
     store = operator.store
@@ -51,8 +63,15 @@ def add_vm(operator, name: str, node: str = DEAD, memory_mib: int = 2048, select
     vms.VmWrite(store, view).record(
         records.VmRecord.from_json(dict(running, state="migrate", node=moving_to, lastnode=node))
     ).status(VmStatus(node, ActualState.STOPPED, f"left {node} by simulated migration")).create_migration(
-        Migration(uuid.uuid4().hex, MoveKind.MIGRATE, node, moving_to, MigrationMethod.LIVE, MovePhase.RELEASED,
-                  how="simulated")
+        Migration(
+            uuid.uuid4().hex,
+            MoveKind.MIGRATE,
+            node,
+            moving_to,
+            MigrationMethod.LIVE,
+            MovePhase.RELEASED,
+            how="simulated",
+        )
     ).commit()
 
 

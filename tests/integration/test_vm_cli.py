@@ -23,7 +23,6 @@ def cluster(zk, make_config):
     yield from vm_cluster(make_config)
 
 
-
 @pytest.fixture
 def pvc(zookeeper, capsys):
     cli_vm.register(cli_main.pvc, cli_main.node)
@@ -62,8 +61,21 @@ def vm_file(tmp_path, name: str, memory_mib: int = 512, text: str | None = None)
 def test_define_list_info_dump(cluster, pvc, tmp_path):
     cluster(("hv1", "hv2"))
     xml_path = vm_file(tmp_path, "web1")
-    defined = run_json(pvc, "vm", "define", xml_path, "--node", "hv2", "--limit", "hv1,hv2", "--selector", "vms",
-                       "--autostart", "--method", "shutdown")
+    defined = run_json(
+        pvc,
+        "vm",
+        "define",
+        xml_path,
+        "--node",
+        "hv2",
+        "--limit",
+        "hv1,hv2",
+        "--selector",
+        "vms",
+        "--autostart",
+        "--method",
+        "shutdown",
+    )
     assert defined["name"] == "web1" and defined["node"] == "hv2" and defined["state"] == "stop"
     assert defined["node_limit"] == ["hv1", "hv2"] and defined["node_selector"] == "vms"
     assert defined["node_autostart"] is True and defined["migration_method"] == "shutdown"

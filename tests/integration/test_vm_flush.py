@@ -28,7 +28,7 @@ from pvcd.vm.flush import (
     read_report,
     write_command,
 )
-from pvcd.vm.migration import SimulatedMigration
+from pvcd.vm.migrators import SimulatedMigration
 from pvcd.vm.records import ActualState, VmState, VmStatus
 from pvcd.zk import nodes, schema, vms
 
@@ -41,7 +41,6 @@ def cluster(zk, make_config):
 @pytest.fixture
 def operator(zookeeper):
     yield from vm_operator(zookeeper.address)
-
 
 
 class Sampler:
@@ -102,6 +101,7 @@ def start_vms(operator, names, node="hv1", memory_mib=512):
 
 def wait_for_figures(cluster_nodes, operator, count: int) -> None:
     """Placement reads keepalives: wait until every node's keepalive shows what it runs."""
+
     def current() -> bool:
         for node in cluster_nodes.values():
             view = nodes.read_node(operator.store, node.name)
@@ -152,8 +152,9 @@ def test_vm_that_fits_nowhere_is_left_stopped_with_autostart(cluster, operator):
     start_vms(operator, ["small"])
     start_vms(operator, ["big"], memory_mib=10 * 1024)
     nodes_["hv2"].conn.defineXML(
-        operator.view("small").record.xml.replace("small", "hog").replace(operator.view("small").record.uuid,
-                                                                          "11111111-2222-3333-4444-555555555555")
+        operator.view("small")
+        .record.xml.replace("small", "hog")
+        .replace(operator.view("small").record.uuid, "11111111-2222-3333-4444-555555555555")
         .replace("<memory unit='MiB'>512</memory>", "<memory unit='MiB'>8192</memory>")
     ).create()
     wait_for_figures(nodes_, operator, 3)
@@ -261,9 +262,14 @@ def add_node(store, name: str, running: tuple[str, ...] = ()) -> None:
     """A registered node with one keepalive delivered, so placement does not take it for late."""
     state = StateRecord("run", "client", "ready")
     versions = nodes.register(store, name, {"name": name}, state)
-    keepalive = {"counter": 1, "interval": 5, "memory": {"total": 8192, "allocated": 512 * len(running)},
-                 "vcpus": {"allocated": len(running)}, "load": 0.0,
-                 "vms": {"count": len(running), "running": list(running)}}
+    keepalive = {
+        "counter": 1,
+        "interval": 5,
+        "memory": {"total": 8192, "allocated": 512 * len(running)},
+        "vcpus": {"allocated": len(running)},
+        "load": 0.0,
+        "vms": {"count": len(running), "running": list(running)},
+    }
     nodes.send_keepalive(store, name, versions, state, keepalive, timeout=5)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import VmNode, vm_cluster, vm_operator, vm_xml, wait_for
-from pvcd.vm.migration import LiveMigration
+from pvcd.vm.migrators import LiveMigration
 from pvcd.vm.records import ActualState, MoveKind, VmState
 
 SHUTDOWN_TIMEOUT = 2
@@ -47,8 +47,14 @@ def test_lifecycle_on_one_node(cluster, operator):
     wait_for(lambda: hv1.running() == {"vm1"}, 10, what="vm1 started again")
     uuid_before = hv1.conn.lookupByName("vm1").ID()
     operator.set_state("vm1", VmState.RESTART)
-    wait_for(lambda: operator.settled("vm1", VmState.START, "hv1", ActualState.RUNNING)
-             and hv1.conn.lookupByName("vm1").ID() != uuid_before, 10, what="vm1 restarted")
+    wait_for(
+        lambda: (
+            operator.settled("vm1", VmState.START, "hv1", ActualState.RUNNING)
+            and hv1.conn.lookupByName("vm1").ID() != uuid_before
+        ),
+        10,
+        what="vm1 restarted",
+    )
 
     operator.set_state("vm1", VmState.STOP)
     wait_for(lambda: operator.settled("vm1", VmState.STOP, "hv1", ActualState.STOPPED), 10, what="vm1 stopped")

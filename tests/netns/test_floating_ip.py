@@ -34,8 +34,13 @@ def start(lab: Lab, names=COORDINATORS, enable_networking: bool = True) -> None:
 def pvc(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     assert lab.zookeeper is not None
     env = {k: v for k, v in os.environ.items() if k not in ("PVC_ZOOKEEPER", "PVCD_CONFIG_FILE")}
-    return subprocess.run([bin_path("pvc"), "--zookeeper", lab.zookeeper.address, *args],
-                          capture_output=True, text=True, timeout=30, env=env)
+    return subprocess.run(
+        [bin_path("pvc"), "--zookeeper", lab.zookeeper.address, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
 
 
 def test_floating_ips_only_on_the_primary_and_they_answer_ping(nodes):
@@ -119,8 +124,10 @@ def test_primary_paused_past_its_session_timeout_never_takes_the_ips_back(nodes)
     # On waking it stepped down on its own: for an expired lease or a suspended session,
     # whichever it noticed first.
     log = lab.nodes[old].log()
-    assert ("relinquishes the primary coordinator role: no confirmation from ZooKeeper" in log
-            or "relinquishes the primary coordinator role: the ZooKeeper connection is suspended" in log), log
+    assert (
+        "relinquishes the primary coordinator role: no confirmation from ZooKeeper" in log
+        or "relinquishes the primary coordinator role: the ZooKeeper connection is suspended" in log
+    ), log
 
 
 def test_election_only_without_networking(nodes):

@@ -8,7 +8,7 @@ reconciler's actions, the primary's fencer, and an operator. What the cluster
 (`pvcd.fencing.flow`), the detector (`pvcd.fencing.detector`), the recovery
 plan (`pvcd.fencing.recovery`), the reconciler's decisions
 (`pvcd.vm.reconcile`), the VM record rules (`pvcd.vm.records`), the placement
-(`pvcd.vm.placement`); every ZooKeeper read and write goes through pvcd's own
+(`pvcd.placement.cluster`); every ZooKeeper read and write goes through pvcd's own
 adapters (`pvcd.zk.nodes`, `pvcd.zk.vms`) over `Client`, an in-memory stand-in
 for `pvcd.zk.store.Store`. What the model writes itself is the sequencing the
 threads of `pvcd/daemon.py`, `pvcd/fencing/fencer.py` and
@@ -33,9 +33,10 @@ from pvcd.fencing.outcome import FenceOutcome
 from pvcd.fencing.recovery import plan_recovery, recovered
 from pvcd.hypervisor import DomainFigures, HostMemory
 from pvcd.keepalive import DOMAINS, LOAD, MEMORY, StateRecord, build_keepalive
-from pvcd.migration.planner import plan_batch
+from pvcd.placement import cluster as placement
+from pvcd.placement.planner import plan_batch
 from pvcd.states import DomainState
-from pvcd.vm import placement, records
+from pvcd.vm import records
 from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, DomainInfo, decide_vm
 from pvcd.vm.reconcile import decide as reconcile
 from pvcd.vm.records import (
@@ -146,7 +147,7 @@ class Server:
         found = self._children.get(path)
         if found is None:
             prefix = path.rstrip("/") + "/"
-            found = sorted({key[len(prefix):].split("/")[0] for key in self.data if key.startswith(prefix)})
+            found = sorted({key[len(prefix) :].split("/")[0] for key in self.data if key.startswith(prefix)})
             self._children[path] = found
         return list(found)
 
@@ -374,15 +375,27 @@ class Model:
         """`NodeDaemon._info`: the watchdog timeout is published once the watchdog is armed."""
         timeout = host.watchdog_timeout if host.watchdog_armed else None
         fencing = NodeFencing(INTERVAL_MS / 1000, FENCE_INTERVALS, timeout)
-        return {"name": host.name, "fencing": fencing.to_json(), "addresses": {"cluster": host.name},
-                "target_selector": SELECTOR}
+        return {
+            "name": host.name,
+            "fencing": fencing.to_json(),
+            "addresses": {"cluster": host.name},
+            "target_selector": SELECTOR,
+        }
 
     def _setup(self) -> None:
         self.admin.ensure_schema()
         vms.ensure_paths(self.admin)
         for name, (node, method) in VMS.items():
-            record = VmRecord(name=name, uuid=vm_uuid(name), xml="<domain/>", memory_mib=VM_MEMORY_MIB, vcpus=1,
-                              state=VmState.START, node=node, migration_method=method)
+            record = VmRecord(
+                name=name,
+                uuid=vm_uuid(name),
+                xml="<domain/>",
+                memory_mib=VM_MEMORY_MIB,
+                vcpus=1,
+                state=VmState.START,
+                node=node,
+                migration_method=method,
+            )
             vms.define(self.admin, record)
             view = vms.read_vm(self.admin, name)
             assert view is not None
@@ -732,8 +745,12 @@ class Model:
 
     def _start_domain(self, host: Host, view: VmView) -> Generator[None, None, VmView | None]:
         """Claim the VM (status `starting`, checked against the record version decided on), then start it."""
-        view = vms.VmWrite(self.client(host), view).check_record().status(
-            self._status(host, ActualState.STARTING)).commit()
+        view = (
+            vms.VmWrite(self.client(host), view)
+            .check_record()
+            .status(self._status(host, ActualState.STARTING))
+            .commit()
+        )
         yield
         if view.name in host.running:  # libvirt: the domain already exists
             yield from self._fail(host, view, "domain already running")
@@ -751,8 +768,9 @@ class Model:
         yield
 
     def _restart(self, host: Host, action: Action, view: VmView) -> Steps:
-        view = vms.VmWrite(self.client(host), view).status(
-            self._status(host, ActualState.STOPPING, "restarting")).commit()
+        view = (
+            vms.VmWrite(self.client(host), view).status(self._status(host, ActualState.STOPPING, "restarting")).commit()
+        )
         yield
         host.running.discard(view.name)
         yield
@@ -799,8 +817,12 @@ class Model:
         assert migration is not None
         store = self.client(host)
         if migration.method == MigrationMethod.LIVE:
-            view = vms.VmWrite(store, view).migration(dataclasses.replace(migration, phase=MovePhase.MIGRATING)).status(
-                self._status(host, ActualState.MIGRATING, f"migrating to {migration.target}")).commit()
+            view = (
+                vms.VmWrite(store, view)
+                .migration(dataclasses.replace(migration, phase=MovePhase.MIGRATING))
+                .status(self._status(host, ActualState.MIGRATING, f"migrating to {migration.target}"))
+                .commit()
+            )
             yield
             target = self.hosts[migration.target]
             if target.on and view.name in host.running:
@@ -846,8 +868,9 @@ class Model:
             status = self._status(host, ActualState.RUNNING, f"started after a move from {migration.source}")
         else:
             status = view.status
-        write = vms.VmWrite(self.client(host), view).delete_migration().record(
-            dataclasses.replace(view.record, state=then))
+        write = (
+            vms.VmWrite(self.client(host), view).delete_migration().record(dataclasses.replace(view.record, state=then))
+        )
         if status != view.status:
             write.status(status)
         write.commit()
@@ -884,8 +907,10 @@ class Model:
         for view in views:
             if view.keepalive_version is not None:
                 term.tracker.observe(view.name, view.keepalive_version, now)
-        statuses = [NodeStatus(view.name, view.state.daemon, Fence.from_record(view.fence) is not None,
-                               node_fencing(view)) for view in views]
+        statuses = [
+            NodeStatus(view.name, view.state.daemon, Fence.from_record(view.fence) is not None, node_fencing(view))
+            for view in views
+        ]
         decision = detect(statuses, term.tracker, now, term.node, False)
         if decision.verdict == Verdict.STORM:
             self.count("storm")
@@ -941,7 +966,8 @@ class Model:
         yield
         try:
             store.transaction().check(schema.node_keepalive(node), seen.version).set(
-                schema.node_fence(node), record, fence_found.version).commit()
+                schema.node_fence(node), record, fence_found.version
+            ).commit()
         except VersionConflict:
             self.count("declaration refused")
             return
@@ -989,8 +1015,7 @@ class Model:
             return FenceOutcome.CONFIRMED
         return FenceOutcome.AMBIGUOUS
 
-    def _power_off_step(self, term: Primary, node: str, record: dict[str, Any],
-                        fencing: NodeFencing | None) -> Steps:
+    def _power_off_step(self, term: Primary, node: str, record: dict[str, Any], fencing: NodeFencing | None) -> Steps:
         """`Fencer._power_off`: powering-off written, the BMC asked, its verdict written with the next step."""
         if not self._is_primary(term):
             return
@@ -1003,8 +1028,9 @@ class Model:
         self.count(f"bmc {outcome}")
         yield
         after = flow.after_outcome(outcome, POLICY, fencing)
-        record = self._write(term, node, dict(record, step=str(after.step), outcome=str(outcome),
-                                             node_state=after.node_state))
+        record = self._write(
+            term, node, dict(record, step=str(after.step), outcome=str(outcome), node_state=after.node_state)
+        )
         self.note(f"fence {record['id']} of {node}: {outcome} → {after.step}")
         if after.step is Step.RECOVERING:
             self._justify(node, record, "confirmed power off")
@@ -1025,9 +1051,14 @@ class Model:
             self.count("recovery repeated")
             return
         window = (record.get("fencing") or {}).get("watchdog_timeout")
-        expired = window is not None and fence.keepalive_mtime_ms is not None and (
-            self.now_ms - fence.keepalive_mtime_ms
-            >= (window + (1 + flow.WATCHDOG_MARGIN_INTERVALS) * INTERVAL_MS / 1000) * 1000)
+        expired = (
+            window is not None
+            and fence.keepalive_mtime_ms is not None
+            and (
+                self.now_ms - fence.keepalive_mtime_ms
+                >= (window + (1 + flow.WATCHDOG_MARGIN_INTERVALS) * INTERVAL_MS / 1000) * 1000
+            )
+        )
         if fence.outcome == FenceOutcome.CONFIRMED and facts.off_when_judged:
             allowed = "confirmed power off"
         elif fence.confirmed_by_operator and facts.operator_confirmed:
@@ -1035,8 +1066,10 @@ class Model:
         elif fence.step is Step.WAITING_WATCHDOG and expired:
             allowed = "watchdog window"
         else:
-            raise SafetyViolation(f"t={self.now_ms}ms: fence {fence.id} of {node} recovers ({why}) without a "
-                                  f"confirmed power off, an operator's confirmation or an expired window: {record}")
+            raise SafetyViolation(
+                f"t={self.now_ms}ms: fence {fence.id} of {node} recovers ({why}) without a "
+                f"confirmed power off, an operator's confirmation or an expired window: {record}"
+            )
         facts.justified = facts.justified or allowed
         self.count(f"recovery after {allowed}")
 
@@ -1049,11 +1082,15 @@ class Model:
             record = self._write(term, node, dict(record, step=str(Step.RECOVERING)))
             yield
         elif self.fences[str(record["id"])].justified is None:
-            raise SafetyViolation(f"t={self.now_ms}ms: fence {record['id']} of {node} is recovering, "
-                                  "but no term ever had a reason to recover it")
+            raise SafetyViolation(
+                f"t={self.now_ms}ms: fence {record['id']} of {node} is recovering, "
+                "but no term ever had a reason to recover it"
+            )
         self._check_host_cleared(node, record)
-        self.note(f"{term.node} recovers the VMs of {node} (fence {record['id']}, last keepalive at "
-                  f"{record.get('keepalive_mtime_ms')}ms)")
+        self.note(
+            f"{term.node} recovers the VMs of {node} (fence {record['id']}, last keepalive at "
+            f"{record.get('keepalive_mtime_ms')}ms)"
+        )
         store = self.client(self.hosts[term.node])
         views, _damaged = vms.read_vms(store)
         plan = plan_recovery(node, views, nodes.read_cluster(store), store.server_time_ms(), SELECTOR)
@@ -1091,13 +1128,17 @@ class Model:
         raise SafetyViolation(
             f"t={self.now_ms}ms: recovering {node} (fence {record['id']} declared at {facts.declared_ms}ms, "
             f"{facts.justified}) but the host is on, last cleared at {host.wiped_ms}ms, and its pvcd "
-            f"(stage {host.daemon.stage if host.daemon else 'dead'}) may run VMs: {sorted(host.running)}")
+            f"(stage {host.daemon.stage if host.daemon else 'dead'}) may run VMs: {sorted(host.running)}"
+        )
 
     # -- primaries -----------------------------------------------------------------
 
     def _candidates(self) -> list[Host]:
-        return [h for h in self.hosts.values() if h.live_daemon() is not None and not h.cut
-                and h.daemon is not None and h.daemon.running]
+        return [
+            h
+            for h in self.hosts.values()
+            if h.live_daemon() is not None and not h.cut and h.daemon is not None and h.daemon.running
+        ]
 
     def takeover(self, index: int, keep_zombie: bool) -> None:
         """Another coordinator (or the same one, in a new term) becomes primary, with no liveness history.
@@ -1175,8 +1216,9 @@ class Model:
         all_vms, _ = vms.read_vms(self.admin)
         late = placement.late_nodes(node_views, self.now_ms)
         current = next((v for v in node_views if v.name == view.record.node), None)
-        if records.needs_handshake(view) and (current is None or current.state.daemon != "run"
-                                              or view.record.node in late):
+        if records.needs_handshake(view) and (
+            current is None or current.state.daemon != "run" or view.record.node in late
+        ):
             return
         plan = plan_batch([view.record.request(wanted)], placement.capacities(node_views, all_vms, late), SELECTOR)
         if plan.unplaced:
@@ -1414,8 +1456,9 @@ class Model:
             if record.state in SHOULD_RUN:
                 status = view.status
                 if where != [record.node] or (status.node, status.state) != (record.node, ActualState.RUNNING):
-                    problems.append(f"{name} should run on {record.node} ({record.state}): runs on {where}, "
-                                    f"status {view.status}")
+                    problems.append(
+                        f"{name} should run on {record.node} ({record.state}): runs on {where}, status {view.status}"
+                    )
             elif record.state == VmState.FAIL:
                 problems.append(f"{name} left in fail: {record.reason}")
             elif where:
@@ -1423,5 +1466,22 @@ class Model:
         return problems
 
 
-HOST_EVENTS = frozenset({"tick", "send", "deliver", "pass", "act", "freeze", "cut", "crash", "restart",
-                         "power_loss", "boot", "bmc", "confirm", "ready", "bounce"})
+HOST_EVENTS = frozenset(
+    {
+        "tick",
+        "send",
+        "deliver",
+        "pass",
+        "act",
+        "freeze",
+        "cut",
+        "crash",
+        "restart",
+        "power_loss",
+        "boot",
+        "bmc",
+        "confirm",
+        "ready",
+        "bounce",
+    }
+)

@@ -17,8 +17,15 @@ from pvcd.zk.nodes import NodeView
 
 
 def view(name, daemon="run", coordinator="secondary", mtime=10_000, interval=1, vms=2):
-    keepalive = {"counter": 5, "interval": interval, "memory": {"total": 100, "used": 10, "free": 90, "allocated": 20},
-                 "vcpus": {"allocated": 3}, "load": 0.5, "vms": {"count": vms, "running": ["x"] * vms}, "stale": []}
+    keepalive = {
+        "counter": 5,
+        "interval": interval,
+        "memory": {"total": 100, "used": 10, "free": 90, "allocated": 20},
+        "vcpus": {"allocated": 3},
+        "load": 0.5,
+        "vms": {"count": vms, "running": ["x"] * vms},
+        "stale": [],
+    }
     return NodeView(name, {"coordinator": True}, StateRecord(daemon, coordinator, "ready"), keepalive, mtime, 5)
 
 
@@ -162,16 +169,30 @@ def test_node_and_cluster_show_the_watchdog_and_failing_loops():
     from pvcd.zk.nodes import NodeView
 
     def view(name: str, info: dict, keepalive: dict) -> NodeView:
-        return NodeView(name, info, StateRecord(daemon="run", coordinator="secondary", domain="ready"),
-                        dict(keepalive, counter=5, interval=1), 10_000, 5)
+        return NodeView(
+            name,
+            info,
+            StateRecord(daemon="run", coordinator="secondary", domain="ready"),
+            dict(keepalive, counter=5, interval=1),
+            10_000,
+            5,
+        )
 
     armed = {"watchdog": {"device": "/dev/watchdog", "armed": True, "timeout": 30, "problem": None}}
-    failing = {"loops": {"fencer": {"failures": 7, "failing": True, "last_error": "KeyError: 'x'"},
-                         "keepalive": {"failures": 1, "failing": False, "last_error": "OSError: y"}}}
+    failing = {
+        "loops": {
+            "fencer": {"failures": 7, "failing": True, "last_error": "KeyError: 'x'"},
+            "keepalive": {"failures": 1, "failing": False, "last_error": "OSError: y"},
+        }
+    }
     healthy, sick = view("hv1", armed, {}), view("hv2", {}, failing)
     assert node_summary(healthy, 10_500)["watchdog"]["armed"] is True
     assert node_summary(sick, 10_500)["watchdog"] == {
-        "armed": False, "timeout": None, "device": None, "problem": "not published (an older pvcd?)"}
+        "armed": False,
+        "timeout": None,
+        "device": None,
+        "problem": "not published (an older pvcd?)",
+    }
     assert node_summary(sick, 10_500)["loops"]["fencer"]["failing"] is True
     summary = cluster_summary([healthy, sick], 10_500, 1)
     assert summary["failing_loops"] == {"hv2": ["fencer"]} and summary["healthy"] is False

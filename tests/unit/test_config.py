@@ -719,9 +719,7 @@ def test_by_id_in_a_small_network() -> None:
 
 def test_one_mistake_is_reported_once() -> None:
     # A bad cluster network must not also fail the checks that depend on it.
-    assert problems(edited((f"{NET}.cluster.network", "bad"))) == [
-        f"{NET}.cluster.network: {CIDR_NETWORK}, got 'bad'"
-    ]
+    assert problems(edited((f"{NET}.cluster.network", "bad"))) == [f"{NET}.cluster.network: {CIDR_NETWORK}, got 'bad'"]
     assert problems(edited(("pvc.node", "pvc hv1"))) == [f"pvc.node: {HOST_NAME}, got 'pvc hv1'"]
 
 
@@ -900,16 +898,33 @@ def test_config_path_from_process_environment(monkeypatch: pytest.MonkeyPatch) -
 
 # --- Fuzzing: whatever the document, only ConfigError ---------------------------------------
 
-scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | st.sampled_from(
-    [
-        "None", "by-id", "migrate", "mem", "10.255.0.0/24", "10.255.0.3/24", "pvc-hv1:2181", "/run/pvc",
-        "9" * 5000, "hv" + "1" * 5000, "hv:" + "1" * 5000,
-    ]
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(
+        [
+            "None",
+            "by-id",
+            "migrate",
+            "mem",
+            "10.255.0.0/24",
+            "10.255.0.3/24",
+            "pvc-hv1:2181",
+            "/run/pvc",
+            "9" * 5000,
+            "hv" + "1" * 5000,
+            "hv:" + "1" * 5000,
+        ]
+    )
 )
 garbage = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10) | st.integers(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10) | st.integers(), children, max_size=4)
+    ),
     max_leaves=12,
 )
 EXAMPLE_PATHS = key_paths(_EXAMPLE)
@@ -945,9 +960,49 @@ def test_fuzz_damaged_example(changes: list[tuple[str, object]]) -> None:
 
 
 yaml_tokens = st.sampled_from(
-    ["pvc", "node", "x", "1", "1.5", "~", "None", "True", "yes", ":", ": ", "- ", "\n", "\n  ", "  ", "\t",
-     "[", "]", "{", "}", ",", "?", "'", '"', "#", "|", ">", "&a ", "*a", "<<: ", "%YAML 1.1\n", "---\n",
-     "!!set ", "!!map ", "!!omap ", "!!timestamp ", "!!binary ", "!!int ", "!!float ", "!!str ", "!x "]
+    [
+        "pvc",
+        "node",
+        "x",
+        "1",
+        "1.5",
+        "~",
+        "None",
+        "True",
+        "yes",
+        ":",
+        ": ",
+        "- ",
+        "\n",
+        "\n  ",
+        "  ",
+        "\t",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "?",
+        "'",
+        '"',
+        "#",
+        "|",
+        ">",
+        "&a ",
+        "*a",
+        "<<: ",
+        "%YAML 1.1\n",
+        "---\n",
+        "!!set ",
+        "!!map ",
+        "!!omap ",
+        "!!timestamp ",
+        "!!binary ",
+        "!!int ",
+        "!!float ",
+        "!!str ",
+        "!x ",
+    ]
 )
 
 

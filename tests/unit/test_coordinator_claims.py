@@ -39,8 +39,13 @@ def test_handover_json():
 
 @pytest.mark.parametrize(
     "current,wanted",
-    [(C.SECONDARY, C.TAKEOVER), (C.TAKEOVER, C.PRIMARY), (C.TAKEOVER, C.RELINQUISH),
-     (C.PRIMARY, C.RELINQUISH), (C.RELINQUISH, C.SECONDARY)],
+    [
+        (C.SECONDARY, C.TAKEOVER),
+        (C.TAKEOVER, C.PRIMARY),
+        (C.TAKEOVER, C.RELINQUISH),
+        (C.PRIMARY, C.RELINQUISH),
+        (C.RELINQUISH, C.SECONDARY),
+    ],
 )
 def test_coordinator_transitions_allowed(current, wanted):
     assert coordinator_transition(current, wanted) == wanted
@@ -48,8 +53,13 @@ def test_coordinator_transitions_allowed(current, wanted):
 
 @pytest.mark.parametrize(
     "current,wanted",
-    [(C.SECONDARY, C.PRIMARY), (C.PRIMARY, C.SECONDARY), (C.CLIENT, C.TAKEOVER), (C.RELINQUISH, C.PRIMARY),
-     (C.SECONDARY, C.CLIENT)],
+    [
+        (C.SECONDARY, C.PRIMARY),
+        (C.PRIMARY, C.SECONDARY),
+        (C.CLIENT, C.TAKEOVER),
+        (C.RELINQUISH, C.PRIMARY),
+        (C.SECONDARY, C.CLIENT),
+    ],
 )
 def test_coordinator_transitions_refused(current, wanted):
     with pytest.raises(TransitionError):
@@ -57,6 +67,7 @@ def test_coordinator_transitions_refused(current, wanted):
 
 
 # -- what `pvc node primary|secondary` may ask ------------------------------
+
 
 def node(name: str, coordinator: bool = True, daemon: str = "run", role: str = "secondary") -> NodeView:
     return NodeView(

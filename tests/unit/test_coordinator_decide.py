@@ -38,10 +38,24 @@ def observation(*claims: Claim, handover: Handover | None = None, version: int |
     return Observation(sent_at=sent_at, claims=tuple(sorted(claims)), handover=handover, handover_version=version)
 
 
-def view(obs: Observation | None, now: float = 100.1, acting: bool = False, connected: bool = True,
-         stand_down: bool = False, vacant_since: float | None = None) -> View:
-    return View(node=ME, token=TOKEN, acting=acting, connected=connected, stand_down=stand_down, now=now,
-                observation=obs, vacant_since=vacant_since)
+def view(
+    obs: Observation | None,
+    now: float = 100.1,
+    acting: bool = False,
+    connected: bool = True,
+    stand_down: bool = False,
+    vacant_since: float | None = None,
+) -> View:
+    return View(
+        node=ME,
+        token=TOKEN,
+        acting=acting,
+        connected=connected,
+        stand_down=stand_down,
+        now=now,
+        observation=obs,
+        vacant_since=vacant_since,
+    )
 
 
 def test_timings_are_shares_of_the_session_timeout():
@@ -52,6 +66,7 @@ def test_timings_are_shares_of_the_session_timeout():
 
 
 # -- a secondary -------------------------------------------------------------
+
 
 def test_vacant_role_is_claimed():
     assert decide(view(observation()), TIMING) is Step.CLAIM
@@ -93,6 +108,7 @@ def test_stand_down_never_claims_and_releases_an_owned_claim():
 
 
 # -- the acting primary ----------------------------------------------------
+
 
 def test_primary_holds_while_the_lease_holds():
     assert decide(view(observation(MINE), now=100.0 + TIMING.lease - 0.01, acting=True), TIMING) is Step.HOLD
@@ -148,8 +164,16 @@ def test_the_stepping_down_primary_does_not_claim_again_within_the_grace():
 
 def test_only_the_named_successor_claims_within_the_grace():
     def as_node(node: str, request_: Handover, vacant_since: float) -> bool:
-        v = View(node=node, token="t" + node, acting=False, connected=True, stand_down=False, now=100.1,
-                 observation=observation(handover=request_), vacant_since=vacant_since)
+        v = View(
+            node=node,
+            token="t" + node,
+            acting=False,
+            connected=True,
+            stand_down=False,
+            now=100.1,
+            observation=observation(handover=request_),
+            vacant_since=vacant_since,
+        )
         return may_claim(v, TIMING)
 
     assert as_node("hv2", TO_HV2, 100.0)
@@ -174,6 +198,7 @@ def test_unreadable_request_does_not_stop_a_claim():
 
 
 # -- lease arithmetic ------------------------------------------------------
+
 
 def test_address_lifetime_ends_before_the_session_could_expire():
     sent_at = 100.0

@@ -22,8 +22,17 @@ def networked_config(tmp_path):
                     "storage": {"domain": "st.example", "network": "10.3.0.0/24", "floating_ip": "10.3.0.254/24"},
                 },
             },
-            "coordinator": {"dns": {"database": {"host": "localhost", "port": 5432, "name": "pvcdns",
-                                                 "user": "pvcdns", "pass": "pvcdns"}}},
+            "coordinator": {
+                "dns": {
+                    "database": {
+                        "host": "localhost",
+                        "port": 5432,
+                        "name": "pvcdns",
+                        "user": "pvcdns",
+                        "pass": "pvcdns",
+                    }
+                }
+            },
             "system": {
                 "fencing": {
                     "intervals": {"keepalive_interval": 5, "fence_intervals": 6, "suicide_intervals": 0},
@@ -32,11 +41,21 @@ def networked_config(tmp_path):
                 },
                 "migration": {"target_selector": "mem"},
                 "configuration": {
-                    "directories": {"dynamic_directory": str(tmp_path), "log_directory": str(tmp_path),
-                                    "console_log_directory": str(tmp_path)},
-                    "logging": {"file_logging": False, "stdout_logging": False, "log_colours": False,
-                                "log_dates": False, "log_keepalives": False, "log_keepalive_cluster_details": False,
-                                "log_keepalive_storage_details": False, "console_log_lines": 10},
+                    "directories": {
+                        "dynamic_directory": str(tmp_path),
+                        "log_directory": str(tmp_path),
+                        "console_log_directory": str(tmp_path),
+                    },
+                    "logging": {
+                        "file_logging": False,
+                        "stdout_logging": False,
+                        "log_colours": False,
+                        "log_dates": False,
+                        "log_keepalives": False,
+                        "log_keepalive_cluster_details": False,
+                        "log_keepalive_storage_details": False,
+                        "console_log_lines": 10,
+                    },
                     "networking": {
                         "upstream": {"device": "eth0", "mtu": 1500, "address": None},
                         "cluster": {"device": "eth1", "mtu": 1500, "address": "by-id"},

@@ -84,8 +84,16 @@ class Model:
 
     def view(self, node: Node) -> View:
         node.vacant_since = track_vacancy(node.vacant_since, node.observation, self.now)
-        return View(node.name, node.token, node.acting, node.connected, node.stand_down, self.now,
-                    node.observation, node.vacant_since)
+        return View(
+            node.name,
+            node.token,
+            node.acting,
+            node.connected,
+            node.stand_down,
+            self.now,
+            node.observation,
+            node.vacant_since,
+        )
 
     def reach(self, node: Node) -> bool:
         """A request from `node` reaches the server (and the server hears from its session)."""
@@ -209,7 +217,12 @@ node_index = st.integers(0, len(NODES) - 1)
 loop = st.tuples(st.just("run"), node_index)
 time_passes = st.tuples(st.just("advance"), st.sampled_from([0.1, 0.3, 0.5, 1.0, 2.0, 4.0]))
 events = st.one_of(
-    loop, loop, loop, loop, time_passes, time_passes,
+    loop,
+    loop,
+    loop,
+    loop,
+    time_passes,
+    time_passes,
     st.tuples(st.sampled_from(["step", "act", "step", "act", "freeze", "cut", "notice"]), node_index),
     st.tuples(st.just("handover"), st.sampled_from([None, *NODES])),
     st.tuples(st.just("stand_down"), st.just(len(NODES) - 1)),  # hv3's daemon stops at some point

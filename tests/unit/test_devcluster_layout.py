@@ -11,8 +11,15 @@ from pvcd.devcluster import layout
 def test_generated_configs_validate_and_share_one_zookeeper(tmp_path: Path):
     names = layout.node_names(5)
     configs = [
-        parse_config(layout.node_config(name, layout.node_paths(tmp_path, name), names, 2345,
-                                       layout.Timing(keepalive_interval=2, fence_intervals=4)))
+        parse_config(
+            layout.node_config(
+                name,
+                layout.node_paths(tmp_path, name),
+                names,
+                2345,
+                layout.Timing(keepalive_interval=2, fence_intervals=4),
+            )
+        )
         for name in names
     ]
     assert [c.node for c in configs] == ["hv1", "hv2", "hv3", "hv4", "hv5"]
@@ -28,13 +35,15 @@ def test_host_xml_declares_memory_in_kib():
 
 def test_a_node_in_a_chassis_uses_its_libvirtd_and_its_watchdog(tmp_path: Path):
     paths = layout.node_paths(tmp_path, "hv2")
-    config = parse_config(layout.node_config("hv2", paths, ["hv1", "hv2"], 2345, layout.Timing(keepalive_interval=2),
-                                             in_chassis=True))
+    config = parse_config(
+        layout.node_config("hv2", paths, ["hv1", "hv2"], 2345, layout.Timing(keepalive_interval=2), in_chassis=True)
+    )
     assert config.hypervisor.libvirt_uri == f"test+unix:///default?socket={tmp_path}/nodes/hv2/libvirt-sock"
     assert config.fencing.watchdog is not None
     assert (config.fencing.watchdog.device, config.fencing.watchdog.timeout) == (str(paths.watchdog), 6)
-    timed = parse_config(layout.node_config("hv2", paths, ["hv2"], 2345, layout.Timing(watchdog_timeout=5),
-                                            in_chassis=True))
+    timed = parse_config(
+        layout.node_config("hv2", paths, ["hv2"], 2345, layout.Timing(watchdog_timeout=5), in_chassis=True)
+    )
     assert timed.fencing.watchdog is not None and timed.fencing.watchdog.timeout == 5
     bare = parse_config(layout.node_config("hv2", paths, ["hv2"], 2345, layout.Timing(watchdog=False), in_chassis=True))
     assert bare.fencing.watchdog is None

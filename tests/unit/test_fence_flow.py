@@ -88,10 +88,15 @@ def test_records_read_safely():
 def test_node_fencing_from_json_refuses_nonsense():
     assert NodeFencing.from_json(WATCHDOG.to_json()) == WATCHDOG
     assert NodeFencing.from_json(NO_WATCHDOG.to_json()) == NO_WATCHDOG
-    for bad in (None, [], {"keepalive_interval": "5", "fence_intervals": 6},
-                {"keepalive_interval": 0, "fence_intervals": 6},
-                {"keepalive_interval": 5, "fence_intervals": True}, {"keepalive_interval": 5, "fence_intervals": -1},
-                {"keepalive_interval": 5, "fence_intervals": 6, "watchdog_timeout": 0}):
+    for bad in (
+        None,
+        [],
+        {"keepalive_interval": "5", "fence_intervals": 6},
+        {"keepalive_interval": 0, "fence_intervals": 6},
+        {"keepalive_interval": 5, "fence_intervals": True},
+        {"keepalive_interval": 5, "fence_intervals": -1},
+        {"keepalive_interval": 5, "fence_intervals": 6, "watchdog_timeout": 0},
+    ):
         assert NodeFencing.from_json(bad) is None
 
 

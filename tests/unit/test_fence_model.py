@@ -112,8 +112,11 @@ events = st.one_of(
     st.tuples(st.just("bmc"), node_index, bmc),
     st.tuples(st.sampled_from(["fencer", "zombie"]), coin),
     st.tuples(st.just("takeover"), node_index, st.booleans()),
-    st.tuples(st.just("vm_state"), st.sampled_from(sorted(VMS)),
-              st.sampled_from([VmState.START, VmState.STOP, VmState.SHUTDOWN])),
+    st.tuples(
+        st.just("vm_state"),
+        st.sampled_from(sorted(VMS)),
+        st.sampled_from([VmState.START, VmState.STOP, VmState.SHUTDOWN]),
+    ),
     st.tuples(st.just("vm_move"), st.sampled_from(sorted(VMS)), st.sampled_from(list(MoveKind)), node_index),
 )
 schedules = st.tuples(
@@ -207,7 +210,9 @@ def test_daemon_crash_with_a_working_bmc_is_recovered_exactly_once() -> None:
     rounds_until(model, lambda: all(len(where(model, vm)) == 1 for vm in ("vm1", "vm2")))
     assert where(model, "vm1") != ["hv1"] and where(model, "vm2") != ["hv1"]
     assert [line for line in started(model) if line.startswith(("vm1", "vm2"))] == [
-        f"vm1 started on {where(model, 'vm1')[0]}", f"vm2 started on {where(model, 'vm2')[0]}"]
+        f"vm1 started on {where(model, 'vm1')[0]}",
+        f"vm2 started on {where(model, 'vm2')[0]}",
+    ]
     rounds_until(model, lambda: model.hosts["hv1"].daemon is not None and model.hosts["hv1"].daemon.running)
     assert model.hosts["hv1"].daemon is not None and model.hosts["hv1"].daemon.domain == DomainState.FENCED
 
@@ -292,8 +297,14 @@ def test_a_live_migration_cut_short_by_the_sources_fence_runs_the_vm_once() -> N
     model = with_primary(Model(), "hv2")
     run_to(model, 2000)
     model.apply(("vm_move", "vm1", MoveKind.MIGRATE, 2))
-    rounds_until(model, lambda: (view := vms.read_vm(model.admin, "vm1")) is not None
-                 and view.migration is not None and str(view.migration.phase) == "migrating")
+    rounds_until(
+        model,
+        lambda: (
+            (view := vms.read_vm(model.admin, "vm1")) is not None
+            and view.migration is not None
+            and str(view.migration.phase) == "migrating"
+        ),
+    )
     model.apply(("act", 0, 0))  # libvirt moves vm1 to hv3 …
     model.apply(("freeze", 0))  # … and hv1's pvcd never releases it
     assert where(model, "vm1") == ["hv3"]

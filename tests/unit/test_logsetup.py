@@ -11,8 +11,16 @@ from pvcd.logsetup import LOG_FILE_NAME, configure_logging
 
 
 def settings(**overrides) -> Logging:
-    values = dict(file_logging=True, stdout_logging=False, log_colours=False, log_dates=False, log_keepalives=True,
-                  log_keepalive_cluster_details=False, log_keepalive_storage_details=False, console_log_lines=10)
+    values = dict(
+        file_logging=True,
+        stdout_logging=False,
+        log_colours=False,
+        log_dates=False,
+        log_keepalives=True,
+        log_keepalive_cluster_details=False,
+        log_keepalive_storage_details=False,
+        console_log_lines=10,
+    )
     values.update(overrides)
     return Logging(**values)
 

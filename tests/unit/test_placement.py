@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvcd.keepalive import StateRecord
-from pvcd.migration.planner import (
+from pvcd.placement import cluster as cluster_placement
+from pvcd.placement.planner import (
     Placement,
     Reason,
     Unplaced,
@@ -18,7 +19,7 @@ from pvcd.migration.planner import (
     plan_batch,
     reserve,
 )
-from pvcd.migration.selectors import (
+from pvcd.placement.selectors import (
     SELECTORS,
     NodeCapacity,
     VmRequest,
@@ -26,7 +27,6 @@ from pvcd.migration.selectors import (
     rank,
 )
 from pvcd.states import DomainState
-from pvcd.vm import placement as cluster_placement
 from pvcd.vm.records import VmRecord, VmState
 from pvcd.zk.nodes import NodeView
 
@@ -416,19 +416,31 @@ def test_unplaced_vms_had_no_candidate_left(vms: list[VmRequest], nodes: list[No
             assert unplaced.reason.value.startswith("target_")
 
 
-# --- the planner's input from ZooKeeper (pvcd.vm.placement) -------------------
+# --- the planner's input from ZooKeeper (pvcd.placement.cluster) -------------------
 
 
 def cluster_node(name: str, fence: dict | None = None, domain: str = "ready") -> NodeView:
-    keepalive = {"interval": 5, "memory": {"total": 64 * GIB, "allocated": 0}, "vcpus": {"allocated": 0},
-                 "load": 0.0, "vms": {"count": 0, "running": []}}
-    return NodeView(name, {}, StateRecord("run", "client", domain), keepalive, 1_000_000, 3,
-                    fence or {"outcome": None})
+    keepalive = {
+        "interval": 5,
+        "memory": {"total": 64 * GIB, "allocated": 0},
+        "vcpus": {"allocated": 0},
+        "load": 0.0,
+        "vms": {"count": 0, "running": []},
+    }
+    return NodeView(name, {}, StateRecord("run", "client", domain), keepalive, 1_000_000, 3, fence or {"outcome": None})
 
 
 def record(name: str, node: str = "dead", selector: str | None = None, memory: int = 4 * GIB) -> VmRecord:
-    return VmRecord(name=name, uuid=f"u-{name}", xml="<domain/>", memory_mib=memory, vcpus=2,
-                    state=VmState.START, node=node, node_selector=selector)
+    return VmRecord(
+        name=name,
+        uuid=f"u-{name}",
+        xml="<domain/>",
+        memory_mib=memory,
+        vcpus=2,
+        state=VmState.START,
+        node=node,
+        node_selector=selector,
+    )
 
 
 def test_a_fenced_node_that_still_says_ready_takes_no_vms() -> None:
@@ -457,7 +469,10 @@ def test_a_record_with_an_unknown_selector_is_planned_with_the_clusters() -> Non
     assert isinstance(request, VmRequest) and request.selector is None
     broken = cluster_placement.vm_request(record("broken", memory=-1))
     assert isinstance(broken, Unplaced) and broken.reason == Reason.INVALID_RECORD
-    plan = cluster_placement.plan_requests([request, broken, cluster_placement.vm_request(record("other"))],
-                                   cluster_placement.capacities([cluster_node("hv2")], {}), "mem")
+    plan = cluster_placement.plan_requests(
+        [request, broken, cluster_placement.vm_request(record("other"))],
+        cluster_placement.capacities([cluster_node("hv2")], {}),
+        "mem",
+    )
     assert sorted(p.vm for p in plan.placements) == ["odd", "other"]
     assert [u.vm for u in plan.unplaced] == ["broken"]

@@ -25,15 +25,37 @@ FENCED = VmStatus(DEAD, ActualState.STOPPED, f"node {DEAD} was fenced")
 
 
 def node(name: str, total: int = 8192, fence: str | None = None, mtime: int = NOW_MS, daemon: str = "run") -> NodeView:
-    keepalive = {"interval": 5, "memory": {"total": total, "allocated": 0}, "vcpus": {"allocated": 0},
-                 "load": 0.0, "vms": {"count": 0, "running": []}}
+    keepalive = {
+        "interval": 5,
+        "memory": {"total": total, "allocated": 0},
+        "vcpus": {"allocated": 0},
+        "load": 0.0,
+        "vms": {"count": 0, "running": []},
+    }
     return NodeView(name, {}, StateRecord(daemon, "client", "ready"), keepalive, mtime, 3, {"outcome": fence})
 
 
-def vm(name: str, node_: str = DEAD, state: VmState = VmState.START, memory: int = 2048, lastnode: str | None = None,
-       status: VmStatus | None = None, migration: Migration | None = None, selector: str | None = None) -> VmView:
-    record = VmRecord(name=name, uuid=f"u-{name}", xml="<domain/>", memory_mib=memory, vcpus=1, state=state,
-                      node=node_, lastnode=lastnode, node_selector=selector)
+def vm(
+    name: str,
+    node_: str = DEAD,
+    state: VmState = VmState.START,
+    memory: int = 2048,
+    lastnode: str | None = None,
+    status: VmStatus | None = None,
+    migration: Migration | None = None,
+    selector: str | None = None,
+) -> VmView:
+    record = VmRecord(
+        name=name,
+        uuid=f"u-{name}",
+        xml="<domain/>",
+        memory_mib=memory,
+        vcpus=1,
+        state=state,
+        node=node_,
+        lastnode=lastnode,
+        node_selector=selector,
+    )
     return VmView(record, 3, status or VmStatus(node_, ActualState.RUNNING), 2, migration, 0 if migration else None)
 
 
@@ -45,8 +67,14 @@ def released_to(name: str, target: str, kind: MoveKind = MoveKind.MIGRATE, statu
     """A VM `DEAD` let go (simulated migration or shutdown) that `target` has not started yet."""
     lastnode = DEAD if kind == MoveKind.MIGRATE else None
     state = VmState.UNMIGRATE if kind == MoveKind.UNMIGRATE else VmState.MIGRATE
-    return vm(name, target, state, lastnode=lastnode, status=status or VmStatus(DEAD, ActualState.STOPPED, "left"),
-              migration=move(target, MovePhase.RELEASED, kind))
+    return vm(
+        name,
+        target,
+        state,
+        lastnode=lastnode,
+        status=status or VmStatus(DEAD, ActualState.STOPPED, "left"),
+        migration=move(target, MovePhase.RELEASED, kind),
+    )
 
 
 def by_name(*views: VmView) -> dict[str, VmView]:
@@ -55,8 +83,9 @@ def by_name(*views: VmView) -> dict[str, VmView]:
 
 def test_a_released_move_that_has_not_arrived_is_placed_and_the_move_cleared() -> None:
     leaving = released_to("leaving", "hv2")
-    plan = plan_recovery(DEAD, by_name(leaving), [node(DEAD, fence="confirmed"), node("hv2"), node("hv3")],
-                         NOW_MS, "mem")
+    plan = plan_recovery(
+        DEAD, by_name(leaving), [node(DEAD, fence="confirmed"), node("hv2"), node("hv3")], NOW_MS, "mem"
+    )
     assert plan.vms == ("leaving",) and set(plan.targets) == {"leaving"} and plan.unplaced == {}
     target = plan.targets["leaving"]
     assert target in ("hv2", "hv3")
@@ -117,8 +146,9 @@ def test_a_requested_move_is_released_to_a_live_target_and_placed_when_the_targe
     record, migration, _ = recovered(asked, DEAD, None, {"hv2"})
     assert record.node == "hv2" and migration is not None and migration.phase == MovePhase.RELEASED
     assert to_place(asked, DEAD, set())
-    plan = plan_recovery(DEAD, by_name(asked), [node(DEAD, fence="confirmed"), node("hv2", fence="failed"),
-                                               node("hv3")], NOW_MS, "mem")
+    plan = plan_recovery(
+        DEAD, by_name(asked), [node(DEAD, fence="confirmed"), node("hv2", fence="failed"), node("hv3")], NOW_MS, "mem"
+    )
     assert plan.targets == {"asked": "hv3"}
     # A live migration under way may already have moved the VM: it stays with its target.
     live = vm("live", "hv2", VmState.MIGRATE, migration=move("hv2", MovePhase.MIGRATING))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pvcd.keepalive import StateRecord
+from pvcd.placement.cluster import capacities, late_nodes
 from pvcd.states import DomainState
 from pvcd.vm.flush import (
     Command,
@@ -20,7 +21,6 @@ from pvcd.vm.flush import (
     vms_to_flush,
     vms_to_return,
 )
-from pvcd.vm.placement import capacities, late_nodes
 from pvcd.vm.records import (
     STATUS_NEW,
     ActualState,
@@ -39,8 +39,17 @@ ME = "hv1"
 
 
 def vm(name, state=VmState.START, node=ME, memory=1024, lastnode=None, autostart=False, status=None, migration=None):
-    record = VmRecord(name=name, uuid=f"u-{name}", xml="<domain/>", memory_mib=memory, vcpus=1, state=state,
-                      node=node, lastnode=lastnode, node_autostart=autostart)
+    record = VmRecord(
+        name=name,
+        uuid=f"u-{name}",
+        xml="<domain/>",
+        memory_mib=memory,
+        vcpus=1,
+        state=state,
+        node=node,
+        lastnode=lastnode,
+        node_autostart=autostart,
+    )
     if status is None:
         status = VmStatus(node, ActualState.RUNNING) if state == VmState.START else STATUS_NEW
     return VmView(record, 1, status, 1, migration, 0 if migration else None)
@@ -120,8 +129,13 @@ def test_what_a_flush_moves_and_waits_for():
         vm("failed", state=VmState.FAIL, status=VmStatus(ME, ActualState.RUNNING)),
         vm("elsewhere", node="hv2"),
         vm("leaving", state=VmState.MIGRATE, node="hv2", migration=move(ME, "hv2")),
-        vm("left", state=VmState.MIGRATE, node="hv2", status=VmStatus(ME, ActualState.STOPPED),
-           migration=move(ME, "hv2", MovePhase.RELEASED)),
+        vm(
+            "left",
+            state=VmState.MIGRATE,
+            node="hv2",
+            status=VmStatus(ME, ActualState.STOPPED),
+            migration=move(ME, "hv2", MovePhase.RELEASED),
+        ),
         vm("stopping", state=VmState.SHUTDOWN),
     )
     assert [r.name for r in vms_to_flush(ME, state)] == ["run"]

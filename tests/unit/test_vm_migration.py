@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import libvirt
 import pytest
 
-from pvcd.vm.migration import (
+from pvcd.vm.migrators import (
     LIVE_FLAGS,
     LiveMigration,
     MigrationFailed,
@@ -31,8 +31,12 @@ def test_test_driver_gets_the_double_and_real_hosts_the_real_thing():
     real = migrator_for("qemu:///system", timeout=42)
     assert isinstance(real, LiveMigration) and real.timeout == 42
     assert real.destination("10.0.0.2") == "qemu+tcp://10.0.0.2/system"
-    assert LIVE_FLAGS == (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
-                          | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    assert LIVE_FLAGS == (
+        libvirt.VIR_MIGRATE_LIVE
+        | libvirt.VIR_MIGRATE_PEER2PEER
+        | libvirt.VIR_MIGRATE_PERSIST_DEST
+        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    )
 
 
 def _network(address):

@@ -99,8 +99,22 @@ def test_bad_xml_is_refused_with_a_reason(text, message):
 
 @pytest.mark.parametrize(
     "name",
-    ["bad\x01name", "tab\tname", "new\nline", "a" * 100_000, "a" * (MAX_VM_NAME + 1), "wébé", "☃", "-lead", ".x",
-     "a b", "x;rm", "a/b", "..", "$(reboot)"],
+    [
+        "bad\x01name",
+        "tab\tname",
+        "new\nline",
+        "a" * 100_000,
+        "a" * (MAX_VM_NAME + 1),
+        "wébé",
+        "☃",
+        "-lead",
+        ".x",
+        "a b",
+        "x;rm",
+        "a/b",
+        "..",
+        "$(reboot)",
+    ],
 )
 def test_vm_names_outside_the_rule_are_refused(name):
     with pytest.raises(InvalidVm, match="cannot be used") as refused:
@@ -225,8 +239,15 @@ def test_new_record_is_stopped_and_validates_options():
 
 
 def test_json_round_trips():
-    original = record(state=VmState.FAIL, reason="x", lastnode="hv2", node_limit=("hv1", "hv2"), node_selector="vms",
-                      node_autostart=True, migration_method=MigrationMethod.SHUTDOWN)
+    original = record(
+        state=VmState.FAIL,
+        reason="x",
+        lastnode="hv2",
+        node_limit=("hv1", "hv2"),
+        node_selector="vms",
+        node_autostart=True,
+        migration_method=MigrationMethod.SHUTDOWN,
+    )
     assert VmRecord.from_json(original.to_json()) == original
     status = VmStatus("hv1", ActualState.RUNNING, "ok")
     assert VmStatus.from_json(status.to_json()) == status

@@ -18,8 +18,8 @@ import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from pvcd.migration.planner import Plan, Reason, Unplaced, plan_batch
-from pvcd.migration.selectors import SELECTORS, NodeCapacity, VmRequest
+from pvcd.placement.planner import Plan, Reason, Unplaced, plan_batch
+from pvcd.placement.selectors import SELECTORS, NodeCapacity, VmRequest
 from pvcd.states import DomainState
 from pvcd.vm.records import SHOULD_RUN, VmRecord, VmView
 from pvcd.zk.nodes import NodeView

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pvcd.migration.selectors import (
+from pvcd.placement.selectors import (
     NodeCapacity,
     SortKey,
     VmRequest,
@@ -54,7 +54,7 @@ class Reason(StrEnum):
     TARGET_OUTSIDE_LIMIT = "target_outside_limit"
     TARGET_NO_MEMORY = "target_no_memory"
     INVALID_RECORD = "invalid_record"
-    """Set by the callers (`pvcd.vm.placement.vm_request`), never by the planner:
+    """Set by the callers (`pvcd.placement.cluster.vm_request`), never by the planner:
     the VM's record cannot be turned into a request."""
 
 
@@ -226,9 +226,7 @@ class _Reservations:
     def _order(self, selector: str) -> list[tuple[SortKey, int]]:
         order = self._orders.get(selector)
         if order is None:
-            order = sorted(
-                (sort_key(selector, node), i) for i, node in enumerate(self.nodes) if node.accepts_vms
-            )
+            order = sorted((sort_key(selector, node), i) for i, node in enumerate(self.nodes) if node.accepts_vms)
             self._orders[selector] = order
         return order
 
@@ -290,8 +288,7 @@ def _requested(
     return Unplaced(
         vm.name,
         Reason.TARGET_NO_MEMORY,
-        f"needs {vm.memory_mib} MiB; requested target {node.name!r} has "
-        f"{node.memory_unallocated_mib} MiB unallocated",
+        f"needs {vm.memory_mib} MiB; requested target {node.name!r} has {node.memory_unallocated_mib} MiB unallocated",
     )
 
 
@@ -302,9 +299,7 @@ def _why_unplaced(vm: VmRequest, nodes: Sequence[NodeCapacity]) -> Unplaced:
         return Unplaced(vm.name, Reason.NO_READY_NODE, "no node other than its current one is run/ready")
     limited = [n for n in ready if allowed(vm, n)]
     if not limited:
-        return Unplaced(
-            vm.name, Reason.NO_NODE_IN_LIMIT, f"no run/ready node in node_limit {list(vm.node_limit)}"
-        )
+        return Unplaced(vm.name, Reason.NO_NODE_IN_LIMIT, f"no run/ready node in node_limit {list(vm.node_limit)}")
     roomiest = min(limited, key=lambda n: (-n.memory_unallocated_mib, n.name))
     return Unplaced(
         vm.name,

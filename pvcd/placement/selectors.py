@@ -38,9 +38,7 @@ def check_selector(selector: str) -> str:
     back to some default placement.
     """
     if selector not in SELECTORS:
-        raise ValueError(
-            f"unknown target selector {selector!r}; valid selectors: {', '.join(SELECTORS)}"
-        )
+        raise ValueError(f"unknown target selector {selector!r}; valid selectors: {', '.join(SELECTORS)}")
     return selector
 
 
@@ -102,11 +100,7 @@ class VmRequest:
 
 def allowed(vm: VmRequest, node: NodeCapacity) -> bool:
     """Whether ``node`` may take ``vm`` at all, memory aside: run+ready, not its current node, in its limit."""
-    return (
-        node.accepts_vms
-        and node.name != vm.current_node
-        and (not vm.node_limit or node.name in vm.node_limit)
-    )
+    return node.accepts_vms and node.name != vm.current_node and (not vm.node_limit or node.name in vm.node_limit)
 
 
 def fits(vm: VmRequest, node: NodeCapacity) -> bool:
@@ -157,9 +151,7 @@ def score(selector: str, vm: VmRequest, node: NodeCapacity) -> float:
     return node.vm_count
 
 
-def rank(
-    selector: str, vm: VmRequest, nodes: Iterable[NodeCapacity]
-) -> list[tuple[NodeCapacity, float]]:
+def rank(selector: str, vm: VmRequest, nodes: Iterable[NodeCapacity]) -> list[tuple[NodeCapacity, float]]:
     """The candidates for ``vm`` with their scores, best first (empty if none)."""
     check_selector(selector)
     ordered = sorted(candidates(vm, nodes), key=lambda node: sort_key(selector, node))
