@@ -300,14 +300,10 @@ def delta(a: Snapshot, b: Snapshot) -> dict[str, Any]:
         grew = count - before[1] if before is not None and before[0] == node else count
         if node != "-":
             per_node[node] = per_node.get(node, 0) + max(grew, 0)
-    cpu = {
-        name: (b.pvcd_cpu_s[name] - a.pvcd_cpu_s[name])  # type: ignore[operator]
-        if b.pvcd_cpu_s.get(name) is not None
-        and a.pvcd_cpu_s.get(name) is not None
-        and b.pvcd_cpu_s[name] >= a.pvcd_cpu_s[name]
-        else None  # type: ignore[operator]
-        for name in b.pvcd_cpu_s
-    }
+    cpu: dict[str, float | None] = {}
+    for name, after in b.pvcd_cpu_s.items():
+        before_cpu = a.pvcd_cpu_s.get(name)
+        cpu[name] = after - before_cpu if after is not None and before_cpu is not None and after >= before_cpu else None
     return {
         "seconds": b.t - a.t,
         "reads": b.reads - a.reads,

@@ -17,11 +17,11 @@ import click
 from cli.connection import CliError, connect, resolve_target
 from cli.inputs import node_name
 from cli.output import format_option, key_values, to_json
+from pvcd.cluster.values import NodeView
 from pvcd.coordinator.claims import Handover, claims_of
 from pvcd.coordinator.handover import HandoverRefused, primary_request, secondary_request
 from pvcd.states import CoordinatorState
 from pvcd.zk import nodes, schema
-from pvcd.zk.nodes import NodeView
 from pvcd.zk.store import AlreadyExists, Store
 
 HANDOVER_WAIT = 15.0

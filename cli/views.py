@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvcd.zk.nodes import NodeView
+from pvcd.cluster.values import NodeView
 
 # A keepalive older than this many intervals is flagged as late.
 LATE_INTERVALS = 2

@@ -22,6 +22,7 @@ import click
 from cli.connection import CliError, Target, connect, resolve_target
 from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
+from pvcd.cluster.values import NodeView
 from pvcd.placement import cluster as placement
 from pvcd.placement.planner import Plan, plan_batch
 from pvcd.placement.selectors import check_selector
@@ -38,7 +39,6 @@ from pvcd.vm.records import (
     VmView,
 )
 from pvcd.zk import nodes, vms
-from pvcd.zk.nodes import NodeView
 from pvcd.zk.store import AlreadyExists, Store, VersionConflict
 
 DEFAULT_SELECTOR = "mem"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pvcd import __version__, hostinfo
+from pvcd.cluster.values import StateRecord
 from pvcd.collect import Collectors
 from pvcd.config import Config
 from pvcd.coordinator.role import coordinator_role
@@ -33,7 +34,6 @@ from pvcd.keepalive import (
     DOMAINS,
     LOAD,
     MEMORY,
-    StateRecord,
     build_keepalive,
     cluster_log_line,
     keepalive_log_line,

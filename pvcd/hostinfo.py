@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pvcd.hypervisor import HostMemory
+from pvcd.cluster.values import HostMemory
 
 
 def load_average() -> float:

@@ -10,9 +10,10 @@ real host's do.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import libvirt
+
+from pvcd.cluster.values import DomainFigures, HostMemory
 
 # libvirt prints every error to stderr by default; pvcd reports errors itself.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -27,22 +28,6 @@ def is_test_driver(uri: str) -> bool:
 
 class HypervisorError(Exception):
     """A libvirt call failed; the message names the URI and libvirt's reason."""
-
-
-@dataclass(frozen=True)
-class DomainFigures:
-    """What a running VM takes from its host."""
-
-    name: str
-    uuid: str
-    memory_mib: int
-    vcpus: int
-
-
-@dataclass(frozen=True)
-class HostMemory:
-    total_mib: int
-    free_mib: int
 
 
 class Hypervisor:

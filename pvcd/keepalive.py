@@ -8,10 +8,9 @@ version and mtime), so the record carries no wall-clock time of the node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from pvcd.hypervisor import DomainFigures, HostMemory
+from pvcd.cluster.values import DomainFigures, HostMemory, StateRecord
 
 # Collector names: the keys of the figures handed to build_keepalive.
 MEMORY = "memory"
@@ -21,27 +20,6 @@ DOMAINS = "domains"
 # Share of the keepalive interval that collectors may use, so the transaction
 # itself still leaves within the interval.
 COLLECT_BUDGET_SHARE = 0.5
-
-
-@dataclass(frozen=True)
-class StateRecord:
-    """The node's own states, written in the same transaction as its keepalive."""
-
-    daemon: str
-    coordinator: str
-    domain: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"daemon": self.daemon, "coordinator": self.coordinator, "domain": self.domain}
-
-    @classmethod
-    def from_json(cls, value: Any) -> StateRecord:
-        value = value if isinstance(value, dict) else {}
-        return cls(
-            daemon=str(value.get("daemon", "unknown")),
-            coordinator=str(value.get("coordinator", "unknown")),
-            domain=str(value.get("domain", "unknown")),
-        )
 
 
 def build_keepalive(

@@ -13,10 +13,10 @@ node's session expires and another coordinator takes over.
 
 from __future__ import annotations
 
+from pvcd.cluster.values import NodeView
 from pvcd.coordinator.claims import Handover
 from pvcd.placement.cluster import LATE_INTERVALS
 from pvcd.states import CoordinatorState, DaemonState
-from pvcd.zk.nodes import NodeView
 
 
 class HandoverRefused(Exception):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pvcd.cluster.values import NodeView
 from pvcd.config import DEFAULT_IPMI_PORT, Config
 from pvcd.fencing import flow
 from pvcd.fencing.detector import LivenessTracker, NodeStatus, Verdict, decide
@@ -27,7 +28,6 @@ from pvcd.fencing.outcome import FenceOutcome
 from pvcd.supervisor import Supervisor
 from pvcd.zk import nodes, schema
 from pvcd.zk.base import Store, StoreError, VersionConflict
-from pvcd.zk.nodes import NodeView
 
 log = logging.getLogger("pvcd.fencing")
 

@@ -35,13 +35,13 @@ import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from pvcd.cluster.values import NodeView
 from pvcd.fencing.fencer import RecoveryResult
 from pvcd.placement import cluster as placement
 from pvcd.states import DaemonState
 from pvcd.vm import records
 from pvcd.vm.records import SHOULD_RUN, ActualState, Migration, MovePhase, VmRecord, VmState, VmStatus, VmView
 from pvcd.zk import nodes, vms
-from pvcd.zk.nodes import NodeView
 from pvcd.zk.store import AlreadyExists, NotFound, Store, VersionConflict
 
 log = logging.getLogger("pvcd.fencing")

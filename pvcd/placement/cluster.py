@@ -18,11 +18,11 @@ import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from pvcd.cluster.values import NodeView
 from pvcd.placement.planner import Plan, Reason, Unplaced, plan_batch
 from pvcd.placement.selectors import SELECTORS, NodeCapacity, VmRequest
 from pvcd.states import DomainState
 from pvcd.vm.records import SHOULD_RUN, VmRecord, VmView
-from pvcd.zk.nodes import NodeView
 
 LATE_INTERVALS = 2
 """A keepalive older than this many intervals makes its node no placement candidate."""

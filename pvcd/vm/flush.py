@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pvcd.cluster.values import NodeView
 from pvcd.placement.cluster import capacities, is_fenced, late_nodes, plan_requests, unknown_selector, vm_request
 from pvcd.placement.planner import Plan, Unplaced
 from pvcd.placement.selectors import VmRequest
@@ -55,7 +56,6 @@ from pvcd.vm.records import (
 )
 from pvcd.zk import nodes, schema, vms
 from pvcd.zk.base import AlreadyExists, Store, StoreError, StoreUnavailable, Versioned
-from pvcd.zk.nodes import NodeView
 
 log = logging.getLogger("pvcd.flush")
 

@@ -129,6 +129,23 @@ class Pending(ABC, Generic[T]):
         another `StoreError` when the store refused the request."""
 
 
+class Answered(Pending[T], Generic[T]):
+    """An answer known at once: what a store that answers in-process (no network) returns."""
+
+    def __init__(self, func: Callable[[], T]) -> None:
+        self._error: StoreError | None = None
+        self._value: T | None = None
+        try:
+            self._value = func()
+        except StoreError as exc:
+            self._error = exc
+
+    def result(self, timeout: float | None = None) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
 class StoreLock(ABC):
     """An exclusive lock shared by every session of the cluster."""
 

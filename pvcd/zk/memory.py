@@ -31,11 +31,12 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from pvcd.zk import base, schema
 from pvcd.zk.base import (
     AlreadyExists,
+    Answered,
     ChildrenCallback,
     DataCallback,
     Listener,
@@ -349,23 +350,6 @@ class MemoryServer:
             elif exists or kind == "exists":
                 client._data_watchers[path].add(watch)
             return exists
-
-
-class _Done(Pending[T], Generic[T]):
-    """An answer known at once (the in-memory server answers immediately)."""
-
-    def __init__(self, func: Callable[[], T]) -> None:
-        self._error: StoreError | None = None
-        self._value: T | None = None
-        try:
-            self._value = func()
-        except StoreError as exc:
-            self._error = exc
-
-    def result(self, timeout: float | None = None) -> T:
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
 
 
 class MemoryTransaction(base.Transaction):
@@ -740,7 +724,7 @@ class MemoryStore(base.Store):
     # -- bounded asynchronous calls (answered at once) ---------------------------
 
     def sync_async(self, path: str) -> Pending[None]:
-        return _Done(lambda: self._reach(path))
+        return Answered(lambda: self._reach(path))
 
     def get_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[Versioned | None]:
         def call() -> Versioned | None:
@@ -750,7 +734,7 @@ class MemoryStore(base.Store):
             found = self.server.read(path)
             return found[0] if found is not None else None
 
-        return _Done(call)
+        return Answered(call)
 
     def children_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[list[str] | None]:
         def call() -> list[str] | None:
@@ -759,7 +743,7 @@ class MemoryStore(base.Store):
                 self.server._watch(self, path, watch, "child")
             return self.server.read_children(path)
 
-        return _Done(call)
+        return Answered(call)
 
     def exists_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[bool]:
         def call() -> bool:
@@ -768,7 +752,7 @@ class MemoryStore(base.Store):
                 return self.server._watch(self, path, watch, "exists")
             return self.server.read(path) is not None
 
-        return _Done(call)
+        return Answered(call)
 
     def delete_async(self, path: str, version: int = -1) -> Pending[bool]:
         def call() -> bool:
@@ -778,7 +762,7 @@ class MemoryStore(base.Store):
                 return False
             return True
 
-        return _Done(call)
+        return Answered(call)
 
     def ensure_path_async(self, path: str) -> Pending[None]:
-        return _Done(lambda: self.ensure_path(path))
+        return Answered(lambda: self.ensure_path(path))

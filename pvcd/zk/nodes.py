@@ -13,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pvcd.cluster.values import NO_FENCE, NodeView, StateRecord
 from pvcd.fencing.flow import UNFINISHED, Fence
-from pvcd.keepalive import StateRecord
 from pvcd.zk import schema
 from pvcd.zk.base import AlreadyExists, Store
-
-NO_FENCE: dict[str, Any] = {"outcome": None}
 
 
 @dataclass(frozen=True)
@@ -33,19 +31,6 @@ class Versions:
     """The fence record as read at version `fence`: the node compares its content with
     the fence it last acknowledged, so a fence declared while it was cut off is never
     taken for one it already knew."""
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """One node as a reader of the cluster sees it."""
-
-    name: str
-    info: dict[str, Any]
-    state: StateRecord
-    keepalive: dict[str, Any]
-    keepalive_mtime_ms: int | None
-    keepalive_version: int | None
-    fence: dict[str, Any] = field(default_factory=lambda: dict(NO_FENCE))
 
 
 def register(

@@ -21,7 +21,7 @@ from pvcd.vm.records import (
     VmView,
 )
 from pvcd.zk import schema
-from pvcd.zk.base import Store, StoreError, Transaction, Versioned
+from pvcd.zk.base import Store, StoreError, Transaction, Unreadable, Versioned
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,27 @@ def read_vms(store: Store) -> tuple[dict[str, VmView], dict[str, str]]:
 
 
 def _read_named(store: Store, names: list[str]) -> tuple[dict[str, VmView], dict[str, str]]:
+    """Read the VMs `names` with every request sent before the first answer is awaited.
+
+    One round trip for the lot instead of three per VM: what makes `pvc vm
+    list` and a flush's one read of the cluster cost milliseconds per thousand
+    VMs rather than seconds.
+    """
+    asked = [
+        (
+            name,
+            store.get_async(schema.vm(name)),
+            store.get_async(schema.vm_status(name)),
+            store.get_async(schema.vm_migration(name)),
+        )
+        for name in names
+    ]
     views: dict[str, VmView] = {}
     damaged: dict[str, str] = {}
-    for name in names:
+    for name, record, status, migration in asked:
         try:
-            view = read_vm(store, name)
-        except InvalidVm as exc:
+            view = view_of(record.result(), status.result(), migration.result())
+        except (InvalidVm, Unreadable) as exc:
             damaged[name] = str(exc)
             continue
         if view is not None:

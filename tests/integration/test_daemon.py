@@ -10,8 +10,8 @@ import time
 import pytest
 
 from helpers import wait_for
+from pvcd.cluster.values import DomainFigures, HostMemory
 from pvcd.daemon import NodeDaemon
-from pvcd.hypervisor import DomainFigures, HostMemory
 from pvcd.keepalive import DOMAINS, LOAD, MEMORY
 from pvcd.zk import schema
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from helpers import wait_for
+from pvcd.cluster.values import StateRecord
 from pvcd.devcluster.processes import free_port, stop_pid
 from pvcd.fencing.fencer import Fencer, RecoveryResult
 from pvcd.fencing.flow import NodeFencing
 from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
-from pvcd.keepalive import StateRecord
 from pvcd.zk import nodes, schema
 from pvcd.zk.store import Store
 

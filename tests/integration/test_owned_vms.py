@@ -154,7 +154,7 @@ class CountedStore:
         self.store.start()
         self.reads: Counter[str] = Counter()
         client = self.store.client
-        for method in ("get", "get_children", "exists"):
+        for method in ("get_async", "get_children_async", "exists_async"):  # kazoo's synchronous calls use these
             original = getattr(client, method)
 
             def counted(path: str, *args: object, original=original, method=method, **kwargs: object) -> object:

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from helpers import vm_operator, vm_xml
+from pvcd.cluster.values import StateRecord
 from pvcd.fencing.recovery import recover_vms
-from pvcd.keepalive import StateRecord
 from pvcd.vm import records
 from pvcd.vm.records import ActualState, Migration, MigrationMethod, MoveKind, MovePhase, VmState, VmStatus
 from pvcd.zk import nodes, schema, vms

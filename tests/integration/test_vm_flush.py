@@ -15,7 +15,7 @@ from functools import partial
 import pytest
 
 from helpers import vm_cluster, vm_operator, wait_for
-from pvcd.keepalive import StateRecord
+from pvcd.cluster.values import StateRecord
 from pvcd.states import DomainState
 from pvcd.vm.flush import (
     Command,

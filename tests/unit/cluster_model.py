@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pvcd.cluster.values import DomainFigures, HostMemory, NodeView, StateRecord
 from pvcd.fencing import flow
 from pvcd.fencing.detector import LivenessTracker, NodeStatus, Verdict
 from pvcd.fencing.detector import decide as detect
@@ -31,8 +32,7 @@ from pvcd.fencing.fencer import node_fencing
 from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
 from pvcd.fencing.outcome import FenceOutcome
 from pvcd.fencing.recovery import plan_recovery, recovered
-from pvcd.hypervisor import DomainFigures, HostMemory
-from pvcd.keepalive import DOMAINS, LOAD, MEMORY, StateRecord, build_keepalive
+from pvcd.keepalive import DOMAINS, LOAD, MEMORY, build_keepalive
 from pvcd.placement import cluster as placement
 from pvcd.placement.planner import plan_batch
 from pvcd.states import DomainState
@@ -53,6 +53,7 @@ from pvcd.vm.records import (
     VmView,
 )
 from pvcd.zk import nodes, schema, vms
+from pvcd.zk.base import Answered, OneShotWatch, Pending
 from pvcd.zk.store import (
     AlreadyExists,
     NotFound,
@@ -180,6 +181,9 @@ class Client(Store):
     def children(self, path: str) -> list[str]:
         self._reach(path)
         return self.server.children(path)
+
+    def get_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[Versioned | None]:
+        return Answered(lambda: self.get(path))
 
     def exists(self, path: str) -> bool:
         self._reach(path)
@@ -353,7 +357,7 @@ class Model:
         self.next_id = 0
         self.stats: dict[str, int] = {}
         self.log: list[str] = []
-        self._cluster: tuple[int, list[nodes.NodeView]] = (-1, [])
+        self._cluster: tuple[int, list[NodeView]] = (-1, [])
         self._setup()
 
     # -- set-up --------------------------------------------------------------
@@ -930,7 +934,7 @@ class Model:
         if decision.verdict == Verdict.FENCE and decision.target is not None:
             yield from self._declare(term, by_name[decision.target])
 
-    def _read_cluster(self, store: Client) -> list[nodes.NodeView]:
+    def _read_cluster(self, store: Client) -> list[NodeView]:
         """`nodes.read_cluster`, read again only when ZooKeeper changed since the last read."""
         if self._cluster[0] != self.server.writes:
             self._cluster = (self.server.writes, nodes.read_cluster(store))
@@ -938,7 +942,7 @@ class Model:
             store.get(schema.NODES)  # the same reachability as the reads it stands for
         return self._cluster[1]
 
-    def _declare(self, term: Primary, view: nodes.NodeView) -> Steps:
+    def _declare(self, term: Primary, view: NodeView) -> Steps:
         """`Fencer._declare`: one transaction that checks the keepalive has not moved since it was judged."""
         store = self.client(self.hosts[term.node])
         node = view.name
@@ -977,7 +981,7 @@ class Model:
         yield
         yield from self._power_off_step(term, node, record, fencing)
 
-    def _carry_on(self, term: Primary, node: str, action: Next, view: nodes.NodeView) -> Steps:
+    def _carry_on(self, term: Primary, node: str, action: Next, view: NodeView) -> Steps:
         """`Fencer._carry_on`: the fence as it is now in ZooKeeper, whoever began it."""
         found = self.client(self.hosts[term.node]).get(schema.node_fence(node))
         if found is None or not isinstance(found.value, dict) or Fence.from_record(found.value) is None:

@@ -10,10 +10,9 @@ from kazoo.hosts import collect_hosts
 from cli.connection import CliError, resolve_target, zookeeper_problem
 from cli.output import key_values, table
 from cli.views import cluster_summary, node_summary
+from pvcd.cluster.values import NodeView, StateRecord
 from pvcd.coordinator.claims import Handover
 from pvcd.coordinator.handover import HandoverRefused, not_alive, primary_request, secondary_request
-from pvcd.keepalive import StateRecord
-from pvcd.zk.nodes import NodeView
 
 
 def view(name, daemon="run", coordinator="secondary", mtime=10_000, interval=1, vms=2):
@@ -165,8 +164,7 @@ def test_secondary_request_needs_a_live_successor():
 
 def test_node_and_cluster_show_the_watchdog_and_failing_loops():
     from cli.views import cluster_summary, node_summary
-    from pvcd.keepalive import StateRecord
-    from pvcd.zk.nodes import NodeView
+    from pvcd.cluster.values import NodeView, StateRecord
 
     def view(name: str, info: dict, keepalive: dict) -> NodeView:
         return NodeView(

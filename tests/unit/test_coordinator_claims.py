@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from pvcd.cluster.values import NodeView, StateRecord
 from pvcd.coordinator.claims import Claim, Handover, claims_of, parse_claim
 from pvcd.coordinator.handover import HandoverRefused, primary_request, secondary_request
-from pvcd.keepalive import StateRecord
 from pvcd.states import CoordinatorState as C
 from pvcd.states import TransitionError, coordinator_transition
 from pvcd.zk import schema
-from pvcd.zk.nodes import NodeView
 
 
 def test_claim_names_round_trip_through_the_schema_prefix():

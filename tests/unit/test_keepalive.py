@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from pvcd.cluster.values import DomainFigures, HostMemory, StateRecord
 from pvcd.collect import Collectors
 from pvcd.hostinfo import parse_meminfo
-from pvcd.hypervisor import DomainFigures, HostMemory
-from pvcd.keepalive import DOMAINS, LOAD, MEMORY, StateRecord, build_keepalive, cluster_log_line, keepalive_log_line
+from pvcd.keepalive import DOMAINS, LOAD, MEMORY, build_keepalive, cluster_log_line, keepalive_log_line
 from pvcd.states import CoordinatorState, DaemonState, TransitionError, daemon_transition, initial_coordinator_state
 
 DOMS = [DomainFigures("a", "u1", 512, 2), DomainFigures("b", "u2", 2048, 4)]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvcd.keepalive import StateRecord
+from pvcd.cluster.values import NodeView, StateRecord
 from pvcd.placement import cluster as cluster_placement
 from pvcd.placement.planner import (
     Placement,
@@ -28,7 +28,6 @@ from pvcd.placement.selectors import (
 )
 from pvcd.states import DomainState
 from pvcd.vm.records import VmRecord, VmState
-from pvcd.zk.nodes import NodeView
 
 GIB = 1024
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pvcd.cluster.values import NodeView, StateRecord
 from pvcd.fencing.recovery import involved, plan_recovery, recovered, to_place
-from pvcd.keepalive import StateRecord
 from pvcd.vm.records import (
     ActualState,
     Migration,
@@ -17,7 +17,6 @@ from pvcd.vm.records import (
     VmStatus,
     VmView,
 )
-from pvcd.zk.nodes import NodeView
 
 DEAD = "hv1"
 NOW_MS = 1_000_000

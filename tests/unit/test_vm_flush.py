@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pvcd.keepalive import StateRecord
+from pvcd.cluster.values import NodeView, StateRecord
 from pvcd.placement.cluster import capacities, late_nodes
 from pvcd.states import DomainState
 from pvcd.vm.flush import (
@@ -33,7 +33,6 @@ from pvcd.vm.records import (
     VmStatus,
     VmView,
 )
-from pvcd.zk.nodes import NodeView
 
 ME = "hv1"
 
