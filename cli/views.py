@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pvcd.cluster.liveness import is_late
 from pvcd.cluster.values import NodeView
 
 # A keepalive older than this many intervals is flagged as late.
-LATE_INTERVALS = 2
 
 
 def keepalive_age(view: NodeView, now_ms: int) -> float | None:
@@ -77,7 +77,7 @@ def node_summary(view: NodeView, now_ms: int) -> dict[str, Any]:
             "counter": keepalive.get("counter"),
             "interval": interval,
             "age_seconds": age,
-            "late": bool(age is not None and interval and age > LATE_INTERVALS * interval),
+            "late": bool(age is not None and interval and is_late(view, now_ms)),
             "stale_figures": keepalive.get("stale", []),
         },
         "fence": fence,

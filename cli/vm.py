@@ -22,6 +22,7 @@ import click
 from cli.connection import CliError, Target, connect, resolve_target
 from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
+from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView
 from pvcd.placement import cluster as placement
 from pvcd.placement.planner import Plan, plan_batch
@@ -188,7 +189,7 @@ def _selector(node_view: NodeView | None) -> str:
 def _cluster(store: Store) -> tuple[list[NodeView], dict[str, VmView], frozenset[str]]:
     node_views = nodes.read_cluster(store)
     all_vms, _ = vms.read_vms(store)
-    return node_views, all_vms, placement.late_nodes(node_views, store.server_time_ms())
+    return node_views, all_vms, late_nodes(node_views, store.server_time_ms())
 
 
 def _retrying(store: Store, name: str, attempt: Callable[[VmView], VmView | None]) -> VmView | None:
@@ -635,7 +636,7 @@ def _node_command(
             plan = flush.flush_plan(name, all_vms, node_views, late, _selector(view))
             click.echo(to_json(plan_json(plan)) if output_format == "json" else plan_text(plan))
             return
-        if view.state.daemon != "run" or name in placement.late_nodes([view], store.server_time_ms()):
+        if view.state.daemon != "run" or name in late_nodes([view], store.server_time_ms()):
             raise CliError(f"node {name} is not running (daemon {view.state.daemon}); it cannot {kind}")
         try:
             cleared = kind == flush.CommandKind.READY and nodes.clear_fence(store, name)

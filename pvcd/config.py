@@ -25,6 +25,8 @@ from typing import Any, Literal, TypeGuard, TypeVar, overload
 
 import yaml
 
+from pvcd.cluster.liveness import DEFAULT_STORM_GUARD_SHARE
+
 DEFAULT_CONFIG_FILE = "/etc/pvc/pvcd.yaml"
 CONFIG_ENV = "PVCD_CONFIG_FILE"
 
@@ -45,7 +47,6 @@ MIN_SESSION_TIMEOUT_WITH_ADDRESSES = 3.0
 """Below this, a floating IP's kernel lifetime inside the session timeout would round down to under a second."""
 DEFAULT_FLUSH_CONCURRENCY = 2
 DEFAULT_FLUSH_ON_SHUTDOWN = False
-DEFAULT_STORM_GUARD_SHARE = 0.5
 DEFAULT_WATCHDOG_DEVICE = "/dev/watchdog"
 WATCHDOG_TIMEOUT_RANGE = (2, 600)
 """Seconds; Linux watchdog drivers take whole seconds, softdog up to 65535."""

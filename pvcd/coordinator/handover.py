@@ -6,16 +6,16 @@ changes nothing; its message is the single line the operator sees.
 
 A crashed node's state record still says what it was doing when it died, so
 a successor must also be alive: its keepalive, on ZooKeeper's clock, no older
-than the placement's LATE_INTERVALS of its own published interval. Handing
-over to a dead node leaves the cluster without a primary until the dead
+than `pvcd.cluster.liveness` allows (not late). Handing over to a dead
+node leaves the cluster without a primary until the dead
 node's session expires and another coordinator takes over.
 """
 
 from __future__ import annotations
 
+from pvcd.cluster.liveness import is_late
 from pvcd.cluster.values import NodeView
 from pvcd.coordinator.claims import Handover
-from pvcd.placement.cluster import LATE_INTERVALS
 from pvcd.states import CoordinatorState, DaemonState
 
 
@@ -41,17 +41,17 @@ def not_alive(view: NodeView, now_ms: int) -> str | None:
     """Why the node's state record cannot be trusted because its keepalive stopped, or None.
 
     `now_ms` is ZooKeeper's time (`Store.server_time_ms`), compared with the
-    keepalive znode's mtime: never a node's own clock. The rule is the
-    placement's (`late_nodes`), with the node's own published interval.
+    keepalive znode's mtime: never a node's own clock. The rule is
+    `pvcd.cluster.liveness.is_late`, with the node's own published interval.
     """
     if view.keepalive_mtime_ms is None:
         return f"node {view.name} is not alive: it has sent no keepalive"
     interval = view.keepalive.get("interval")
     if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
         return f"node {view.name} is not alive: its keepalive record publishes no interval"
-    age_ms = max(now_ms - view.keepalive_mtime_ms, 0)
-    if age_ms <= LATE_INTERVALS * interval * 1000:
+    if not is_late(view, now_ms):
         return None
+    age_ms = max(now_ms - view.keepalive_mtime_ms, 0)
     return f"node {view.name} is not alive: its last keepalive was {age_ms / 1000:.1f}s ago (interval {interval:g}s)"
 
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pvcd.cluster.liveness import LivenessTracker, NodeStatus, Verdict, decide
 from pvcd.cluster.values import NodeView
 from pvcd.config import DEFAULT_IPMI_PORT, Config
 from pvcd.fencing import flow
-from pvcd.fencing.detector import LivenessTracker, NodeStatus, Verdict, decide
 from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
 from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
 from pvcd.fencing.outcome import FenceOutcome

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView
 from pvcd.fencing.fencer import RecoveryResult
 from pvcd.placement import cluster as placement
@@ -123,7 +124,7 @@ def plan_recovery(
     dead: str, views: Mapping[str, VmView], node_views: list[NodeView], now_ms: int, selector: str
 ) -> RecoveryPlan:
     """Plan the recovery of `dead`'s VMs from the cluster as read at `now_ms` (ZooKeeper's clock)."""
-    late = placement.late_nodes(node_views, now_ms) | {dead}
+    late = late_nodes(node_views, now_ms) | {dead}
     can_finish = nodes_finishing_moves(node_views, late)
     mine = sorted(name for name, view in views.items() if involved(view, dead))
     placing = {name: _as_on(views[name], dead) for name in mine if to_place(views[name], dead, can_finish)}

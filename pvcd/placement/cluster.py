@@ -24,25 +24,8 @@ from pvcd.placement.selectors import SELECTORS, NodeCapacity, VmRequest
 from pvcd.states import DomainState
 from pvcd.vm.records import SHOULD_RUN, VmRecord, VmView
 
-LATE_INTERVALS = 2
-"""A keepalive older than this many intervals makes its node no placement candidate."""
-
 NOT_ALIVE = "late"
 """The daemon state a node with a late keepalive is given for placement."""
-
-
-def late_nodes(views: Iterable[NodeView], now_ms: int) -> frozenset[str]:
-    """Nodes whose keepalive ZooKeeper has not seen change for LATE_INTERVALS intervals.
-
-    A crashed node still says `run`; only the age of its keepalive, on
-    ZooKeeper's clock, shows it is gone.
-    """
-    late = set()
-    for view in views:
-        interval = view.keepalive.get("interval") or 0
-        if view.keepalive_mtime_ms is None or now_ms - view.keepalive_mtime_ms > LATE_INTERVALS * interval * 1000:
-            late.add(view.name)
-    return frozenset(late)
 
 
 def is_fenced(fence: Mapping[str, Any]) -> bool:

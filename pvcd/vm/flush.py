@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView
-from pvcd.placement.cluster import capacities, is_fenced, late_nodes, plan_requests, unknown_selector, vm_request
+from pvcd.placement.cluster import capacities, is_fenced, plan_requests, unknown_selector, vm_request
 from pvcd.placement.planner import Plan, Unplaced
 from pvcd.placement.selectors import VmRequest
 from pvcd.states import DomainState

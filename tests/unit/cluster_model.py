@@ -24,10 +24,10 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pvcd.cluster.liveness import LivenessTracker, NodeStatus, Verdict, late_nodes
+from pvcd.cluster.liveness import decide as detect
 from pvcd.cluster.values import DomainFigures, HostMemory, NodeView, StateRecord
 from pvcd.fencing import flow
-from pvcd.fencing.detector import LivenessTracker, NodeStatus, Verdict
-from pvcd.fencing.detector import decide as detect
 from pvcd.fencing.fencer import node_fencing
 from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
 from pvcd.fencing.outcome import FenceOutcome
@@ -1218,7 +1218,7 @@ class Model:
             return
         node_views = nodes.read_cluster(self.admin)
         all_vms, _ = vms.read_vms(self.admin)
-        late = placement.late_nodes(node_views, self.now_ms)
+        late = late_nodes(node_views, self.now_ms)
         current = next((v for v in node_views if v.name == view.record.node), None)
         if records.needs_handshake(view) and (
             current is None or current.state.daemon != "run" or view.record.node in late
@@ -1242,7 +1242,7 @@ class Model:
         """`pvc node ready` (cli/vm.py `_node_command`): refused unless the node runs with a fresh
         keepalive; any fence record is cleared, and the node's flush runner told."""
         view = nodes.read_node(self.admin, node)
-        if view is None or view.state.daemon != "run" or node in placement.late_nodes([view], self.now_ms):
+        if view is None or view.state.daemon != "run" or node in late_nodes([view], self.now_ms):
             return
         try:
             cleared = nodes.clear_fence(self.admin, node)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pvcd.fencing.detector import LivenessTracker, NodeStatus, Verdict, dead_nodes, decide
+from pvcd.cluster.liveness import LivenessTracker, NodeStatus, Verdict, dead_nodes, decide
 from pvcd.fencing.flow import NodeFencing
 from pvcd.fencing.policy import should_self_fence
 

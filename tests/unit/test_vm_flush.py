@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView, StateRecord
-from pvcd.placement.cluster import capacities, late_nodes
+from pvcd.placement.cluster import capacities
 from pvcd.states import DomainState
 from pvcd.vm.flush import (
     Command,

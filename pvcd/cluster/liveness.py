@@ -1,24 +1,55 @@
-"""Who is dead, and may we fence now? (pure)
+"""When a node counts as late, and when as dead (pure): the one definition of both.
 
-Liveness is judged only from what the watcher itself saw: the version of each
-node's keepalive znode and the moment, on the watcher's monotonic clock, that it
-first saw that version. No node's wall clock is ever compared with another's, so
-clock skew can neither kill a healthy node nor hide a dead one. A watcher that
-has just started (a new primary) has no history: it counts silence from its
-first observation, which delays a fence but can never hasten one.
+*Late* (placement, handover, the CLI): ZooKeeper has not seen the node's
+keepalive change for LATE_INTERVALS of the node's own published interval, on
+ZooKeeper's clock (the znode's mtime against the server's time). A late node
+gets no VMs and is not handed the primary role, but nothing is done to it.
+
+*Dead* (the fencer): judged only from what the watcher itself saw: the version
+of each node's keepalive znode and the moment, on the watcher's monotonic
+clock, that it first saw that version. No node's wall clock is ever compared
+with another's, so clock skew can neither kill a healthy node nor hide a dead
+one. A watcher that has just started (a new primary) has no history: it counts
+silence from its first observation, which delays a fence but can never hasten
+one. A dead node is fenced.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pvcd.config import DEFAULT_STORM_GUARD_SHARE
+from pvcd.cluster.values import NodeView
 from pvcd.fencing.flow import NodeFencing
 
-# Daemon states in which a node is expected to send keepalives. A node that
-# stopped cleanly (`stop`) or is being shut down is not dead.
+DEFAULT_STORM_GUARD_SHARE = 0.5
+"""Default for `pvc.system.fencing.storm_guard_share`: the share of nodes that may look dead at once."""
+
 EXPECTS_KEEPALIVES = frozenset({"init", "run"})
+"""Daemon states in which a node is expected to send keepalives: one that stopped cleanly is not dead."""
+
+LATE_INTERVALS = 2
+"""A keepalive older than this many intervals makes its node late."""
+
+
+def keepalive_age_ms(view: NodeView, now_ms: int) -> int | None:
+    """How long ago ZooKeeper last saw the node's keepalive change; None before its first keepalive."""
+    if view.keepalive_mtime_ms is None:
+        return None
+    return now_ms - view.keepalive_mtime_ms
+
+
+def is_late(view: NodeView, now_ms: int) -> bool:
+    """Late: no keepalive yet, or none for LATE_INTERVALS of its own interval (see the module)."""
+    age = keepalive_age_ms(view, now_ms)
+    interval = view.keepalive.get("interval") or 0
+    return age is None or age > LATE_INTERVALS * interval * 1000
+
+
+def late_nodes(views: Iterable[NodeView], now_ms: int) -> frozenset[str]:
+    """The late nodes among `views` (a crashed node still says `run`: only its keepalive's age shows it)."""
+    return frozenset(view.name for view in views if is_late(view, now_ms))
 
 
 @dataclass(frozen=True)
