@@ -9,11 +9,16 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pvcd.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ConfigError, load_config
-from pvcd.vm.records import shown
 from pvcd.zk import schema
-from pvcd.zk.store import Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from pvcd.zk.base import Store
+
+# Imported where they are used, not here: every `pvc` run imports this module,
+# and kazoo (`pvcd.zk.store`) and YAML (`pvcd.config`) cost more start-up time
+# than most commands take to run (`--help` and a refused argument need neither).
 
 ZOOKEEPER_ENV = "PVC_ZOOKEEPER"
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -43,6 +48,8 @@ _PORT = re.compile(r"[0-9]{1,5}")
 
 def _host_problem(entry: str) -> str | None:
     """Why `entry` is not HOST[:PORT] (HOST a name, an IPv4 address or a bracketed IPv6 address), or None."""
+    from pvcd.vm.records import shown
+
     if entry.startswith("["):
         address, bracket, rest = entry[1:].partition("]")
         if not bracket:
@@ -84,6 +91,8 @@ def zookeeper_problem(hosts: str) -> str | None:
         if problem:
             return problem
     if slash and chroot:
+        from pvcd.vm.records import shown
+
         for component in chroot.rstrip("/").split("/"):
             try:
                 schema.validate_name(component)
@@ -108,6 +117,8 @@ def resolve_target(option: str | None, timeout: float | None, environ: Mapping[s
         return _target(option, timeout or DEFAULT_CONNECT_TIMEOUT, "--zookeeper")
     if environ.get(ZOOKEEPER_ENV):
         return _target(environ[ZOOKEEPER_ENV], timeout or DEFAULT_CONNECT_TIMEOUT, ZOOKEEPER_ENV)
+    from pvcd.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ConfigError, load_config
+
     path = environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE
     if not environ.get(CONFIG_ENV) and not os.path.exists(path):
         raise CliError(f"no ZooKeeper given: use --zookeeper HOST:PORT, set {ZOOKEEPER_ENV}, or set {CONFIG_ENV}")
@@ -122,6 +133,8 @@ def _check_cluster(store: Store, target: Target) -> None:
     """Refuse a ZooKeeper without a pvc cluster (a mistyped chroot, the wrong server):
     every command would otherwise find "no nodes" and "no VMs" there and succeed.
     The schema record is written when the first node registers."""
+    from pvcd.vm.records import shown
+
     chroot = target.hosts.partition("/")[2].rstrip("/")
     where = f"no pvc cluster at ZooKeeper {shown(target.hosts)} (from {target.source})"
     if chroot and not store.exists("/"):
@@ -134,6 +147,9 @@ def _check_cluster(store: Store, target: Target) -> None:
 @contextmanager
 def connect(target: Target) -> Iterator[Store]:
     """A session on the target's ZooKeeper, which must hold a pvc cluster."""
+    from pvcd.zk.store import Store, StoreUnavailable, quiet_kazoo
+
+    quiet_kazoo()
     try:
         store = Store(target.hosts, session_timeout=DEFAULT_SESSION_TIMEOUT, connect_timeout=target.connect_timeout)
     except ValueError as exc:

@@ -11,23 +11,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from cli.connection import CliError, connect, resolve_target
 from cli.inputs import node_name
 from cli.output import format_option, key_values, to_json
-from pvcd.cluster.values import NodeView
-from pvcd.coordinator.claims import Handover, claims_of
-from pvcd.coordinator.handover import HandoverRefused, primary_request, secondary_request
-from pvcd.states import CoordinatorState
-from pvcd.zk import nodes, schema
-from pvcd.zk.store import AlreadyExists, Store
+from pvcd.zk import schema
+
+if TYPE_CHECKING:
+    from pvcd.cluster.values import NodeView
+    from pvcd.coordinator.claims import Handover
+    from pvcd.zk.base import Store
+
+    _Planner = Callable[[dict[str, NodeView], str | None, Handover | None, bool, str, int], Handover | None]
 
 HANDOVER_WAIT = 15.0
 POLL_INTERVAL = 0.02
-
-_Planner = Callable[[dict[str, NodeView], str | None, Handover | None, bool, str, int], Handover | None]
 
 
 def register(node_group: click.Group) -> None:
@@ -39,12 +40,17 @@ def register(node_group: click.Group) -> None:
 def claim_owner(store: Store) -> str | None:
     """The primary as the election says: the owner of the lowest live claim (a crashed
     primary still says `primary` in its state record until it is fenced)."""
+    from pvcd.coordinator.claims import claims_of
+
     claims = claims_of(store.children(schema.PRIMARY))
     return claims[0].node if claims else None
 
 
 def _primary_now(store: Store, name: str) -> bool:
     """`name` holds the primary claim and has published that it is primary."""
+    from pvcd.states import CoordinatorState
+    from pvcd.zk import nodes
+
     if claim_owner(store) != name:
         return False
     view = nodes.read_node(store, name)
@@ -52,6 +58,11 @@ def _primary_now(store: Store, name: str) -> bool:
 
 
 def _handover(ctx: click.Context, name: str, plan: _Planner, output_format: str) -> None:
+    from pvcd.coordinator.claims import Handover
+    from pvcd.coordinator.handover import HandoverRefused
+    from pvcd.zk import nodes
+    from pvcd.zk.base import AlreadyExists
+
     node_name(name)
     target = resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
     with connect(target) as store:
@@ -110,6 +121,8 @@ def _report(output_format: str, primary: str | None, previous: str | None, secon
 @click.pass_context
 def node_primary(ctx: click.Context, name: str, output_format: str) -> None:
     """Hand the primary coordinator role to NAME (a planned handover)."""
+    from pvcd.coordinator.handover import primary_request
+
     _handover(ctx, name, primary_request, output_format)
 
 
@@ -119,4 +132,6 @@ def node_primary(ctx: click.Context, name: str, output_format: str) -> None:
 @click.pass_context
 def node_secondary(ctx: click.Context, name: str, output_format: str) -> None:
     """Make primary NAME step down; another coordinator takes over."""
+    from pvcd.coordinator.handover import secondary_request
+
     _handover(ctx, name, secondary_request, output_format)

@@ -7,8 +7,8 @@ import click
 from cli.connection import CliError, connect, resolve_target
 from cli.inputs import node_name
 from cli.output import format_option, to_json
-from pvcd.zk import nodes, schema
-from pvcd.zk.store import AlreadyExists
+from pvcd.zk import schema
+from pvcd.zk.base import AlreadyExists
 
 # Outcomes after which an operator's word may allow recovery: the fencer could
 # not prove the node off, the operator has checked it by other means.
@@ -54,6 +54,8 @@ def confirm_fenced(ctx: click.Context, name: str, output_format: str) -> None:
     Only for a fence whose outcome was ambiguous or failed: check the machine
     is powered off (or its VMs dead) by other means first.
     """
+    from pvcd.zk import nodes
+
     node_name(name)
     with connect(resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])) as store:
         if nodes.read_node(store, name) is None:

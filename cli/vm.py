@@ -15,19 +15,15 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cli.connection import CliError, Target, connect, resolve_target
 from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
-from pvcd.cluster.liveness import late_nodes
-from pvcd.cluster.values import NodeView
-from pvcd.placement import cluster as placement
-from pvcd.placement.planner import Plan, plan_batch
 from pvcd.placement.selectors import check_selector
-from pvcd.vm import flush, records
+from pvcd.vm import records
 from pvcd.vm.records import (
     IN_PROGRESS,
     SHOULD_RUN,
@@ -39,8 +35,16 @@ from pvcd.vm.records import (
     VmState,
     VmView,
 )
-from pvcd.zk import nodes, vms
-from pvcd.zk.store import AlreadyExists, Store, VersionConflict
+from pvcd.zk import schema, vms
+from pvcd.zk.base import AlreadyExists, Unreadable, VersionConflict
+
+if TYPE_CHECKING:
+    # The node readers, the planner and the flush commands are imported by the
+    # commands that use them: `pvc vm list` needs none of them (see cli.main).
+    from pvcd.cluster.values import NodeView
+    from pvcd.placement.planner import Plan
+    from pvcd.vm import flush
+    from pvcd.zk.base import Store
 
 DEFAULT_SELECTOR = "mem"
 WRITE_ATTEMPTS = 3
@@ -145,6 +149,8 @@ def _view(store: Store, name: str) -> VmView:
 
 
 def _node(store: Store, name: str) -> NodeView:
+    from pvcd.zk import nodes
+
     view = nodes.read_node(store, node_name(name))
     if view is None:
         raise CliError(f"no node named {name!r}")
@@ -187,9 +193,77 @@ def _selector(node_view: NodeView | None) -> str:
 
 
 def _cluster(store: Store) -> tuple[list[NodeView], dict[str, VmView], frozenset[str]]:
+    """Every node and every VM (record, status and migration), and the late nodes."""
+    from pvcd.cluster.liveness import late_nodes
+    from pvcd.zk import nodes
+
     node_views = nodes.read_cluster(store)
     all_vms, _ = vms.read_vms(store)
     return node_views, all_vms, late_nodes(node_views, store.server_time_ms())
+
+
+def _for_placement(store: Store) -> tuple[list[NodeView], dict[str, VmView], frozenset[str]]:
+    """What `placement.cluster.capacities` looks at, and no more: `_cluster`
+    without any VM's migration, and without the status of a VM that no node's
+    keepalive says it runs. One read per VM instead of three, all of them sent
+    before the first answer is awaited (as `vms.read_vms` does).
+
+    A VM whose record cannot be read is left out, as `vms.read_vms` leaves it
+    out; so is a VM named in a keepalive whose status cannot be read.
+    """
+    from pvcd.cluster.liveness import late_nodes
+    from pvcd.zk import nodes
+
+    node_views = nodes.read_cluster(store)
+    running = {name for view in node_views for name in _running(view)}
+    asked = [
+        (
+            store.get_async(schema.vm(name)),
+            store.get_async(schema.vm_status(name)) if name in running else None,
+        )
+        for name in store.children(schema.VMS)
+    ]
+    found: dict[str, VmView] = {}
+    for record, status in asked:
+        try:
+            view = vms.view_of(record.result(), status.result() if status else None, None)
+        except (InvalidVm, Unreadable):
+            continue
+        if view is not None:
+            found[view.name] = view
+    return node_views, found, late_nodes(node_views, store.server_time_ms())
+
+
+def _running(view: NodeView) -> list[str]:
+    """The VMs the node's keepalive says it runs, as `placement.cluster.capacities` reads them."""
+    running = (view.keepalive.get("vms") or {}).get("running") or []
+    return [name for name in running if isinstance(name, str)]
+
+
+def _readable_vm(store: Store, name: str) -> VmView | None:
+    """The VM named `name`; None if there is none or it cannot be read (`vms.read_vms` lists neither)."""
+    try:
+        return vms.read_vm(store, name)
+    except (InvalidVm, Unreadable):
+        return None
+
+
+def _uuid_owner(store: Store, uuid: str) -> str | None:
+    """The VM whose record has this UUID, found through the UUID index that
+    `vms.define` and `vms.remove` write in the same transactions as the records.
+
+    An index entry that names no readable VM with this UUID names no owner:
+    the define's own transaction then refuses the UUID, as it did when the
+    owner was looked for among every VM."""
+    try:
+        found = store.get(schema.vm_uuid(uuid))
+    except Unreadable:
+        return None
+    name = found.value.get("name") if found is not None and isinstance(found.value, dict) else None
+    if not isinstance(name, str) or not records.may_be_stored(name):
+        return None
+    view = _readable_vm(store, name)
+    return name if view is not None and view.record.uuid == uuid else None
 
 
 def _retrying(store: Store, name: str, attempt: Callable[[VmView], VmView | None]) -> VmView | None:
@@ -293,7 +367,15 @@ def vm_define(
     if node is not None:
         node_name(node)
     with connect(_target(ctx)) as store:
-        node_views, all_vms, late = _cluster(store)
+        if node is None:
+            node_views, all_vms, late = _for_placement(store)
+        else:
+            # Nothing to plan: only the nodes named and the VM's own name and UUID are
+            # read, however many VMs the cluster has.
+            from pvcd.zk import nodes
+
+            named = (nodes.read_node(store, n) for n in dict.fromkeys((*limit, node)))
+            node_views = [v for v in named if v is not None]
         by_name = {v.name: v for v in node_views}
         unknown = [n for n in (*limit, *([node] if node else [])) if n not in by_name]
         if unknown:
@@ -305,16 +387,17 @@ def vm_define(
                 records.check_fits_node(spec.name, spec.memory_mib, node, _memory_total(by_name[node]))
             except InvalidVm as exc:
                 raise CliError(str(exc)) from exc
-        if spec.name in all_vms:
+        if _readable_vm(store, spec.name) is not None:
             raise CliError(f"a VM named {spec.name!r} already exists")
-        owner = next((v.name for v in all_vms.values() if v.record.uuid == spec.uuid), None)
+        owner = _uuid_owner(store, spec.uuid)
         if owner is not None:
             raise CliError(f"UUID {spec.uuid} is already used by VM {owner}")
         if node is None:
+            from pvcd.placement.cluster import capacities
+            from pvcd.placement.planner import plan_batch
+
             request = records.new_record(spec, "", limit, node_selector).request()
-            plan = plan_batch(
-                [request], placement.capacities(node_views, all_vms, late), node_selector or _selector(None)
-            )
+            plan = plan_batch([request], capacities(node_views, all_vms, late), node_selector or _selector(None))
             if plan.unplaced:
                 raise CliError(f"VM {spec.name}: no node to define it on: {plan.unplaced[0].detail}")
             node = plan.placements[0].node
@@ -488,11 +571,14 @@ def _move(
                 wanted = records.move_target(view, kind, target, force)
             except InvalidVm as exc:
                 raise CliError(str(exc)) from exc
-            node_views, all_vms, late = _cluster(store)
+            from pvcd.placement.cluster import capacities
+            from pvcd.placement.planner import plan_batch
+
+            node_views, all_vms, late = _for_placement(store)
             current = next((v for v in node_views if v.name == view.record.node), None)
             plan = plan_batch(
                 [view.record.request(wanted)],
-                placement.capacities(node_views, all_vms, late),
+                capacities(node_views, all_vms, late),
                 view.record.node_selector or _selector(current),
             )
             if dry_run:
@@ -629,6 +715,10 @@ def _node_command(
     output_format: str,
     dry_run: bool = False,
 ) -> None:
+    from pvcd.cluster.liveness import late_nodes
+    from pvcd.vm import flush
+    from pvcd.zk import nodes
+
     with connect(_target(ctx)) as store:
         view = _node(store, name)
         if dry_run:
@@ -663,6 +753,8 @@ def _node_command(
 
 
 def _wait_for_report(store: Store, name: str, command: flush.Command, timeout: float) -> flush.Report:
+    from pvcd.vm import flush
+
     deadline = time.monotonic() + timeout
     while True:
         report = flush.read_report(store, name)
@@ -689,6 +781,8 @@ def node_flush(
     ctx: click.Context, name: str, dry_run: bool, wait: bool, wait_timeout: float, output_format: str
 ) -> None:
     """Move every running VM off the node; its domain state goes flush -> flushed."""
+    from pvcd.vm import flush
+
     _node_command(ctx, name, flush.CommandKind.FLUSH, wait, wait_timeout, output_format, dry_run)
 
 
@@ -699,6 +793,8 @@ def node_flush(
 @click.pass_context
 def node_ready(ctx: click.Context, name: str, wait: bool, wait_timeout: float, output_format: str) -> None:
     """Take VMs again: those migrated away from the node come back, autostart VMs start."""
+    from pvcd.vm import flush
+
     _node_command(ctx, name, flush.CommandKind.READY, wait, wait_timeout, output_format)
 
 
