@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps's own (in C)
 from typing import Any
 
 import click
@@ -24,7 +26,86 @@ def format_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True)
+    """`json.dumps(value, indent=2, sort_keys=True)`, the same text, several times faster.
+
+    With an indent the standard library encodes in Python, one generator per
+    level per value: a third of a second for the 3,000 VMs of `pvc vm list
+    --format json`. Values it would refuse (not JSON, or circular) go to it, for
+    its own error."""
+    parts: list[str] = []
+    try:
+        _encode(value, "\n", parts)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(value, indent=2, sort_keys=True)
+    return "".join(parts)
+
+
+def _encode(value: Any, newline: str, out: list[str]) -> None:
+    """Append `value` as `json.dumps` with indent=2 and sort_keys writes it at the
+    level whose line break (and indentation) is `newline`; TypeError for what it refuses."""
+    if isinstance(value, str):
+        out.append(_json_string(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        out.append(_json_float(value))
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            out.append("[]")
+            return
+        inner = newline + "  "
+        separator = "[" + inner
+        for item in value:
+            out.append(separator)
+            separator = "," + inner
+            _encode(item, inner, out)
+        out.append(newline + "]")
+    elif isinstance(value, dict):
+        if not value:
+            out.append("{}")
+            return
+        inner = newline + "  "
+        separator = "{" + inner
+        for key, item in sorted(value.items()):
+            out.append(separator + _json_string(_json_key(key)) + ": ")
+            separator = "," + inner
+            _encode(item, inner, out)
+        out.append(newline + "}")
+    else:
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _json_key(key: Any) -> str:
+    """A dict key as `json.dumps` turns it into a string (in its order of checks)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, float):
+        return _json_float(key)
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int):
+        return int.__repr__(key)
+    raise TypeError(f"{type(key).__name__} is not a JSON key")
+
+
+def _json_float(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value == math.inf:
+        return "Infinity"
+    if value == -math.inf:
+        return "-Infinity"
+    return float.__repr__(value)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

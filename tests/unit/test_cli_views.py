@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kazoo.hosts import collect_hosts
 
 from cli.connection import CliError, resolve_target, zookeeper_problem
-from cli.output import key_values, table
+from cli.output import key_values, table, to_json
 from cli.views import cluster_summary, node_summary
 from pvcd.cluster.values import NodeView, StateRecord
 from pvcd.coordinator.claims import Handover
@@ -55,6 +60,62 @@ def test_cluster_summary():
 def test_table_aligns_columns_and_right_aligns_numbers():
     text = table(["NAME", "VMS"], [["hv1", 3], ["hv10", 12], ["x", None]])
     assert text.splitlines() == ["NAME  VMS", "hv1     3", "hv10   12", "x       -"]
+
+
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.sampled_from(["é", "\u2028", "\ud800", '"\\'])
+)
+_json_keys = st.one_of(st.text(max_size=5), st.integers(), st.floats(), st.booleans(), st.none())
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        st.dictionaries(_json_keys, inner, max_size=3),
+    ),
+    max_leaves=20,
+)
+
+
+@given(_json_values)
+@settings(max_examples=300)
+def test_to_json_writes_what_json_dumps_writes(value):
+    try:
+        expected: str | type[Exception] = json.dumps(value, indent=2, sort_keys=True)
+    except TypeError:  # keys of types that cannot be sorted together
+        expected = TypeError
+    if expected is TypeError:
+        with pytest.raises(TypeError):
+            to_json(value)
+    else:
+        assert to_json(value) == expected
+
+
+def test_to_json_refuses_what_json_dumps_refuses():
+    with pytest.raises(TypeError):
+        to_json({"x": object()})
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(ValueError, match="Circular reference"):
+        to_json(looped)
+
+
+def test_help_imports_neither_kazoo_nor_yaml_nor_the_planner():
+    """Start-up is most of what a `pvc` command costs (see cli.main): `--help`,
+    and a command line refused before it connects, load none of these."""
+    heavy = ("kazoo", "yaml", "libvirt", "hypothesis", "pvcd.config", "pvcd.placement.planner", "pvcd.vm.flush")
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; import cli.main; cli.main.main(['--help']); print(sorted(set({heavy!r}) & set(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert found.stdout.splitlines()[-1] == "[]"
 
 
 def test_key_values():
