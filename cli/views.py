@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pvcd.cluster.liveness import is_late
-from pvcd.cluster.values import NodeView
-
-# A keepalive older than this many intervals is flagged as late.
+if TYPE_CHECKING:
+    from pvcd.cluster.values import NodeView
 
 
 def keepalive_age(view: NodeView, now_ms: int) -> float | None:
@@ -56,6 +54,8 @@ def loop_summary(keepalive: dict[str, Any]) -> dict[str, Any]:
 
 
 def node_summary(view: NodeView, now_ms: int) -> dict[str, Any]:
+    from pvcd.cluster.liveness import is_late  # imported here: every `pvc` run imports this module
+
     keepalive = view.keepalive
     memory = keepalive.get("memory") or {}
     vms = keepalive.get("vms") or {}
