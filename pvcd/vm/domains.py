@@ -46,12 +46,34 @@ class Domains:
         return DomainError(f"{doing} VM {name} at {self.uri} failed: {exc.get_error_message() or exc}")
 
     def list(self) -> dict[str, DomainInfo]:
-        """Every domain libvirt knows on this host, running or only defined."""
+        """Every domain libvirt knows on this host, running or only defined.
+
+        Two listings (every domain, then the running ones) and one look per
+        domain that is not running, however many run: a domain's name and UUID
+        come with the listing. Each domain is as libvirt had it at some moment
+        during the call, as when each was asked in turn; one undefined
+        meanwhile is left out.
+        """
         conn = self._conn()
         try:
-            return {info.name: info for info in map(_info, conn.listAllDomains(0))}
+            every = conn.listAllDomains(0)
+            running = {domain.UUIDString() for domain in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
         except libvirt.libvirtError as exc:
             raise DomainError(f"listing domains at {self.uri} failed: {exc.get_error_message() or exc}") from exc
+        found: dict[str, DomainInfo] = {}
+        for domain in every:
+            uuid = domain.UUIDString()
+            if uuid in running:
+                found[domain.name()] = DomainInfo(name=domain.name(), uuid=uuid, active=True)
+                continue
+            try:
+                info = _info(domain)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined since the listing
+                raise DomainError(f"listing domains at {self.uri} failed: {exc.get_error_message() or exc}") from exc
+            found[info.name] = info
+        return found
 
     def info(self, name: str) -> DomainInfo | None:
         """One domain as `list` shows it, or None."""
