@@ -53,9 +53,93 @@ log = logging.getLogger("pvcd.vm")
 
 DEFAULT_RESYNC_INTERVAL = 5.0
 DEFAULT_STORE_RESYNC_INTERVAL = 60.0
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = 16
+"""Actions under way at once on a node. Starts and moves run in parallel (a recovery starts hundreds
+of VMs on the surviving nodes; a flush moves several at once): libvirt, not this number, should be
+what bounds them."""
+MEMORY_READING_MAX_AGE = 1.0
+"""Seconds a reading of the host's free memory serves the starts that follow it (see `_MemoryBook`)."""
 
 _PARTS = ("record", "status", "migration")
+
+
+class _MemoryBook:
+    """The free-memory check of concurrent starts: each start reserves its memory under one lock.
+
+    What the check must guarantee is that two starts never both count the same
+    free memory. A reading of the host's free memory counts the domains running
+    when it was taken; every start reserved since (running now or not yet) is
+    subtracted from it, so each check sees every earlier start, as if the starts
+    had run one at a time. Only the check is serialised, not the starts.
+
+    A start with no other under way reads afresh, as a start always did. In a
+    burst (a recovery starting hundreds of VMs) one reading serves the starts
+    of the next `max_age` seconds while others are under way: on the test
+    driver a reading costs a call per running domain. Memory freed since (a VM
+    stopped) is not in it, so a start that does not fit reads again before it
+    is refused; memory taken outside pvcd since is not in it either, which
+    widens the window a start always had between its check and its domain
+    running to at most `max_age`. A reading forgets the reservations of the
+    starts that had finished before it was taken: it counts them itself.
+    """
+
+    def __init__(self, read_free_mib: Callable[[], int], max_age: float = MEMORY_READING_MAX_AGE) -> None:
+        self._read_free_mib = read_free_mib
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._free_mib: int | None = None
+        self._read_at = 0.0
+        self._next = 0
+        self._reserved: dict[int, tuple[int, bool]] = {}
+        """Per reservation since the reading (or still under way at it): MiB, and whether the start is over."""
+
+    def reserve(self, vm: str, memory_mib: int, node: str) -> tuple[int | None, str | None]:
+        """(a reservation to `settle` or `cancel`, None) if the VM fits; (None, why not) if it does not."""
+        with self._lock:
+            free_mib = self._free_mib
+            busy = any(not over for _, over in self._reserved.values())
+            fresh = free_mib is None or not busy or time.monotonic() - self._read_at > self.max_age
+            if free_mib is None or fresh:
+                free_mib = self._read()
+            while True:
+                free = free_mib - sum(mib for mib, _ in self._reserved.values())
+                shortfall = memory_shortfall(vm, memory_mib, free, node)
+                if shortfall is None:
+                    self._next += 1
+                    self._reserved[self._next] = (memory_mib, False)
+                    return self._next, None
+                if fresh:
+                    return None, shortfall
+                free_mib = self._read()
+                fresh = True
+
+    def _read(self) -> int:
+        # Starts over by now are in the reading; those still under way are not, and stay reserved.
+        # (One finishing while it is taken may be counted twice, until the next reading: never too few.)
+        self._reserved = {key: entry for key, entry in self._reserved.items() if not entry[1]}
+        self._free_mib = None
+        free_mib = self._read_free_mib()
+        self._free_mib, self._read_at = free_mib, time.monotonic()
+        return free_mib
+
+    def settle(self, reservation: int) -> None:
+        """The start is over (the domain runs, or the attempt failed): the next reading counts what runs."""
+        with self._lock:
+            if reservation in self._reserved:
+                self._reserved[reservation] = (self._reserved[reservation][0], True)
+
+    def cancel(self, reservation: int) -> None:
+        """Nothing was started: the memory is free again."""
+        with self._lock:
+            self._reserved.pop(reservation, None)
+
+
+def _read_vm(store: Store, name: str) -> VmView | None:
+    """One VM as `vms.read_vm` reads it, its three values asked for at once (one round trip)."""
+    record = store.get_async(schema.vm(name))
+    status = store.get_async(schema.vm_status(name))
+    migration = store.get_async(schema.vm_migration(name))
+    return vms.view_of(record.result(), status.result(), migration.result())
 
 
 def _part_path(part: str, vm: str) -> str:
@@ -100,8 +184,8 @@ class VmReconciler:
         self._pool: ThreadPoolExecutor | None = None
         self._busy: dict[str, Future[None]] = {}
         self._busy_lock = threading.Lock()
-        # Starts are serialised: the free-memory check and the start must not interleave.
-        self._start_lock = threading.Lock()
+        # Starts run in parallel; their free-memory checks are serialised, by reservation.
+        self._memory = _MemoryBook(domains.free_memory_mib)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,6 +200,8 @@ class VmReconciler:
         self._generation: dict[str, int] = {}
         """The current watch generation per watched VM; a callback of an older one stops its watch."""
         self._next_generation = 0
+        self._parsed: dict[str, tuple[tuple[Versioned | None, ...], VmView | str | None]] = {}
+        """Per watched VM, the view made of the values delivered last (or why it is damaged): parsed once per change."""
         self._foreign: dict[str, tuple[float, VmView | None]] = {}
         """Domains no owned VM claims: the VM of that name as last read, and when (for the reports)."""
         self._last_store_resync = time.monotonic()
@@ -218,16 +304,25 @@ class VmReconciler:
             raw = {vm: dict(parts) for vm, parts in self._raw.items() if vm in self._generation}
         views: dict[str, VmView] = {}
         damaged: dict[str, str] = {}
+        parsed: dict[str, tuple[tuple[Versioned | None, ...], VmView | str | None]] = {}
         for vm, parts in raw.items():
             if len(parts) < len(_PARTS):
                 continue  # being watched: not all of it delivered yet
-            try:
-                view = vms.view_of(parts["record"], parts["status"], parts["migration"])
-            except InvalidVm as exc:
-                damaged[vm] = str(exc)
-                continue
-            if view is not None:
-                views[vm] = view
+            values = (parts["record"], parts["status"], parts["migration"])
+            known = self._parsed.get(vm)
+            if known is not None and all(a is b for a, b in zip(known[0], values, strict=True)):
+                result = known[1]
+            else:
+                try:
+                    result = vms.view_of(*values)
+                except InvalidVm as exc:
+                    result = str(exc)
+            parsed[vm] = (values, result)
+            if isinstance(result, str):
+                damaged[vm] = result
+            elif result is not None:
+                views[vm] = result
+        self._parsed = parsed
         return views, damaged
 
     def _store_resync(self) -> None:
@@ -243,7 +338,7 @@ class VmReconciler:
         watched, _damaged = self.owned_views()
         for vm in sorted(index):
             try:
-                fresh = vms.read_vm(self.store, vm)
+                fresh = _read_vm(self.store, vm)
             except InvalidVm:
                 continue
             if fresh != watched.get(vm):
@@ -378,7 +473,7 @@ class VmReconciler:
         again on a fresh read keeps a stale snapshot from, say, stopping a VM
         that was just started again.
         """
-        fresh = vms.read_vm(self.store, action.vm)
+        fresh = _read_vm(self.store, action.vm)
         if fresh is None:
             return None
         again = decide_vm(self.node, fresh, self.domains.info(action.vm))
@@ -410,17 +505,22 @@ class VmReconciler:
         node starts the VM and no direct move can take it away unnoticed.
         """
         record = view.record
-        with self._start_lock:
-            shortfall = memory_shortfall(record.name, record.memory_mib, self.domains.free_memory_mib(), self.node)
-            if shortfall is not None:
-                self._fail(view, shortfall)
-                return None
+        reservation, shortfall = self._memory.reserve(record.name, record.memory_mib, self.node)
+        if reservation is None:
+            self._fail(view, shortfall or "not enough memory")
+            return None
+        try:
             view = vms.VmWrite(self.store, view).check_record().status(self._status(ActualState.STARTING)).commit()
-            try:
-                self.domains.start(record.name, record.xml)
-            except DomainError as exc:
-                self._fail(view, str(exc))
-                return None
+        except BaseException:
+            self._memory.cancel(reservation)
+            raise
+        try:
+            self.domains.start(record.name, record.xml)
+        except DomainError as exc:
+            self._fail(view, str(exc))
+            return None
+        finally:
+            self._memory.settle(reservation)
         return view
 
     def _fail(self, view: VmView, reason: str) -> None:

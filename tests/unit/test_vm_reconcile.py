@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from pvcd.vm.reconcile import Act, Action, DomainInfo, decide, decide_vm, memory_shortfall
+from pvcd.vm.reconciler import _MemoryBook
 from pvcd.vm.records import (
     STATUS_NEW,
     ActualState,
@@ -167,3 +168,69 @@ def test_decide_is_sorted_and_complete():
 def test_memory_shortfall():
     assert memory_shortfall("vm1", 512, 512, ME) is None
     assert memory_shortfall("vm1", 1024, 512, ME) == "not enough memory on hv1: VM vm1 needs 1024 MiB, 512 MiB free"
+
+
+# -- the free-memory check of concurrent starts ---------------------------------------
+
+
+class FakeHost:
+    """Free memory as libvirt reports it: total less what runs; counts the readings."""
+
+    def __init__(self, total_mib: int) -> None:
+        self.total_mib = total_mib
+        self.running_mib = 0
+        self.readings = 0
+
+    def free_mib(self) -> int:
+        self.readings += 1
+        return self.total_mib - self.running_mib
+
+
+def test_concurrent_starts_never_count_the_same_free_memory():
+    host = FakeHost(1000)
+    book = _MemoryBook(host.free_mib, max_age=3600)
+    first, why = book.reserve("vm1", 600, ME)
+    assert first is not None and why is None
+    # vm1 is not running yet (libvirt does not count it): its reservation does.
+    second, why = book.reserve("vm2", 600, ME)
+    assert second is None
+    assert why == "not enough memory on hv1: VM vm2 needs 600 MiB, 400 MiB free"
+    third, _ = book.reserve("vm3", 400, ME)
+    assert third is not None, "what is left after the reservations fits"
+    fourth, why = book.reserve("vm4", 1, ME)
+    assert fourth is None and "0 MiB free" in (why or "")
+
+
+def test_a_burst_of_starts_shares_one_reading_and_a_new_reading_counts_the_finished_ones():
+    host = FakeHost(1000)
+    book = _MemoryBook(host.free_mib, max_age=3600)
+    a, _ = book.reserve("vm1", 100, ME)
+    b, _ = book.reserve("vm2", 100, ME)
+    assert a is not None and b is not None
+    assert host.readings == 1, "a start while another is under way uses the same reading"
+    host.running_mib += 100
+    book.settle(a)  # vm1 runs now
+    c, _ = book.reserve("vm3", 100, ME)
+    assert c is not None and host.readings == 1
+    # vm3 does not fit on the old reading (vm1 counted as reserved, vm2 and vm3 under way): read again.
+    d, why = book.reserve("vm4", 750, ME)
+    assert host.readings == 2
+    # The new reading counts vm1 as running; vm2 and vm3 are still reserved: 1000 - 100 - 200 = 700 free.
+    assert d is None and "700 MiB free" in (why or "")
+    book.cancel(c)  # vm3 never started
+    d, _ = book.reserve("vm4", 750 - 50, ME)
+    assert d is not None
+
+
+def test_a_start_with_none_under_way_reads_afresh():
+    """Memory taken outside pvcd (another domain, a host process) since the last start is seen."""
+    host = FakeHost(1000)
+    book = _MemoryBook(host.free_mib, max_age=3600)
+    first, _ = book.reserve("vm1", 100, ME)
+    assert first is not None
+    host.running_mib += 100
+    book.settle(first)
+    host.running_mib += 800  # a domain pvcd does not manage
+    second, why = book.reserve("vm2", 200, ME)
+    assert second is None and "100 MiB free" in (why or "")
+    assert host.readings == 2
