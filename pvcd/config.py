@@ -45,7 +45,7 @@ PORT_RANGE = (1, 65535)
 DEFAULT_IPMI_PORT = 623
 MIN_SESSION_TIMEOUT_WITH_ADDRESSES = 3.0
 """Below this, a floating IP's kernel lifetime inside the session timeout would round down to under a second."""
-DEFAULT_FLUSH_CONCURRENCY = 2
+DEFAULT_FLUSH_CONCURRENCY = 16
 DEFAULT_FLUSH_ON_SHUTDOWN = False
 DEFAULT_WATCHDOG_DEVICE = "/dev/watchdog"
 WATCHDOG_TIMEOUT_RANGE = (2, 600)

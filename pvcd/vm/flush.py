@@ -40,6 +40,7 @@ from typing import Any
 
 from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView
+from pvcd.config import DEFAULT_FLUSH_CONCURRENCY
 from pvcd.placement.cluster import capacities, is_fenced, plan_requests, unknown_selector, vm_request
 from pvcd.placement.planner import Plan, Unplaced
 from pvcd.placement.selectors import VmRequest
@@ -60,13 +61,17 @@ from pvcd.zk.base import AlreadyExists, Store, StoreError, StoreUnavailable, Ver
 
 log = logging.getLogger("pvcd.flush")
 
-FLUSH_CONCURRENCY = 2
-"""Default for `pvc.system.migration.flush_concurrency`: moves a flush runs at once."""
-
 DEFAULT_MOVE_TIMEOUT = 600.0
 """How long a flush or ready waits for one move before reporting it and going on."""
 
 POLL_INTERVAL = 0.25
+"""How often a flush or ready waiting for its moves looks at its fence and at a newer command."""
+
+PENDING_READ_INTERVAL = 1.0
+"""How often a flush with nothing left to move but VMs still stopping or arriving reads the cluster again."""
+
+RECHECK_INTERVAL = 5.0
+"""How often the VMs of the moves under way are read, besides the watches that follow them."""
 
 
 class CommandKind(StrEnum):
@@ -313,7 +318,7 @@ class FlushRunner:
         node: str,
         set_domain_state: Callable[[DomainState], bool],
         selector: str,
-        concurrency: int = FLUSH_CONCURRENCY,
+        concurrency: int = DEFAULT_FLUSH_CONCURRENCY,
         move_timeout: float = DEFAULT_MOVE_TIMEOUT,
         poll_interval: float = POLL_INTERVAL,
         supervisor: Supervisor | None = None,
@@ -471,7 +476,12 @@ class FlushRunner:
                 for name in pending:
                     progress.left.setdefault(name, "still moving or stopping when the flush ended")
                 break
-            self._stop.wait(self.poll_interval)
+            # VMs still stopping or arriving: the cluster is read again a while later, fence and command meanwhile.
+            read_again = time.monotonic() + PENDING_READ_INTERVAL
+            while not self._stop.wait(self.poll_interval) and time.monotonic() < read_again:
+                self._check_fence()
+                if cancelled():
+                    break
         self._enter(DomainState.FLUSHED)
         report = Report(
             command_id, CommandKind.FLUSH, trigger, Phase.DONE, tuple(sorted(progress.moved)), progress.left
@@ -567,53 +577,75 @@ class FlushRunner:
     ) -> None:
         """Request the moves, at most `concurrency` under way; add the arrived and the left (with why) to `progress`.
 
-        Once cancelled, no more moves start, but those under way are waited
-        for (up to the move timeout), so whatever runs next sees every VM
-        settled. Once the node is fenced nothing is waited for: the moves
-        under way are the fence recovery's to settle.
+        Each move under way is followed by a watch on its VM's migration: the
+        move is over when that is gone (or is another move's), and only then is
+        the VM read, once, to see where it ended. Every `poll_interval` the
+        runner looks at its fence and at `cancelled()`, and every
+        `RECHECK_INTERVAL` it reads the VMs still moving (a safety net; the
+        watches see every change). Once cancelled, no more moves start, but
+        those under way are waited for (up to the move timeout), so whatever
+        runs next sees every VM settled. Once the node is fenced nothing is
+        waited for: the moves under way are the fence recovery's to settle.
         """
         pending = list(moves)
         in_flight: dict[str, tuple[str, str, float]] = {}
-        while pending or in_flight:
-            if self._stop.is_set():
-                progress.left.update({vm: "the node stopped before it moved" for vm, _ in pending})
-                break
-            try:
-                self._check_fence()
-            except _Refused:
-                progress.left.update({vm: "not moved: the node was fenced" for vm, _ in pending})
-                progress.left.update(
-                    {vm: "moving when the node was fenced; the fence recovery settles it" for vm in in_flight}
-                )
-                raise
-            if pending and cancelled():
-                progress.left.update({vm: "cancelled before it moved" for vm, _ in pending})
-                pending = []
-            while pending and len(in_flight) < self.concurrency:
-                vm, target = pending.pop(0)
-                move_id = self._request(vm, target, kind)
-                if move_id is None:
-                    progress.left[vm] = "changed meanwhile; not moved"
-                else:
-                    in_flight[vm] = (move_id, target, time.monotonic())
-            for vm, (move_id, target, started) in list(in_flight.items()):
-                view = vms.read_vm(self.store, vm)
-                if view is None:
-                    progress.left[vm] = "removed while moving"
-                elif view.migration is None or view.migration.id != move_id:
-                    if view.record.state == VmState.FAIL:
-                        progress.left[vm] = view.record.reason or "failed"
-                    elif view.record.node != target:
-                        progress.left[vm] = f"ended on {view.record.node}, not {target}"
+        follow = _MoveWatches(self.store)
+        last_recheck = time.monotonic()
+        try:
+            while pending or in_flight:
+                follow.changed.clear()
+                if self._stop.is_set():
+                    progress.left.update({vm: "the node stopped before it moved" for vm, _ in pending})
+                    break
+                try:
+                    self._check_fence()
+                except _Refused:
+                    progress.left.update({vm: "not moved: the node was fenced" for vm, _ in pending})
+                    progress.left.update(
+                        {vm: "moving when the node was fenced; the fence recovery settles it" for vm in in_flight}
+                    )
+                    raise
+                if pending and cancelled():
+                    progress.left.update({vm: "cancelled before it moved" for vm, _ in pending})
+                    pending = []
+                while pending and len(in_flight) < self.concurrency:
+                    vm, target = pending.pop(0)
+                    move_id = self._request(vm, target, kind)
+                    if move_id is None:
+                        progress.left[vm] = "changed meanwhile; not moved"
                     else:
-                        progress.moved.append(vm)
-                elif time.monotonic() - started > self.move_timeout:
-                    progress.left[vm] = f"still moving after {self.move_timeout:g}s"
-                else:
-                    continue
-                del in_flight[vm]
-            if in_flight:
-                self._stop.wait(self.poll_interval)
+                        in_flight[vm] = (move_id, target, time.monotonic())
+                        follow.add(vm, move_id)
+                ended = follow.ended()
+                now = time.monotonic()
+                if now - last_recheck >= RECHECK_INTERVAL:
+                    ended |= set(in_flight)
+                    last_recheck = now
+                ended &= set(in_flight)
+                for vm, view in _read_now(self.store, sorted(ended)).items():
+                    move_id, target, started = in_flight[vm]
+                    if view is None:
+                        progress.left[vm] = "removed while moving"
+                    elif view.migration is None or view.migration.id != move_id:
+                        if view.record.state == VmState.FAIL:
+                            progress.left[vm] = view.record.reason or "failed"
+                        elif view.record.node != target:
+                            progress.left[vm] = f"ended on {view.record.node}, not {target}"
+                        else:
+                            progress.moved.append(vm)
+                    else:
+                        continue  # still moving (a recheck)
+                    del in_flight[vm]
+                    follow.drop(vm)
+                for vm, (_move_id, _target, started) in list(in_flight.items()):
+                    if now - started > self.move_timeout:
+                        progress.left[vm] = f"still moving after {self.move_timeout:g}s"
+                        del in_flight[vm]
+                        follow.drop(vm)
+                if in_flight and not follow.ended_pending():
+                    follow.changed.wait(self.poll_interval)
+        finally:
+            follow.close()
 
     def _request(self, vm: str, target: str, kind: MoveKind) -> str | None:
         """Ask for one move if the VM is still as planned; the move's id, or None."""
@@ -640,6 +672,77 @@ class FlushRunner:
             write_report(self.store, self.node, report)
         except StoreError as exc:
             log.warning("Node %s could not write its flush report: %s", self.node, exc)
+
+
+class _MoveWatches:
+    """Watches on the migrations of the moves a flush or ready waits for.
+
+    The callbacks (on the store's thread) only note that a move is over and
+    set `changed`; the runner reads the VM itself. A move without a migration
+    (a stopped VM changes node at once) is over as soon as it is requested.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.changed = threading.Event()
+        self._lock = threading.Lock()
+        self._following: dict[str, str] = {}
+        self._ended: set[str] = set()
+        self._closed = False
+
+    def add(self, vm: str, move_id: str) -> None:
+        with self._lock:
+            self._following[vm] = move_id
+        self.store.watch_data(schema.vm_migration(vm), functools.partial(self._on_migration, vm, move_id))
+
+    def _on_migration(self, vm: str, move_id: str, value: Versioned | None) -> bool:
+        with self._lock:
+            if self._closed or self._following.get(vm) != move_id:
+                return False  # no longer waited for: this watch ends
+            current = value.value if value is not None else None
+            if isinstance(current, dict) and current.get("id") == move_id:
+                return True
+            self._ended.add(vm)
+        self.changed.set()
+        return False
+
+    def ended(self) -> set[str]:
+        """The VMs whose move ended since the last call."""
+        with self._lock:
+            ended, self._ended = self._ended, set()
+        return ended
+
+    def ended_pending(self) -> bool:
+        with self._lock:
+            return bool(self._ended)
+
+    def drop(self, vm: str) -> None:
+        with self._lock:
+            self._following.pop(vm, None)
+            self._ended.discard(vm)
+
+    def close(self) -> None:
+        """Every watch ends at its next event."""
+        with self._lock:
+            self._closed = True
+            self._following.clear()
+
+
+def _read_now(store: Store, names: list[str]) -> dict[str, VmView | None]:
+    """The VMs `names` (None: removed), every read sent before the first answer is awaited."""
+    asked = [
+        (
+            name,
+            store.get_async(schema.vm(name)),
+            store.get_async(schema.vm_status(name)),
+            store.get_async(schema.vm_migration(name)),
+        )
+        for name in names
+    ]
+    return {
+        name: vms.view_of(record.result(), status.result(), migration.result())
+        for name, record, status, migration in asked
+    }
 
 
 def read_report(store: Store, node: str) -> Report | None:

@@ -1032,7 +1032,7 @@ def test_ipmi_port_defaults_to_623_and_is_validated():
 def test_added_migration_and_fencing_keys():
     document = yaml.safe_load((Path(__file__).parents[2] / "examples" / "pvcd.yaml").read_text())
     config = parse_config(document)
-    assert config.migration.flush_concurrency == 2 and config.migration.flush_on_shutdown is False
+    assert config.migration.flush_concurrency == 16 and config.migration.flush_on_shutdown is False
     assert config.fencing.storm_guard_share == 0.5 and config.fencing.self_fence_command == "/sbin/reboot -f"
     custom = copy.deepcopy(document)
     custom["pvc"]["system"]["migration"].update(flush_concurrency=4, flush_on_shutdown=True)

@@ -1,7 +1,8 @@
-"""Flush and ready decisions, and the node figures the planner gets (pure)."""
+"""Flush and ready decisions, and the node figures the planner gets (pure); following moves (in-memory store)."""
 
 from __future__ import annotations
 
+from helpers import wait_for
 from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView, StateRecord
 from pvcd.placement.cluster import capacities
@@ -12,6 +13,7 @@ from pvcd.vm.flush import (
     Phase,
     Report,
     Trigger,
+    _MoveWatches,
     command_to_run,
     fence_refusal,
     flush_pending,
@@ -34,6 +36,8 @@ from pvcd.vm.records import (
     VmStatus,
     VmView,
 )
+from pvcd.zk import schema
+from pvcd.zk.memory import MemoryServer, MemoryStore
 
 ME = "hv1"
 
@@ -194,3 +198,33 @@ def test_what_comes_back_on_ready():
     # Room for one 1024 MiB VM only: the planner takes one of the two, the other stays where it is.
     assert len(plan.placements) == 1 and len(plan.unplaced) == 1
     assert plan.placements[0].node == ME
+
+
+# -- following the moves under way (in-memory store) ----------------------------------------
+
+
+def test_a_move_is_over_when_its_migration_is_gone_or_is_another_moves():
+    store = MemoryStore(MemoryServer())
+    store.start()
+    try:
+        for vm in ("vm1", "vm2", "vm3"):
+            store.ensure_path(schema.vm(vm))
+            store.create(schema.vm_migration(vm), {"id": f"move-{vm}", "phase": "requested"})
+        follow = _MoveWatches(store)
+        for vm in ("vm1", "vm2", "vm3"):
+            follow.add(vm, f"move-{vm}")
+        follow.add("vm4", "direct-1")  # a stopped VM's move: no migration, over at once
+        assert follow.ended() == {"vm4"}
+
+        store.set(schema.vm_migration("vm1"), {"id": "move-vm1", "phase": "released"}, -1)  # same move, going on
+        store.set(schema.vm_migration("vm2"), {"id": "someone-else", "phase": "requested"}, -1)
+        store.delete(schema.vm_migration("vm3"))
+        ended: set[str] = set()
+        # The store's events come in order: once vm3's deletion is seen, vm1's change was seen before it.
+        wait_for(lambda: ended.update(follow.ended()) or "vm3" in ended, 5, what="the end of vm3's move")
+        assert ended == {"vm2", "vm3"} and follow.changed.is_set()
+
+        follow.drop("vm1")
+        follow.close()
+    finally:
+        store.stop()
