@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pvcd import __version__, hostinfo
+from pvcd.cluster.cache import ClusterCache
 from pvcd.cluster.values import StateRecord
 from pvcd.collect import Collectors
 from pvcd.config import Config
@@ -122,14 +123,26 @@ class NodeDaemon:
         self.coordinator = coordinator_role(
             config, self.store, self._set_coordinator_state, self._publish_state, self.supervisor
         )
+        self.cluster: ClusterCache | None = None
+        """The watched cluster view: on coordinators (with every VM, for the fencer and its recovery),
+        and on nodes that log the cluster's state with every keepalive (nodes only)."""
+        if self.coordinator is not None or config.logging.log_keepalive_cluster_details:
+            self.cluster = ClusterCache(
+                self.store, with_vms=self.coordinator is not None, supervisor=self.supervisor, node=self.name
+            )
         self.fencer: Fencer | None = None
         if self.coordinator is not None:
+            cluster = self.cluster
+            assert cluster is not None
             self.fencer = Fencer(
                 self.store,
                 config,
                 is_primary=self._is_primary,
-                recover=lambda dead: recover_vms(self.store, dead, config.migration.target_selector),
+                recover=lambda dead: recover_vms(
+                    self.store, dead, config.migration.target_selector, cluster.current(need_vms=True)
+                ),
                 run_loop=self.supervisor.run,
+                cluster=cluster,
             )
             self.coordinator.services.register(self.fencer)
         # When the node last delivered a keepalive (monotonic): the self-fence clock.
@@ -180,6 +193,8 @@ class NodeDaemon:
                 return 0
             self._arm_watchdog()
             log.info("Node %s is running (coordinator state %s)", self.name, self.state.coordinator)
+            if self.cluster is not None:
+                self.cluster.start()
             if self.coordinator is not None:
                 self.coordinator.start()
             if self.hypervisor is not None:
@@ -544,9 +559,9 @@ class NodeDaemon:
         keepalive_log.info(
             keepalive_log_line(self.name, record, self.state, logging_config.log_keepalive_cluster_details)
         )
-        if logging_config.log_keepalive_cluster_details:
+        if logging_config.log_keepalive_cluster_details and self.cluster is not None:
             try:
-                states = nodes.read_states(self.store)
+                states = {view.name: view.state for view in self.cluster.current(need_vms=False).node_list()}
                 keepalive_log.info(cluster_log_line(states))
             except StoreError as exc:
                 keepalive_log.warning("Cluster details unavailable: %s", exc)
@@ -566,6 +581,8 @@ class NodeDaemon:
             self.vm_reconciler.stop(1.0)
         if self.coordinator is not None:
             self.coordinator.stop(COORDINATOR_STOP_TIMEOUT)
+        if self.cluster is not None:
+            self.cluster.stop(1.0)
         writer = threading.Thread(target=self._final_states, name="shutdown-states", daemon=True)
         writer.start()
         writer.join(SHUTDOWN_WRITE_TIMEOUT)

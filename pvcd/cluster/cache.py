@@ -131,6 +131,15 @@ class ClusterCache:
     def loaded(self) -> bool:
         return self._loaded
 
+    def current(self, need_vms: bool) -> ClusterView:
+        """The snapshot if it is complete as far as the cache knows (loaded, connected, no reload
+        pending, VMs followed if `need_vms`); otherwise one fresh read of the store, so a cache
+        that has not caught up after a dropped connection is never taken for the cluster."""
+        with self._changed:
+            trusted = self._loaded and self._connected and not self._reload and (self.with_vms or not need_vms)
+            view = self._view
+        return view if trusted else read_view(self.store, need_vms)
+
     def wait_newer(self, generation: int, timeout: float) -> ClusterView:
         """The first view newer than `generation`, or the current one after `timeout` seconds."""
         with self._changed:
@@ -312,19 +321,18 @@ class ClusterCache:
 
 
 def read_view(store: Store, with_vms: bool) -> ClusterView:
-    """The cluster as it is now, in one pipelined read and without watches (the CLI's view)."""
+    """The cluster as it is now, in one `get_many` and without watches (the CLI's view)."""
     node_names = store.children(schema.NODES)
     vm_names = store.children(schema.VMS) if with_vms else []
-    asked: dict[str, Pending[Versioned | None]] = {}
-    for path in [schema.MAINTENANCE, schema.FAULTS]:
-        asked[path] = store.get_async(path)
-    for name in node_names:
-        for part in NODE_PARTS:
-            asked[node_path(name, part)] = store.get_async(node_path(name, part))
-    for name in vm_names:
-        for part in VM_PARTS:
-            asked[vm_path(name, part)] = store.get_async(vm_path(name, part))
-    values = {path: _read(pending, path) for path, pending in asked.items()}
+    paths = [schema.MAINTENANCE, schema.FAULTS]
+    paths += [node_path(name, part) for name in node_names for part in NODE_PARTS]
+    paths += [vm_path(name, part) for name in vm_names for part in VM_PARTS]
+    values: dict[str, Versioned | None] = {}
+    for path, value in zip(paths, store.get_many(paths), strict=True):
+        if isinstance(value, Unreadable):  # as `_read`: present, with no value
+            log.warning("Cluster view: %s is not JSON (%s); read as empty", path, value)
+            value = Versioned(None, value.version, value.mtime_ms)
+        values[path] = value
     return assemble(
         {name: {part: values[node_path(name, part)] for part in NODE_PARTS} for name in node_names},
         {name: {part: values[vm_path(name, part)] for part in VM_PARTS} for name in vm_names} if with_vms else None,

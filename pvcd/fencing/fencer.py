@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pvcd.cluster.cache import ClusterCache
 from pvcd.cluster.liveness import LivenessTracker, NodeStatus, Verdict, decide
 from pvcd.cluster.values import NodeView
 from pvcd.config import DEFAULT_IPMI_PORT, Config
@@ -26,7 +27,7 @@ from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
 from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
 from pvcd.fencing.outcome import FenceOutcome
 from pvcd.supervisor import Supervisor
-from pvcd.zk import nodes, schema
+from pvcd.zk import schema
 from pvcd.zk.base import Store, StoreError, VersionConflict
 
 log = logging.getLogger("pvcd.fencing")
@@ -106,9 +107,14 @@ class Fencer:
         driver: IpmiDriver | None = None,
         clock: Callable[[], float] = time.monotonic,
         run_loop: Callable[[str, Callable[[], None], threading.Event, float], None] | None = None,
+        cluster: ClusterCache | None = None,
     ) -> None:
-        """`run_loop(name, body, stop_event, period)` runs the rounds: the daemon's supervisor."""
+        """`run_loop(name, body, stop_event, period)` runs the rounds: the daemon's supervisor.
+        `cluster`: the daemon's cache, which every round reads instead of the store (by default
+        one of the fencer's own)."""
         self.store = store
+        self.cluster = cluster or ClusterCache(store, with_vms=False, node=config.node)
+        self._own_cluster = cluster is None
         self.config = config
         self.me = config.node
         self.is_primary = is_primary
@@ -131,6 +137,8 @@ class Fencer:
         self._storm_logged = ()
         self._maintenance_logged = ()
         self.stop_event = threading.Event()
+        if self._own_cluster:
+            self.cluster.start()
         period = self.config.fencing.keepalive_interval * ROUND_SHARE
         self.thread = threading.Thread(
             target=self.run_loop, args=("fencer", self._round, self.stop_event, period), name="fencer", daemon=True
@@ -142,6 +150,8 @@ class Fencer:
         self.stop_event.set()
         if self.thread is not None:
             self.thread.join(0.5)
+        if self._own_cluster:
+            self.cluster.stop()
 
     def _round(self) -> None:
         """One round; a ZooKeeper or BMC failure is expected now and then and skips the round,
@@ -157,7 +167,8 @@ class Fencer:
 
     def run_once(self) -> None:
         now = self.clock()
-        views = nodes.read_cluster(self.store)
+        cluster = self.cluster.current(need_vms=False)
+        views = cluster.node_list()
         by_name = {view.name: view for view in views}
         for view in views:
             if view.keepalive_version is not None:
@@ -168,7 +179,7 @@ class Fencer:
         ]
         self._log_unjudged(statuses)
         decision = decide(
-            statuses, self.tracker, now, self.me, self._maintenance(), self.config.fencing.storm_guard_share
+            statuses, self.tracker, now, self.me, cluster.maintenance, self.config.fencing.storm_guard_share
         )
         self._record_storm(decision.dead if decision.verdict == Verdict.STORM else (), decision.reason)
         held_by_maintenance = decision.dead if decision.verdict == Verdict.MAINTENANCE else ()
@@ -208,10 +219,6 @@ class Fencer:
                 ", ".join(unjudged),
             )
         self._unjudged_logged = unjudged
-
-    def _maintenance(self) -> bool:
-        found = self.store.get(schema.MAINTENANCE)
-        return bool(found and isinstance(found.value, dict) and found.value.get("enabled"))
 
     def _record_storm(self, dead: tuple[str, ...], reason: str) -> None:
         if dead == self._storm_logged:

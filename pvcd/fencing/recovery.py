@@ -3,9 +3,10 @@
 Called by the fencer only once the policy allows it (the node is known off).
 The planner places every VM that no longer runs anywhere at once, reserving
 capacity as it goes, so the batch spreads instead of piling onto the emptiest
-node; each VM is then handed over in its own version-checked transaction,
-with the dead node as `lastnode` so that `pvc node ready` can bring the VMs
-home.
+node. The VMs are then handed over in batches of BATCH_VMS, each batch one
+version-checked transaction (a batch in which a VM changed since the plan is
+written VM by VM, each decided again on a fresh read), with the dead node as
+`lastnode` so that `pvc node ready` can bring the VMs home.
 
 Which VMs of the dead node are placed (`to_place`):
 
@@ -24,8 +25,9 @@ says that node is starting or running it) is that node's: the recovery leaves
 it alone. A live migration under way is released to its target, which may
 already run the VM (`records.after_fence`).
 
-The decisions are pure (`plan_recovery`, `recovered`); `recover_vms` reads
-ZooKeeper, writes, and logs.
+The decisions are pure (`plan_recovery`, `recovered`); `recover_vms` plans
+from the cluster view it is given (the primary's cache, or a fresh read when
+the cache has not caught up), writes, and logs.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ from dataclasses import dataclass
 
 from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView
+from pvcd.cluster.view import ClusterView
 from pvcd.fencing.fencer import RecoveryResult
 from pvcd.placement import cluster as placement
 from pvcd.states import DaemonState
 from pvcd.vm import records
 from pvcd.vm.records import SHOULD_RUN, ActualState, Migration, MovePhase, VmRecord, VmState, VmStatus, VmView
-from pvcd.zk import nodes, vms
-from pvcd.zk.store import AlreadyExists, NotFound, Store, VersionConflict
+from pvcd.zk import schema, vms
+from pvcd.zk.base import AlreadyExists, NotFound, Store, VersionConflict, encode
 
 log = logging.getLogger("pvcd.fencing")
 
@@ -184,14 +187,26 @@ def _placed_from_cut_move(view: VmView, migration: Migration, dead: str, replace
     return placed, None, fenced
 
 
+BATCH_VMS = 50
+"""VMs written per transaction by a recovery."""
+
+BATCH_BYTES = 512 * 1024
+"""A batch whose records add up to more is written VM by VM: a ZooKeeper request must stay under
+its 1 MiB limit (jute.maxbuffer), and domain XML can be large."""
+
+
 class _KeptChanging(Exception):
     """The VM's records changed under every attempt to write its recovery."""
 
 
-def recover_vms(store: Store, dead: str, selector: str) -> RecoveryResult:
-    """Plan and hand over every VM of `dead`; report where each went or why not."""
-    views, damaged = vms.read_vms(store)
-    plan = plan_recovery(dead, views, nodes.read_cluster(store), store.server_time_ms(), selector)
+def recover_vms(store: Store, dead: str, selector: str, cluster: ClusterView) -> RecoveryResult:
+    """Plan once and hand over every VM of `dead`, in batched transactions; report where each went or why not.
+
+    `cluster` holds every VM (the primary's cache, or a fresh read). A VM
+    that changed since is caught by its transaction's version checks: its
+    batch is written again VM by VM, each decided afresh on a fresh read."""
+    views, damaged = dict(cluster.vms), dict(cluster.damaged_vms)
+    plan = plan_recovery(dead, views, cluster.node_list(), store.server_time_ms(), selector)
     for name, odd in sorted(plan.unknown_selectors.items()):
         log.warning(
             "VM %s of fenced node %s names target selector %r, which this version does not know; "
@@ -205,19 +220,71 @@ def recover_vms(store: Store, dead: str, selector: str) -> RecoveryResult:
         log.error("VM %s has a damaged record and is not recovered if it ran on node %s: %s", name, dead, problem)
     moved: dict[str, str] = {}
     unplaced = dict(plan.unplaced)
-    for name in plan.vms:
-        try:
-            now = _hand_over(store, views[name], dead, plan)
-        except _KeptChanging:
-            unplaced[name] = "its record kept changing while it was being recovered"
-            continue
-        if now is None or now.record.node != dead:
-            unplaced.pop(name, None)
-            if now is not None:
-                moved[name] = now.record.node
-        else:
-            unplaced.setdefault(name, "no node could take the VM")
+    for node in sorted(set(plan.targets.values())):
+        store.ensure_path(schema.node_vms(node))  # a batch trusts the index: its folders must exist
+    for batch in _batches(plan.vms):
+        for name, now in _write_batch(store, [views[name] for name in batch], dead, plan).items():
+            if isinstance(now, str):
+                unplaced[name] = now
+            elif now is None or now.record.node != dead:
+                unplaced.pop(name, None)
+                if now is not None:
+                    moved[name] = now.record.node
+            else:
+                unplaced.setdefault(name, "no node could take the VM")
     return RecoveryResult(moved=moved, unplaced=unplaced)
+
+
+def _batches(names: Iterable[str]) -> Iterable[list[str]]:
+    batch: list[str] = []
+    for name in names:
+        batch.append(name)
+        if len(batch) == BATCH_VMS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_batch(store: Store, batch: list[VmView], dead: str, plan: RecoveryPlan) -> dict[str, VmView | None | str]:
+    """Each VM as it ends up (None: removed meanwhile; a string: why it was not written).
+
+    One transaction for the batch while it stays under BATCH_BYTES; if any VM
+    in it changed meanwhile, the batch is written VM by VM instead."""
+    results: dict[str, VmView | None | str] = {}
+    transaction = store.transaction()
+    staged: dict[str, VmView] = {}
+    size = 0
+    for view in batch:
+        change = recovered(view, dead, plan.targets.get(view.name), plan.can_finish)
+        if change is None:
+            results[view.name] = view
+            continue
+        record, migration, status = change
+        size += len(encode(record.to_json()))
+        staged[view.name] = vms.write_after_fence(store, view, record, migration, status, transaction)
+    if not staged:
+        return results
+    if size <= BATCH_BYTES:
+        try:
+            transaction.commit()
+        except (VersionConflict, NotFound, AlreadyExists) as exc:
+            log.info(
+                "Recovery of node %s: a batch of %d VMs changed meanwhile (%s); writing them one by one",
+                dead,
+                len(staged),
+                exc,
+            )
+        else:
+            results.update(staged)
+            return results
+    for view in batch:
+        if view.name in staged:
+            try:
+                results[view.name] = _hand_over(store, view, dead, plan)
+            except _KeptChanging:
+                results[view.name] = "its record kept changing while it was being recovered"
+    return results
 
 
 def _hand_over(store: Store, view: VmView, dead: str, plan: RecoveryPlan) -> VmView | None:

@@ -159,16 +159,6 @@ def read_node(store: Store, name: str) -> NodeView | None:
     )
 
 
-def read_states(store: Store) -> dict[str, StateRecord]:
-    """Every node's state only: one read per node, for the keepalive's cluster summary."""
-    states = {}
-    for name in store.children(schema.NODES):
-        found = store.get(schema.node_state(name))
-        if found is not None:
-            states[name] = StateRecord.from_json(found.value)
-    return states
-
-
 def read_cluster(store: Store) -> list[NodeView]:
     """Every registered node, sorted by name."""
     views = (read_node(store, name) for name in store.children(schema.NODES))

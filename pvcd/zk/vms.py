@@ -21,7 +21,7 @@ from pvcd.vm.records import (
     VmView,
 )
 from pvcd.zk import schema
-from pvcd.zk.base import Store, StoreError, Transaction, Unreadable, Versioned
+from pvcd.zk.base import Store, StoreError, Transaction, Unreadable, Versioned, readable
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +65,20 @@ def read_vms(store: Store) -> tuple[dict[str, VmView], dict[str, str]]:
 
 
 def _read_named(store: Store, names: list[str]) -> tuple[dict[str, VmView], dict[str, str]]:
-    """Read the VMs `names` with every request sent before the first answer is awaited.
+    """Read the VMs `names`: their three values each, in one `get_many`.
 
-    One round trip for the lot instead of three per VM: what makes `pvc vm
-    list` and a flush's one read of the cluster cost milliseconds per thousand
-    VMs rather than seconds.
+    A few requests for the lot (ZooKeeper: one multiRead per few hundred
+    paths) instead of three per VM: what makes `pvc vm list` and a flush's one
+    read of the cluster cost milliseconds per thousand VMs rather than seconds.
     """
-    asked = [
-        (
-            name,
-            store.get_async(schema.vm(name)),
-            store.get_async(schema.vm_status(name)),
-            store.get_async(schema.vm_migration(name)),
-        )
-        for name in names
-    ]
+    paths = [path for name in names for path in (schema.vm(name), schema.vm_status(name), schema.vm_migration(name))]
+    values = store.get_many(paths)
     views: dict[str, VmView] = {}
     damaged: dict[str, str] = {}
-    for name, record, status, migration in asked:
+    for index, name in enumerate(names):
+        record, status, migration = values[3 * index : 3 * index + 3]
         try:
-            view = view_of(record.result(), status.result(), migration.result())
+            view = view_of(readable(record), readable(status), readable(migration))
         except (InvalidVm, Unreadable) as exc:
             damaged[name] = str(exc)
             continue
@@ -137,6 +131,17 @@ def _index(store: Store, txn: Transaction, vm_name: str, before: frozenset[str],
             txn.delete(path)
 
 
+def _index_unchecked(
+    store: Store, txn: Transaction, vm_name: str, before: frozenset[str], after: frozenset[str]
+) -> None:
+    """As `_index`, trusting the index to be in step: no read per entry (see `VmWrite.stage`).
+    The nodes' index folders must exist."""
+    for node in sorted(after - before):
+        txn.create(schema.node_vm(node, vm_name), None)
+    for node in sorted(before - after):
+        txn.delete(schema.node_vm(node, vm_name))
+
+
 def repair_index(store: Store, node: str) -> tuple[list[str], list[str]]:
     """Make node `node`'s index match the VMs (one full read): the entries added and removed.
 
@@ -180,9 +185,10 @@ class VmWrite:
     re-reading.
     """
 
-    def __init__(self, store: Store, view: VmView) -> None:
+    def __init__(self, store: Store, view: VmView, transaction: Transaction | None = None) -> None:
+        """With `transaction`, the writes join it (several VMs in one commit: see `stage`)."""
         self._store = store
-        self._txn: Transaction = store.transaction()
+        self._txn: Transaction = transaction or store.transaction()
         self._view = view
         self._after = view
 
@@ -228,13 +234,25 @@ class VmWrite:
         self._after = dataclasses.replace(self._after, migration=None, migration_version=None)
         return self
 
-    def commit(self) -> VmView:
+    def stage(self, check_index: bool = True) -> VmView:
+        """Add the index changes to the transaction without committing it; the view after it commits.
+
+        `check_index=False` trusts the index to be in step (no read per entry),
+        for a batch of many VMs: an entry out of step then makes the whole
+        transaction fail, and the caller writes those VMs one by one."""
         before = acting_nodes(self._view.record, self._view.migration)
         after = acting_nodes(self._after.record, self._after.migration)
         if before != after:
-            _index(self._store, self._txn, self._view.name, before, after)
-        self._txn.commit()
+            if check_index:
+                _index(self._store, self._txn, self._view.name, before, after)
+            else:
+                _index_unchecked(self._store, self._txn, self._view.name, before, after)
         return self._after
+
+    def commit(self) -> VmView:
+        after = self.stage()
+        self._txn.commit()
+        return after
 
 
 def define(store: Store, record: VmRecord) -> None:
@@ -286,14 +304,22 @@ def request_move(store: Store, view: VmView, record: VmRecord, migration: Migrat
 
 
 def write_after_fence(
-    store: Store, view: VmView, record: VmRecord, migration: Migration | None, status: VmStatus
+    store: Store,
+    view: VmView,
+    record: VmRecord,
+    migration: Migration | None,
+    status: VmStatus,
+    transaction: Transaction | None = None,
 ) -> VmView:
-    """Write what `records.after_fence` decided, in one transaction."""
-    write = VmWrite(store, view).status(status)
+    """Write what `records.after_fence` decided, in one transaction; with `transaction`, only
+    add it there (trusting the index), and the caller commits."""
+    write = VmWrite(store, view, transaction).status(status)
     if record != view.record:
         write.record(record)
     if migration is not None and migration != view.migration:
         write.migration(migration)
     elif migration is None and view.migration is not None:
         write.delete_migration()
+    if transaction is not None:
+        return write.stage(check_index=False)
     return write.commit()

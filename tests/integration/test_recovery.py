@@ -8,8 +8,9 @@ import uuid
 import pytest
 
 from helpers import vm_operator, vm_xml
+from pvcd.cluster.cache import read_view
 from pvcd.cluster.values import StateRecord
-from pvcd.fencing.recovery import recover_vms
+from pvcd.fencing.recovery import BATCH_VMS, recover_vms
 from pvcd.vm import records
 from pvcd.vm.records import ActualState, Migration, MigrationMethod, MoveKind, MovePhase, VmState, VmStatus
 from pvcd.zk import nodes, schema, vms
@@ -83,7 +84,7 @@ def test_a_move_released_but_not_finished_is_placed_not_failed(operator):
     add_vm(operator, "steady")
     add_vm(operator, "leaving", moving_to="hv2")
 
-    result = recover_vms(store, DEAD, "mem")
+    result = recover_vms(store, DEAD, "mem", read_view(store, with_vms=True))
 
     assert sorted(result.moved) == ["leaving", "steady"] and result.unplaced == {}
     for name in ("leaving", "steady"):
@@ -102,7 +103,7 @@ def test_a_move_released_to_a_fenced_node_is_placed_elsewhere(operator):
     add_node(store, "hv3", 8192)
     add_vm(operator, "leaving", moving_to="hv2")
 
-    result = recover_vms(store, DEAD, "mem")
+    result = recover_vms(store, DEAD, "mem", read_view(store, with_vms=True))
 
     assert result.moved == {"leaving": "hv3"} and result.unplaced == {}
     view = operator.view("leaving")
@@ -120,7 +121,7 @@ def test_released_moves_count_once_in_the_capacity_reservation(operator):
     add_vm(operator, "b")
     add_vm(operator, "leaving", moving_to="hv2")
 
-    result = recover_vms(store, DEAD, "mem")
+    result = recover_vms(store, DEAD, "mem", read_view(store, with_vms=True))
 
     assert result.unplaced == {} and sorted(result.moved) == ["a", "b", "leaving"]
     placed = [operator.view(name).record.node for name in ("a", "b", "leaving")]
@@ -138,7 +139,7 @@ def test_a_move_whose_target_already_claimed_it_is_left_to_the_target(operator):
     vms.VmWrite(store, view).check_record().status(VmStatus("hv2", ActualState.STARTING)).commit()
     before = operator.view("arriving")
 
-    result = recover_vms(store, DEAD, "mem")
+    result = recover_vms(store, DEAD, "mem", read_view(store, with_vms=True))
 
     assert "arriving" not in result.moved and "arriving" not in result.unplaced
     assert operator.view("arriving") == before
@@ -151,8 +152,60 @@ def test_an_unknown_selector_in_one_record_does_not_stop_the_recovery_of_the_oth
     add_vm(operator, "odd", selector="least-used")
     add_vm(operator, "plain")
 
-    result = recover_vms(store, DEAD, "mem")
+    result = recover_vms(store, DEAD, "mem", read_view(store, with_vms=True))
 
     assert result.moved == {"odd": "hv2", "plain": "hv2"} and result.unplaced == {}
     for name in ("odd", "plain"):
         assert operator.view(name).record.state == VmState.START
+
+
+def test_many_vms_are_written_in_batches_and_a_batch_that_changed_meanwhile_vm_by_vm(operator, zookeeper):
+    store = operator.store
+    count = BATCH_VMS * 2 + 7
+    add_node(store, DEAD, 1024 * 1024, fence="confirmed")
+    add_node(store, "hv2", 1024 * 1024)
+    add_node(store, "hv3", 1024 * 1024)
+    names = [f"vm{index:03d}" for index in range(count)]
+    for name in names:
+        add_vm(operator, name, memory_mib=128)
+    cluster = read_view(store, with_vms=True)
+    # After the plan's read, an operator stops one VM of the second batch: that batch's
+    # transaction fails on its version check, and its VMs are decided again one by one.
+    changed = names[BATCH_VMS + 3]
+    view = operator.view(changed)
+    vms.VmWrite(store, view).record(view.record.with_state(VmState.STOP, "stopped by the operator")).commit()
+    counted = CountedTransactions(store)
+
+    result = recover_vms(store, DEAD, "mem", cluster)
+
+    assert result.unplaced == {} and sorted(result.moved) == names
+    assert all(operator.view(name).record.node in ("hv2", "hv3") for name in names)
+    assert operator.view(changed).record.state == VmState.STOP, "the operator's change is kept"
+    assert operator.view(names[0]).record.state == VmState.START
+    # Three batches, the second of which failed and was written VM by VM: once each, and the
+    # changed VM twice (refused on the plan's version, then decided again on a fresh read).
+    assert counted.commits == 3 + BATCH_VMS + 1, counted.commits
+    for node in ("hv2", "hv3"):
+        indexed = set(vms.owned(store, node))
+        assert indexed == {name for name in names if operator.view(name).record.node == node}
+
+
+class CountedTransactions:
+    """Counts the transactions committed through `store`."""
+
+    def __init__(self, store) -> None:
+        self.commits = 0
+        original = store.transaction
+
+        def counted():
+            transaction = original()
+            commit = transaction.commit
+
+            def counting(*args, **kwargs):
+                self.commits += 1
+                return commit(*args, **kwargs)
+
+            transaction.commit = counting
+            return transaction
+
+        store.transaction = counted

@@ -31,7 +31,7 @@ from pvcd.fencing import flow
 from pvcd.fencing.fencer import node_fencing
 from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
 from pvcd.fencing.outcome import FenceOutcome
-from pvcd.fencing.recovery import plan_recovery, recovered
+from pvcd.fencing.recovery import BATCH_VMS, plan_recovery, recovered
 from pvcd.keepalive import DOMAINS, LOAD, MEMORY, build_keepalive
 from pvcd.placement import cluster as placement
 from pvcd.placement.planner import plan_batch
@@ -1078,7 +1078,8 @@ class Model:
         self.count(f"recovery after {allowed}")
 
     def _recover(self, term: Primary, node: str, record: dict[str, Any]) -> Steps:
-        """`Fencer._recover`, with `recovery.recover_vms` step by step (one VM per step)."""
+        """`Fencer._recover`, with `recovery.recover_vms` step by step (one batch per step; a batch
+        that changed meanwhile one VM per step)."""
         if not self._is_primary(term):
             return
         if record.get("step") != Step.RECOVERING:
@@ -1098,23 +1099,43 @@ class Model:
         store = self.client(self.hosts[term.node])
         views, _damaged = vms.read_vms(store)
         plan = plan_recovery(node, views, nodes.read_cluster(store), store.server_time_ms(), SELECTOR)
+        for target in sorted(set(plan.targets.values())):
+            store.ensure_path(schema.node_vms(target))
         yield
-        for name in plan.vms:
-            view: VmView | None = views[name]
-            for _attempt in range(5):
-                assert view is not None
-                change = recovered(view, node, plan.targets.get(name), plan.can_finish)
-                if change is None:
-                    break
+        for start in range(0, len(plan.vms), BATCH_VMS):
+            batch = plan.vms[start : start + BATCH_VMS]
+            transaction = store.transaction()
+            staged = 0
+            for name in batch:
+                change = recovered(views[name], node, plan.targets.get(name), plan.can_finish)
+                if change is not None:
+                    vms.write_after_fence(store, views[name], *change, transaction)
+                    staged += 1
+            if staged:
                 try:
-                    vms.write_after_fence(store, view, *change)
-                    self.count("vm recovered")
-                    break
+                    transaction.commit()
+                    self.count("vm batch recovered")
+                    yield
+                    continue
                 except (VersionConflict, NotFound, AlreadyExists):
-                    view = vms.read_vm(store, name)
-                    if view is None:
-                        break
+                    self.count("vm batch changed meanwhile")
             yield
+            for name in batch:
+                view: VmView | None = views[name]
+                for _attempt in range(5):
+                    assert view is not None
+                    change = recovered(view, node, plan.targets.get(name), plan.can_finish)
+                    if change is None:
+                        break
+                    try:
+                        vms.write_after_fence(store, view, *change)
+                        self.count("vm recovered")
+                        break
+                    except (VersionConflict, NotFound, AlreadyExists):
+                        view = vms.read_vm(store, name)
+                        if view is None:
+                            break
+                yield
         self._write(term, node, dict(record, step=str(Step.RECOVERED), recovered=True))
         self.note(f"fence {record['id']} of {node} recovered")
         yield
