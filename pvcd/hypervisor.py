@@ -50,7 +50,10 @@ class Hypervisor:
         # The test driver's figures of running domains, by (UUID, domain ID):
         # a domain's ID is new at each start, so an entry is one run of one domain.
         self._figures: dict[tuple[str, int], DomainFigures] = {}
-        self._figures_lock = threading.Lock()
+        # One listing at a time: the keepalive's two collectors list together,
+        # and after a burst of starts the second must not ask again about each
+        # domain the first is asking about.
+        self._listing_lock = threading.Lock()
 
     @property
     def simulated(self) -> bool:
@@ -120,10 +123,13 @@ class Hypervisor:
         return sorted(self._call("list domains", self._running_figures), key=lambda d: d.name)
 
     def _running_figures(self, conn: libvirt.virConnect) -> list[DomainFigures]:
+        with self._listing_lock:
+            return self._list_running(conn)
+
+    def _list_running(self, conn: libvirt.virConnect) -> list[DomainFigures]:
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
         listing = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU, flags)
-        with self._figures_lock:
-            known = self._figures
+        known = self._figures
         figures: list[DomainFigures] = []
         asked: dict[tuple[str, int], DomainFigures] = {}
         for domain, stats in listing:
@@ -145,9 +151,8 @@ class Hypervisor:
                 figure = DomainFigures(domain.name(), uuid, current_kib // 1024, vcpus)
             asked[key] = figure
             figures.append(figure)
-        with self._figures_lock:
-            # Only domains running now are remembered: no more entries than running domains.
-            self._figures = asked
+        # Only domains running now are remembered: no more entries than running domains.
+        self._figures = asked
         return figures
 
     def host_memory(self) -> HostMemory:

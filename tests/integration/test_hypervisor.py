@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,6 +137,16 @@ def test_keepalive_figures_cost_one_call_however_many_domains_run(host_uri, coun
     calls.clear()
     assert len(hypervisor.running_domains()) == 35
     assert remote_calls(calls) == {"getAllDomainStats": 1, "info": 5}
+    # The keepalive's collectors list together: after a burst, the domains started are asked about once.
+    for index in range(35, 40):
+        start(conn, f"vm-{index:02d}")
+    calls.clear()
+    readers = [threading.Thread(target=read) for read in (hypervisor.running_domains, hypervisor.host_memory)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert remote_calls(calls) == {"getAllDomainStats": 2, "getInfo": 1, "info": 5}
 
 
 def test_figures_that_come_with_the_listing_need_no_look_at_each_domain(host_uri, counted):
