@@ -48,7 +48,8 @@ from pvcd.vm.migrators import node_addresses
 from pvcd.vm.reconciler import VmReconciler
 from pvcd.watchdog import Watchdog, WatchdogState
 from pvcd.zk import nodes
-from pvcd.zk.store import Store, StoreError, StoreUnavailable, VersionConflict
+from pvcd.zk.base import Store, StoreError, StoreUnavailable, VersionConflict
+from pvcd.zk.store import ZooKeeperStore
 
 log = logging.getLogger("pvcd")
 keepalive_log = logging.getLogger("pvcd.keepalive")
@@ -101,7 +102,7 @@ class NodeDaemon:
         self._self_fence_lock = threading.Lock()
         self.hypervisor = Hypervisor(config.hypervisor.libvirt_uri) if config.functions.enable_hypervisor else None
         self.collectors = Collectors(collectors or default_collectors(config, self.hypervisor))
-        self.store = Store(
+        self.store: Store = ZooKeeperStore(
             config.zookeeper_hosts,
             session_timeout=config.cluster.zookeeper.session_timeout,
             connect_timeout=config.cluster.zookeeper.connect_timeout,

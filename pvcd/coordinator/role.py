@@ -39,7 +39,7 @@ from pvcd.coordinator.services import ServiceRegistry
 from pvcd.network.addresses import FloatingIPs, LeaseLost, floating_addresses
 from pvcd.states import CoordinatorState, coordinator_transition
 from pvcd.supervisor import Supervisor
-from pvcd.zk.store import Store
+from pvcd.zk.base import Store
 
 log = logging.getLogger("pvcd.coordinator")
 
