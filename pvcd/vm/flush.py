@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pvcd.cluster.cache import read_view
 from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView
 from pvcd.config import DEFAULT_FLUSH_CONCURRENCY
@@ -457,8 +458,8 @@ class FlushRunner:
                 log.info("Node %s: flush cancelled after moving %d VMs", self.node, len(progress.moved))
                 self._write(report)
                 return report
-            views, _ = vms.read_vms(self.store)
-            node_views = nodes.read_cluster(self.store)
+            cluster = read_view(self.store, with_vms=True)
+            views, node_views = dict(cluster.vms), cluster.node_list()
             plan = flush_plan(
                 self.node, views, node_views, late_nodes(node_views, self.store.server_time_ms()), self.selector
             )
@@ -534,8 +535,8 @@ class FlushRunner:
         self._check_fence()
         self._enter(DomainState.UNFLUSH)
         self._write(Report(command_id, CommandKind.READY, Trigger.COMMAND, Phase.RUNNING))
-        views, _ = vms.read_vms(self.store)
-        node_views = nodes.read_cluster(self.store)
+        cluster = read_view(self.store, with_vms=True)
+        views, node_views = dict(cluster.vms), cluster.node_list()
         plan = return_plan(
             self.node, views, node_views, late_nodes(node_views, self.store.server_time_ms()), self.selector
         )
