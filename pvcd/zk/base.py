@@ -24,7 +24,9 @@ The semantics are ZooKeeper's:
 - connection listeners hear "CONNECTED", "SUSPENDED" (connection lost, the
   session may survive) and "LOST" (the session expired: its ephemerals are gone);
 - the `*_async` calls return a `Pending` that is waited for with a bound, so a
-  caller that must act on time (the election) never waits out an outage.
+  caller that must act on time (the election) never waits out an outage;
+- `get_many` reads many paths at once, without watches (ZooKeeper: one
+  multiRead request per few hundred paths instead of one request per path).
 
 Values are JSON; `encode` is canonical so equal values are equal bytes.
 """
@@ -32,8 +34,9 @@ Values are JSON; `encode` is canonical so equal values are equal bytes.
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -146,6 +149,26 @@ class Answered(Pending[T], Generic[T]):
         return self._value  # type: ignore[return-value]
 
 
+def readable(answer: Versioned | Unreadable | None) -> Versioned | None:
+    """One of `Store.get_many`'s answers as `get` has it: its `Unreadable` raised."""
+    if isinstance(answer, Unreadable):
+        raise answer
+    return answer
+
+
+def collect(asked: Sequence[Pending[Versioned | None]], timeout: float | None) -> list[Versioned | Unreadable | None]:
+    """The answers of reads sent together, waited for `timeout` seconds in all;
+    a value that is not JSON is answered with its `Unreadable` (see `Store.get_many`)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    answers: list[Versioned | Unreadable | None] = []
+    for pending in asked:
+        try:
+            answers.append(pending.result(None if deadline is None else max(0.0, deadline - time.monotonic())))
+        except Unreadable as exc:
+            answers.append(exc)
+    return answers
+
+
 class StoreLock(ABC):
     """An exclusive lock shared by every session of the cluster."""
 
@@ -221,6 +244,25 @@ class Store(ABC):
     @abstractmethod
     def get(self, path: str) -> Versioned | None:
         """The value at `path`, or None when the path does not exist (`Unreadable` when it is not JSON)."""
+
+    def get_many(self, paths: Sequence[str], timeout: float | None = None) -> list[Versioned | Unreadable | None]:
+        """The values at `paths`, in their order, read without watches.
+
+        One answer per path: its `Versioned`, None when the path does not exist,
+        or, for a value that is not JSON, the `Unreadable` error itself, returned
+        rather than raised, so that one foreign value never hides the others
+        (`readable` raises it, as `get` does). No answer is left out.
+
+        Raises `StoreTimeout` when the answers did not all come within `timeout`
+        seconds (the whole call; None: as long as `get` waits), `StoreUnavailable`
+        when the connection was lost meanwhile, another `StoreError` for a path
+        the store refused. Not one snapshot: each value is as of its own read,
+        as with pipelined `get_async`s (all are at least as new as anything this
+        session wrote or read before the call).
+
+        This default sends every `get_async` before awaiting the first answer;
+        implementations may batch (ZooKeeper: multiRead)."""
+        return collect([self.get_async(path) for path in paths], timeout)
 
     @abstractmethod
     def children(self, path: str) -> list[str]:

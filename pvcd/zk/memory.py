@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -46,10 +46,11 @@ from pvcd.zk.base import (
     StoreError,
     StoreLock,
     StoreUnavailable,
+    Unreadable,
     VersionConflict,
     Versioned,
-    decode,
     encode,
+    versioned,
 )
 
 log = logging.getLogger(__name__)
@@ -327,12 +328,24 @@ class MemoryServer:
         return results
 
     def read(self, path: str) -> tuple[Versioned, int] | None:
-        """The value and its mzxid (None: no such path)."""
+        """The value and its mzxid (None: no such path; `Unreadable` when it is not JSON)."""
         with self._lock:
             node = self._nodes.get(path)
             if node is None:
                 return None
-            return Versioned(decode(node.data, path), node.version, node.mtime_ms), node.mzxid
+        return versioned(node.data, path, node.version, node.mtime_ms), node.mzxid
+
+    def read_many(self, paths: Sequence[str]) -> list[Versioned | Unreadable | None]:
+        """The values at `paths` (None: no such path; the `Unreadable` when not JSON), at one instant."""
+        with self._lock:
+            nodes = [self._nodes.get(path) for path in paths]
+        answers: list[Versioned | Unreadable | None] = []
+        for path, node in zip(paths, nodes, strict=True):
+            try:
+                answers.append(None if node is None else versioned(node.data, path, node.version, node.mtime_ms))
+            except Unreadable as exc:
+                answers.append(exc)
+        return answers
 
     def read_children(self, path: str) -> list[str] | None:
         with self._lock:
@@ -598,6 +611,11 @@ class MemoryStore(base.Store):
             return
         self._lose_session()
 
+    def set_raw(self, path: str, data: bytes, version: int = -1) -> int:
+        """Write bytes that need not be JSON, as a writer other than pvcd could (tests)."""
+        (new_version,) = self._apply(path, [("set", path, data, version)])
+        return int(new_version)
+
     def expire_session(self) -> None:
         """The server expires this client's session: its ephemerals vanish now. A
         connected client hears LOST, then CONNECTED on a new session; a cut-off one
@@ -650,6 +668,12 @@ class MemoryStore(base.Store):
         self._reach(path)
         found = self.server.read(path)
         return found[0] if found is not None else None
+
+    def get_many(self, paths: Sequence[str], timeout: float | None = None) -> list[Versioned | Unreadable | None]:
+        if not paths:
+            return []
+        self._reach(f"{paths[0]} and {len(paths) - 1} other paths")
+        return self.server.read_many(paths)
 
     def children(self, path: str) -> list[str]:
         self._reach(path)

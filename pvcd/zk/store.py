@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooClient, KazooState, _prefix_root
 from kazoo.exceptions import (
+    EXCEPTIONS,
     BadVersionError,
     KazooException,
     LockTimeout,
     NodeExistsError,
     NoNodeError,
+    UnimplementedError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.connection import _CONNECTION_DROP
+from kazoo.protocol.serialization import GetData, MultiHeader, int_struct, multiheader_struct, read_buffer, stat_struct
 from kazoo.retry import KazooRetry
 
 from pvcd.zk import base, schema
@@ -44,6 +48,7 @@ from pvcd.zk.base import (
     Unreadable,
     VersionConflict,
     Versioned,
+    collect,
     decode,
     encode,
     versioned,
@@ -136,6 +141,66 @@ def _translate(exc: Exception, path: str) -> StoreError:
     if name in ("ConnectionLoss", "SessionExpiredError", "ConnectionClosedError", "OperationTimeoutError"):
         return StoreUnavailable(f"{path}: ZooKeeper connection lost ({name})")
     return StoreError(f"{path}: {name} {exc}".rstrip())
+
+
+MULTI_READ_RESPONSE_BYTES = 512 * 1024
+"""What one multiRead answer should stay under, well below ZooKeeper's 1 MB
+jute.maxbuffer (the limit its own Java client puts on any answer it reads)."""
+
+MULTI_READ_PATHS = 500
+"""The most paths one multiRead asks for (a request of some 30 KB)."""
+
+_NO_NODE = NoNodeError.code
+
+
+class _MultiRead:
+    """ZooKeeper's multiRead request (OpCode 22, ZooKeeper 3.6 and later) of getData
+    operations without watches, as kazoo's request classes are written: kazoo's
+    connection thread sends it (`serialize`) and reads its answer (`deserialize`).
+
+    The wire format is a multi's (kazoo's `Transaction`): each operation is a
+    MultiHeader and a GetData request, closed by a "done" header; the answer is,
+    per operation, a MultiHeader and either the data and stat, or (header type
+    -1) an error code. The answer is one (data, version, mtime) or error code per
+    path, and the size of the whole answer.
+    """
+
+    type = 22
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.paths = paths
+
+    def __repr__(self) -> str:
+        return f"MultiRead({len(self.paths)} paths from {self.paths[0] if self.paths else None})"
+
+    def serialize(self) -> bytearray:
+        request = bytearray()
+        header = MultiHeader(GetData.type, False, -1).serialize()
+        for path in self.paths:
+            request += header
+            request += GetData(path, None).serialize()
+        return request + multiheader_struct.pack(-1, True, -1)
+
+    @classmethod
+    def deserialize(cls, data: bytes, offset: int) -> tuple[list[tuple[bytes, int, int] | int], int]:
+        start = offset
+        answers: list[tuple[bytes, int, int] | int] = []
+        header, offset = MultiHeader.deserialize(data, offset)
+        while not header.done:
+            if header.type == GetData.type:
+                value, offset = read_buffer(data, offset)
+                stat = stat_struct.unpack_from(data, offset)
+                offset += stat_struct.size
+                answers.append((value or b"", stat[4], stat[3]))  # version, mtime
+            else:
+                answers.append(int_struct.unpack_from(data, offset)[0])
+                offset += int_struct.size
+            header, offset = MultiHeader.deserialize(data, offset)
+        return answers, offset - start
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 class _Pending(Pending[T], Generic[T]):
@@ -317,6 +382,11 @@ class _ChildrenWatch(_Watch):
 class ZooKeeperStore(base.Store):
     """A ZooKeeper session with typed JSON access to pvcd's paths."""
 
+    _multi_read = True
+    """False once a server refused multiRead (older than ZooKeeper 3.6): `get_many` reads path by path."""
+    _bytes_per_path = 1024
+    """The mean size of a value in the answers to the last `get_many`: what its chunks are sized by."""
+
     def __init__(
         self,
         hosts: str,
@@ -431,6 +501,84 @@ class ZooKeeperStore(base.Store):
         except NotFound:
             return None
         return versioned(data, path, stat.version, stat.mtime)
+
+    def get_many(self, paths: Sequence[str], timeout: float | None = None) -> list[Versioned | Unreadable | None]:
+        """`base.Store.get_many` in multiRead requests, all sent before the first answer is awaited.
+
+        Chunks of paths sized so that each answer stays under
+        `MULTI_READ_RESPONSE_BYTES` at the mean value size of the previous read;
+        an answer over it is read all the same. A chunk the server refuses for
+        any reason but the connection (a limit on answers, say) is read again
+        with one get per path. A server older than 3.6 answers multiRead with
+        "unimplemented" (and closes the connection): the store remembers it and
+        reads with one get per path from then on.
+        """
+        paths = list(paths)
+        if not paths:
+            return []
+        if not self._multi_read or type(self).get_async is not ZooKeeperStore.get_async:
+            return super().get_many(paths, timeout)  # a subclass that reads otherwise (a test double) reads its way
+        deadline = None if timeout is None else time.monotonic() + timeout
+        size = max(16, min(MULTI_READ_PATHS, MULTI_READ_RESPONSE_BYTES // self._bytes_per_path))
+        chroot = self.client.chroot
+        asked = []
+        for start in range(0, len(paths), size):
+            chunk = paths[start : start + size]
+            answer = self.client.handler.async_result()
+            self.client._call(_MultiRead(tuple(_prefix_root(chroot, path) for path in chunk)), answer)
+            asked.append((chunk, answer))
+        values: list[Versioned | Unreadable | None] = []
+        read_bytes = 0
+        for chunk, answer in asked:
+            try:
+                answers, size_read = answer.get(timeout=_remaining(deadline))
+            except KazooTimeoutError as exc:
+                raise StoreTimeout(
+                    f"{chunk[0]} and {len(paths) - 1} other paths: ZooKeeper did not answer within {timeout or 0:.1f}s"
+                ) from exc
+            except UnimplementedError:
+                log.info("ZooKeeper does not know multiRead (older than 3.6): reading one path per request")
+                self._multi_read = False
+                return self._get_many_after_refusal(paths, deadline)
+            except Exception as exc:
+                # The connection lost, or this chunk refused (a limit on answers, say) or
+                # its answer unreadable (kazoo's deserialize raised): only the first fails the read.
+                error = _translate(exc, f"{chunk[0]} and {len(paths) - 1} other paths")
+                if isinstance(error, StoreUnavailable):
+                    raise error from exc
+                log.warning("multiRead of %d paths failed (%r): one get per path", len(chunk), exc)
+                values += super().get_many(chunk, _remaining(deadline))
+                continue
+            read_bytes += size_read
+            for path, found in zip(chunk, answers, strict=True):
+                if isinstance(found, int):
+                    if found == _NO_NODE:
+                        values.append(None)
+                        continue
+                    raise _translate(EXCEPTIONS[found](), path)
+                data, version, mtime = found
+                try:
+                    values.append(versioned(data, path, version, mtime))
+                except Unreadable as exc:
+                    values.append(exc)
+        self._bytes_per_path = max(64, read_bytes // len(paths))
+        return values
+
+    def _get_many_after_refusal(self, paths: list[str], deadline: float | None) -> list[Versioned | Unreadable | None]:
+        """One get per path, after a server refused multiRead: it closes the
+        connection after refusing, and gets sent meanwhile are lost with it: they
+        are sent again (up to twice) once kazoo has a new connection."""
+        attempts = 3
+        while True:
+            attempts -= 1
+            try:
+                return collect([self.get_async(path) for path in paths], _remaining(deadline))
+            except StoreTimeout:
+                raise
+            except StoreUnavailable:
+                if not attempts:
+                    raise
+                time.sleep(0.05)
 
     def children(self, path: str) -> list[str]:
         try:

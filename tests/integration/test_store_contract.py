@@ -10,22 +10,29 @@ them waits (`eventually`).
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
 
 from pvcd.devcluster.processes import wait_until
+from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import schema
+from pvcd.zk import store as zookeeper_store
 from pvcd.zk.base import (
     AlreadyExists,
     NotFound,
     Store,
     StoreError,
+    StoreTimeout,
+    StoreUnavailable,
     Unreadable,
     VersionConflict,
     Versioned,
@@ -52,9 +59,19 @@ def barrier(store: Store) -> None:
 
 
 class Backend:
-    def __init__(self, new: Callable[[], Store], expire: Callable[[Store], None]) -> None:
+    def __init__(
+        self,
+        new: Callable[[], Store],
+        expire: Callable[[Store], None],
+        set_raw: Callable[[Store, str, bytes], None],
+        outage: Callable[[Store], AbstractContextManager[None]],
+    ) -> None:
         self._new = new
         self._expire = expire
+        self.set_raw = set_raw
+        """Write bytes that are not JSON, as a writer other than pvcd could."""
+        self.outage = outage
+        """While in it, the store cannot reach the server (ZooKeeper: stopped; memory: cut off)."""
         self.stores: list[Store] = []
 
     def new(self) -> Store:
@@ -94,17 +111,57 @@ def _expire_memory(store: Store) -> None:
     store.expire_session()
 
 
+def _set_raw_zookeeper(store: Store, path: str, data: bytes) -> None:
+    assert isinstance(store, ZooKeeperStore)
+    store.client.set(path, data)
+
+
+def _set_raw_memory(store: Store, path: str, data: bytes) -> None:
+    assert isinstance(store, MemoryStore)
+    store.set_raw(path, data)
+
+
+def _outage_zookeeper(zookeeper: ZooKeeperServer) -> Callable[[Store], AbstractContextManager[None]]:
+    @contextmanager
+    def outage(store: Store) -> Iterator[None]:
+        states: list[str] = []
+        store.add_listener(states.append)
+        zookeeper.stop()
+        try:
+            eventually(lambda: "SUSPENDED" in states, "the client saw the connection go")
+            yield
+        finally:
+            zookeeper.start()
+
+    return outage
+
+
+@contextmanager
+def _outage_memory(store: Store) -> Iterator[None]:
+    assert isinstance(store, MemoryStore)
+    store.disconnect()
+    try:
+        yield
+    finally:
+        store.reconnect()
+
+
 @pytest.fixture(params=["zookeeper", "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "zookeeper":
         zookeeper = request.getfixturevalue("zookeeper")
         request.getfixturevalue("zk")  # an empty /pvc
         chosen = Backend(
-            lambda: ZooKeeperStore(zookeeper.address, session_timeout=4.0), _expire_zookeeper(zookeeper.address)
+            lambda: ZooKeeperStore(zookeeper.address, session_timeout=4.0),
+            _expire_zookeeper(zookeeper.address),
+            _set_raw_zookeeper,
+            _outage_zookeeper(zookeeper),
         )
     else:
         server = MemoryServer()
-        chosen = Backend(lambda: MemoryStore(server, session_timeout=4.0), _expire_memory)
+        chosen = Backend(
+            lambda: MemoryStore(server, session_timeout=4.0), _expire_memory, _set_raw_memory, _outage_memory
+        )
     yield chosen
     chosen.close()
 
@@ -435,6 +492,99 @@ def test_drop_connection_keeps_the_session(store: Store) -> None:
     assert store.exists(f"{P}/e") and "LOST" not in states
 
 
+# -- many reads at once ---------------------------------------------------------------------------------------
+
+
+def _create_many(store: Store, values: dict[str, Any]) -> None:
+    """Create the paths (under existing parents), five hundred per transaction."""
+    items = list(values.items())
+    for start in range(0, len(items), 500):
+        txn = store.transaction()
+        for path, value in items[start : start + 500]:
+            txn.create(path, value)
+        txn.commit()
+
+
+def _values(answers: list[Versioned | Unreadable | None]) -> list[Any]:
+    """`get_many`'s answers, each Versioned as its value."""
+    return [answer.value if isinstance(answer, Versioned) else answer for answer in answers]
+
+
+def test_get_many_answers_each_path_in_order_and_none_for_a_missing_one(store: Store) -> None:
+    assert store.get_many([]) == []
+    store.create(f"{P}/b", {"n": "b"})
+    store.create(f"{P}/a", [1, 2])
+    store.set(f"{P}/a", [3], 0)
+    store.create(f"{P}/empty", None)
+    found = store.get_many([f"{P}/b", f"{P}/missing", f"{P}/a", f"{P}/empty", f"{P}/b", f"{P}/a/missing"], 5.0)
+    assert _values(found) == [
+        {"n": "b"},
+        None,
+        [3],
+        None,
+        {"n": "b"},
+        None,
+    ]
+    assert isinstance(found[2], Versioned) and found[2].version == 1 and found[2].mtime_ms > 0
+    assert found[2] == store.get(f"{P}/a") and found[3] == store.get(f"{P}/empty")
+
+
+def test_get_many_answers_a_value_that_is_not_json_with_its_unreadable_in_its_place(
+    backend: Backend, store: Store
+) -> None:
+    store.create(f"{P}/before", 1)
+    store.create(f"{P}/raw", 2)
+    store.create(f"{P}/after", 3)
+    backend.set_raw(store, f"{P}/raw", b"not json")
+    before, raw, after = store.get_many([f"{P}/before", f"{P}/raw", f"{P}/after"], 5.0)
+    assert isinstance(raw, Unreadable) and raw.version == 1 and f"{P}/raw" in str(raw)
+    assert isinstance(before, Versioned) and before.value == 1
+    assert isinstance(after, Versioned) and after.value == 3
+    with pytest.raises(Unreadable):
+        store.get(f"{P}/raw")
+
+
+def test_get_many_reads_thousands_of_paths_in_few_requests(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {f"{P}/v{index:05d}": {"index": index, "pad": "x" * (index % 300)} for index in range(2500)}
+    _create_many(store, values)
+    paths = [path for path in values for path in (path, f"{path}-missing")]
+    requests: list[Any] = []
+    if isinstance(store, ZooKeeperStore):
+        call = store.client._call
+        monkeypatch.setattr(
+            store.client, "_call", lambda request, answer: (requests.append(request), call(request, answer))
+        )
+    found = store.get_many(paths, 10.0)
+    assert _values(found) == [None if path.endswith("-missing") else values[path] for path in paths]
+    assert {answer.version for answer in found if isinstance(answer, Versioned)} == {0}
+    if isinstance(store, ZooKeeperStore):
+        assert 2 <= len(requests) <= 20, f"{len(requests)} requests for {len(paths)} paths"
+
+
+def test_get_many_reads_values_bigger_than_an_answers_budget(store: Store) -> None:
+    big = {f"{P}/big{index}": "x" * 600_000 + str(index) for index in range(3)}  # 1.8 MB between them
+    small = {f"{P}/small{index}": index for index in range(300)}
+    _create_many(store, small)
+    for path, value in big.items():
+        store.create(path, value)
+    paths = list(small)[:100] + list(big) + list(small)[100:]
+    assert _values(store.get_many(paths, 10.0)) == [{**small, **big}[path] for path in paths]
+    again = store.get_many(paths, 10.0)  # chunks sized after the big answer
+    assert _values(again) == [{**small, **big}[path] for path in paths]
+
+
+def test_get_many_without_the_server_is_unavailable_not_a_hang(backend: Backend, store: Store) -> None:
+    _create_many(store, {f"{P}/o{index}": index for index in range(1200)})
+    paths = [f"{P}/o{index}" for index in range(1200)]
+    with backend.outage(store):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=f"{P}/o0"):
+            store.get_many(paths, 2.0)
+        assert time.monotonic() - started < 5.0
+    eventually(lambda: store.connected, "connected again", timeout=20.0)
+    assert _values(store.get_many(paths, 10.0)) == list(range(1200))
+
+
 # -- locks ----------------------------------------------------------------------------------------------------
 
 
@@ -494,5 +644,79 @@ def test_a_value_that_is_not_json_is_unreadable_with_its_version(zookeeper: Any,
         assert seen == [Versioned(None, 1, seen[0].mtime_ms)]  # type: ignore[union-attr]
         store.set(f"{P}/raw", {"now": "json"}, 1)
         eventually(lambda: len(seen) == 2 and seen[-1] is not None and seen[-1].value == {"now": "json"}, "the fix")
+    finally:
+        store.stop()
+
+
+# -- ZooKeeper only: get_many's requests ------------------------------------------------------------------------
+
+
+def test_get_many_waits_for_a_silent_server_only_as_long_as_it_is_told(
+    zookeeper: ZooKeeperServer, zk: KazooClient
+) -> None:
+    zk.ensure_path(P)
+    for index in range(10):
+        zk.create(f"{P}/s{index}", b"1")
+    store = ZooKeeperStore(zookeeper.address, session_timeout=10.0)
+    store.start()
+    assert zookeeper.pid is not None
+    os.kill(zookeeper.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreTimeout):
+            store.get_many([f"{P}/s{index}" for index in range(10)] * 200, 1.0)
+        assert 0.9 <= time.monotonic() - started < 3.0
+    finally:
+        os.kill(zookeeper.pid, signal.SIGCONT)
+        store.stop()
+
+
+def test_get_many_reads_path_by_path_from_a_server_without_multi_read(
+    zookeeper: ZooKeeperServer, zk: KazooClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZooKeeper before 3.6 answers multiRead "unimplemented" and closes the connection,
+    as 3.8 does with an operation code it does not know."""
+    zk.ensure_path(P)
+    for index in range(1200):
+        zk.create(f"{P}/u{index}", str(index).encode())
+    monkeypatch.setattr(zookeeper_store._MultiRead, "type", 99)
+    store = ZooKeeperStore(zookeeper.address)
+    store.start()
+    try:
+        paths = [f"{P}/u{index}" for index in range(1200)] + [f"{P}/missing"]
+        expected = [*range(1200), None]
+        assert _values(store.get_many(paths, 10.0)) == expected
+        assert store._multi_read is False  # remembered: no more multiRead on this store
+        assert _values(store.get_many(paths, 10.0)) == expected
+    finally:
+        store.stop()
+
+
+def test_get_many_reads_a_chunk_whose_answer_is_refused_path_by_path(
+    zookeeper: ZooKeeperServer, zk: KazooClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer over ZooKeeper's 1 MB jute.maxbuffer, refused as ZooKeeper's own client
+    would refuse it: the chunk is read again with one get per path, the others are not."""
+    zk.ensure_path(P)
+    for index in range(1000):
+        zk.create(f"{P}/c{index}", b'"' + (b"x" * 300_000 if 700 <= index < 704 else b"") + str(index).encode() + b'"')
+    real = zookeeper_store._MultiRead.deserialize
+    refused: list[int] = []
+
+    def limited(data: bytes, offset: int) -> Any:
+        if len(data) - offset > 0xFFFFF:
+            refused.append(len(data) - offset)
+            raise ValueError("Packet len is out of range")
+        return real(data, offset)
+
+    monkeypatch.setattr(zookeeper_store._MultiRead, "deserialize", staticmethod(limited))
+    store = ZooKeeperStore(zookeeper.address)
+    store.start()
+    try:
+        paths = [f"{P}/c{index}" for index in range(1000)]
+        expected = [("x" * 300_000 if 700 <= index < 704 else "") + str(index) for index in range(1000)]
+        store._bytes_per_path = 64  # as after reading small values: chunks of the most paths
+        assert _values(store.get_many(paths, 10.0)) == expected
+        assert len(refused) == 1 and store._multi_read  # one chunk refused; multiRead still used
     finally:
         store.stop()
