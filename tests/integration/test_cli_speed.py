@@ -71,6 +71,14 @@ def reads(monkeypatch) -> Counter[str]:
             return original(client, path, *args, **kwargs)
 
         monkeypatch.setattr(KazooClient, method, count)
+    call = KazooClient._call
+
+    def count_many(client, request, answer):  # Store.get_many's multiRead: each path it asks for
+        for path in request.paths if type(request).__name__ == "_MultiRead" else ():
+            counted[path] += 1
+        return call(client, request, answer)
+
+    monkeypatch.setattr(KazooClient, "_call", count_many)
     return counted
 
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import vm_xml, wait_for
 from kazoo.client import KazooClient
 
+from helpers import vm_xml, wait_for
 from pvcd.cluster.cache import ClusterCache, read_view
 from pvcd.vm import records
 from pvcd.zk import schema, vms

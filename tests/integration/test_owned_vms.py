@@ -162,6 +162,14 @@ class CountedStore:
                 return original(path, *args, **kwargs)
 
             setattr(client, method, counted)
+        call = client._call
+
+        def count_many(request: object, answer: object) -> object:  # Store.get_many's multiRead: each path
+            for path in getattr(request, "paths", ()) if type(request).__name__ == "_MultiRead" else ():
+                self.reads[f"get_async {path}"] += 1
+            return call(request, answer)
+
+        client._call = count_many
 
     def total(self) -> int:
         return sum(self.reads.values())
