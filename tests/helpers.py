@@ -226,3 +226,29 @@ def vm_operator(address: str) -> Any:
     store.start()
     yield VmOperator(store)
     store.stop()
+
+
+def put_value(store: Any, path: str, value: Any) -> None:
+    """Create `path` (and its parents) with `value`, or replace its value whatever its version."""
+    from pvcd.zk.base import AlreadyExists
+
+    store.ensure_path(path.rsplit("/", 1)[0])
+    try:
+        store.create(path, value)
+    except AlreadyExists:
+        store.set(path, value, -1)
+
+
+def expire_zookeeper_session(store: Any, address: str) -> None:
+    """Expire the ZooKeeper store's session from outside, as ZooKeeper does to a client cut off
+    too long; return once the store is connected on a new session."""
+    from kazoo.client import KazooClient
+
+    states: list[str] = []
+    store.add_listener(states.append)
+    session_id, password = store.client.client_id
+    other = KazooClient(hosts=address, client_id=(session_id, password))
+    other.start(timeout=10)
+    other.stop()
+    other.close()
+    wait_for(lambda: "LOST" in states and states[-1] == "CONNECTED", 15, what="a new session after the expiry")

@@ -34,7 +34,7 @@ from pvcd.cluster.view import NODE_PARTS, VM_PARTS, ClusterView, assemble, node_
 from pvcd.supervisor import Supervisor
 from pvcd.vm.records import InvalidVm, VmView
 from pvcd.zk import schema
-from pvcd.zk.base import OneShotWatch, Pending, Store, StoreError, StoreUnavailable, Unreadable, Versioned
+from pvcd.zk.base import OneShotWatch, Pending, Store, StoreError, StoreUnavailable, Unreadable, Versioned, as_empty
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _read(pending: Pending[Versioned | None], path: str) -> Versioned | None:
         return pending.result()
     except Unreadable as exc:
         log.warning("Cluster view: %s is not JSON (%s); read as empty", path, exc)
-        return Versioned(None, exc.version, exc.mtime_ms)
+        return as_empty(exc)
 
 
 class ClusterCache:
@@ -328,11 +328,10 @@ def read_view(store: Store, with_vms: bool) -> ClusterView:
     paths += [node_path(name, part) for name in node_names for part in NODE_PARTS]
     paths += [vm_path(name, part) for name in vm_names for part in VM_PARTS]
     values: dict[str, Versioned | None] = {}
-    for path, value in zip(paths, store.get_many(paths), strict=True):
-        if isinstance(value, Unreadable):  # as `_read`: present, with no value
-            log.warning("Cluster view: %s is not JSON (%s); read as empty", path, value)
-            value = Versioned(None, value.version, value.mtime_ms)
-        values[path] = value
+    for path, answer in zip(paths, store.get_many(paths), strict=True):
+        if isinstance(answer, Unreadable):
+            log.warning("Cluster view: %s is not JSON (%s); read as empty", path, answer)
+        values[path] = as_empty(answer)
     return assemble(
         {name: {part: values[node_path(name, part)] for part in NODE_PARTS} for name in node_names},
         {name: {part: values[vm_path(name, part)] for part in VM_PARTS} for name in vm_names} if with_vms else None,

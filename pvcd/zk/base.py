@@ -156,6 +156,14 @@ def readable(answer: Versioned | Unreadable | None) -> Versioned | None:
     return answer
 
 
+def as_empty(answer: Versioned | Unreadable | None) -> Versioned | None:
+    """One of `Store.get_many`'s answers, a value that is not JSON taken as present with no value
+    (its version kept): for readers of many records that must not stop at one foreign value."""
+    if isinstance(answer, Unreadable):
+        return Versioned(None, answer.version, answer.mtime_ms)
+    return answer
+
+
 def collect(asked: Sequence[Pending[Versioned | None]], timeout: float | None) -> list[Versioned | Unreadable | None]:
     """The answers of reads sent together, waited for `timeout` seconds in all;
     a value that is not JSON is answered with its `Unreadable` (see `Store.get_many`)."""

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pvcd.cluster.values import NO_FENCE, NodeView, StateRecord
+from pvcd.cluster.view import NODE_PARTS, node_of, node_path
 from pvcd.fencing.flow import UNFINISHED, Fence
 from pvcd.zk import schema
-from pvcd.zk.base import AlreadyExists, Store
+from pvcd.zk.base import AlreadyExists, Store, as_empty
 
 
 @dataclass(frozen=True)
@@ -143,23 +144,15 @@ def write_state(store: Store, name: str, versions: Versions, state: StateRecord)
 
 
 def read_node(store: Store, name: str) -> NodeView | None:
-    info = store.get(schema.node(name))
-    if info is None:
-        return None
-    state = store.get(schema.node_state(name))
-    keepalive = store.get(schema.node_keepalive(name))
-    return NodeView(
-        name=name,
-        info=info.value if isinstance(info.value, dict) else {},
-        state=StateRecord.from_json(state.value if state else None),
-        keepalive=keepalive.value if keepalive and isinstance(keepalive.value, dict) else {},
-        keepalive_mtime_ms=keepalive.mtime_ms if keepalive and keepalive.version > 0 else None,
-        keepalive_version=keepalive.version if keepalive else None,
-        fence=read_fence(store, name),
-    )
+    """One node as `pvcd.cluster.view.node_of` assembles it, in one `get_many`; None if not registered."""
+    return _assembled(store, [name])[0]
 
 
 def read_cluster(store: Store) -> list[NodeView]:
-    """Every registered node, sorted by name."""
-    views = (read_node(store, name) for name in store.children(schema.NODES))
-    return [view for view in views if view is not None]
+    """Every registered node, sorted by name, in one `get_many`."""
+    return [view for view in _assembled(store, store.children(schema.NODES)) if view is not None]
+
+
+def _assembled(store: Store, names: list[str]) -> list[NodeView | None]:
+    answers = iter(store.get_many([node_path(name, part) for name in names for part in NODE_PARTS]))
+    return [node_of(name, {part: as_empty(next(answers)) for part in NODE_PARTS}) for name in names]

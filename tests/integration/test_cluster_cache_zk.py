@@ -8,16 +8,13 @@ types and paths, and that it drops every watch when the connection drops.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from kazoo.client import KazooClient
 
-from helpers import vm_xml, wait_for
+from helpers import expire_zookeeper_session, put_value, vm_xml, wait_for
 from pvcd.cluster.cache import ClusterCache, read_view
 from pvcd.vm import records
 from pvcd.zk import schema, vms
-from pvcd.zk.base import AlreadyExists
 from pvcd.zk.store import ZooKeeperStore
 
 
@@ -30,14 +27,6 @@ def stores(zookeeper, zk) -> Iterator[tuple[ZooKeeperStore, ZooKeeperStore]]:
     yield opened[0], opened[1]
     for store in opened:
         store.stop()
-
-
-def put(store: ZooKeeperStore, path: str, value: Any) -> None:
-    store.ensure_path(path.rsplit("/", 1)[0])
-    try:
-        store.create(path, value)
-    except AlreadyExists:
-        store.set(path, value, -1)
 
 
 def define(store: ZooKeeperStore, name: str, node: str) -> None:
@@ -54,23 +43,11 @@ def converged(cache: ClusterCache, store: ZooKeeperStore) -> bool:
     )
 
 
-def expire(store: ZooKeeperStore, address: str) -> None:
-    """Expire the store's session from outside, as ZooKeeper does to a client cut off too long."""
-    states: list[str] = []
-    store.add_listener(states.append)
-    session_id, password = store.client.client_id
-    other = KazooClient(hosts=address, client_id=(session_id, password))
-    other.start(timeout=10)
-    other.stop()
-    other.close()
-    wait_for(lambda: "LOST" in states and states[-1] == "CONNECTED", 15, what="a new session after the expiry")
-
-
 def test_the_cache_follows_changes_a_dropped_connection_and_an_expired_session(stores, zookeeper):
     writer, mine = stores
     for name in ("hv1", "hv2"):
-        put(writer, schema.node(name), {"name": name})
-        put(writer, schema.node_keepalive(name), {"counter": 0, "interval": 1})
+        put_value(writer, schema.node(name), {"name": name})
+        put_value(writer, schema.node_keepalive(name), {"counter": 0, "interval": 1})
     define(writer, "vm1", "hv1")
     cache = ClusterCache(mine, with_vms=True)
     cache.start()
@@ -79,23 +56,23 @@ def test_the_cache_follows_changes_a_dropped_connection_and_an_expired_session(s
         wait_for(lambda: converged(cache, writer), 10, what="the first load")
 
         before, generation = cache.reads, cache.snapshot().generation
-        put(writer, schema.node_keepalive("hv2"), {"counter": 1, "interval": 1})
+        put_value(writer, schema.node_keepalive("hv2"), {"counter": 1, "interval": 1})
         view = cache.wait_newer(generation, 10)
         assert view.nodes["hv2"].keepalive["counter"] == 1
         assert cache.reads - before == 1, "one changed znode, one read"
 
         define(writer, "vm2", "hv2")
-        put(writer, schema.MAINTENANCE, {"enabled": True})
+        put_value(writer, schema.MAINTENANCE, {"enabled": True})
         wait_for(lambda: converged(cache, writer), 10, what="a new VM and maintenance seen")
         assert cache.snapshot().maintenance and cache.snapshot().vms["vm2"].record.node == "hv2"
 
         mine.drop_connection()
-        put(writer, schema.node_state("hv1"), {"daemon": "run", "coordinator": "client", "domain": "flush"})
+        put_value(writer, schema.node_state("hv1"), {"daemon": "run", "coordinator": "client", "domain": "flush"})
         writer.delete_tree(schema.vm("vm1"))
         wait_for(lambda: converged(cache, writer), 15, what="what changed around a dropped connection")
         assert "vm1" not in cache.snapshot().vms
 
-        expire(mine, zookeeper.address)
+        expire_zookeeper_session(mine, zookeeper.address)
         define(writer, "vm3", "hv1")
         wait_for(lambda: converged(cache, writer), 15, what="what changed around an expired session")
         assert set(cache.snapshot().vms) == {"vm2", "vm3"}

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
+from helpers import expire_zookeeper_session
 from pvcd.devcluster.processes import wait_until
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import schema
@@ -94,14 +95,7 @@ class Backend:
 def _expire_zookeeper(address: str) -> Callable[[Store], None]:
     def expire(store: Store) -> None:
         assert isinstance(store, ZooKeeperStore)
-        states: list[str] = []
-        store.add_listener(states.append)
-        session_id, password = store.client.client_id
-        other = KazooClient(hosts=address, client_id=(session_id, password))
-        other.start(timeout=10)
-        other.stop()
-        other.close()
-        eventually(lambda: "LOST" in states and states[-1] == "CONNECTED", "a new session after the expiry")
+        expire_zookeeper_session(store, address)
 
     return expire
 

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import vm_xml, wait_for
+from helpers import put_value, vm_xml, wait_for
 from pvcd.cluster.cache import ClusterCache, read_view
 from pvcd.cluster.view import ClusterView
 from pvcd.vm import records
 from pvcd.zk import schema
-from pvcd.zk.base import AlreadyExists, NotFound, Store
+from pvcd.zk.base import NotFound, Store
 from pvcd.zk.memory import MemoryServer, MemoryStore
 
 NODES = ("hv1", "hv2", "hv3")
@@ -35,12 +37,15 @@ def started(server: MemoryServer) -> MemoryStore:
     return store
 
 
-def put(store: Store, path: str, value: Any) -> None:
-    store.ensure_path(path.rsplit("/", 1)[0])
-    try:
-        store.create(path, value)
-    except AlreadyExists:
-        store.set(path, value, -1)
+@contextmanager
+def cluster(with_vms: bool = True) -> Iterator[tuple[MemoryStore, MemoryStore, ClusterCache]]:
+    """A writer's session, the cache's own session, and the cache (started, stopped at the end)."""
+    server = MemoryServer()
+    writer, cache_store = started(server), started(server)
+    writer.ensure_schema()
+    cache = ClusterCache(cache_store, with_vms=with_vms)
+    yield writer, cache_store, cache
+    cache.stop()
 
 
 def vm_record(name: str, node: str) -> dict[str, Any]:
@@ -84,7 +89,7 @@ def apply(writer: Store, cache_store: MemoryStore, op: tuple[Any, ...]) -> None:
     kind, a, b, c = op
     if kind == "node":
         path = schema.node(a) if b == "info" else f"{schema.node(a)}/{b}"
-        put(writer, path, c)
+        put_value(writer, path, c)
     elif kind == "drop-node-part":
         try:
             writer.delete(f"{schema.node(a)}/{b}")
@@ -93,18 +98,18 @@ def apply(writer: Store, cache_store: MemoryStore, op: tuple[Any, ...]) -> None:
     elif kind == "drop-node":
         writer.delete_tree(schema.node(a))
     elif kind == "vm":
-        put(writer, schema.vm(a), vm_record(a, b))
+        put_value(writer, schema.vm(a), vm_record(a, b))
     elif kind == "vm-damaged":
-        put(writer, schema.vm(a), c)
+        put_value(writer, schema.vm(a), c)
     elif kind == "vm-status":
         if writer.exists(schema.vm(a)):
-            put(writer, schema.vm_status(a), {"state": b, "node": "hv1"})
+            put_value(writer, schema.vm_status(a), {"state": b, "node": "hv1"})
     elif kind == "vm-migration":
         if not writer.exists(schema.vm(a)):
             return
         if b:
             migration = {"id": "m1", "kind": "migrate", "source": "hv1", "target": "hv2", "phase": "requested"}
-            put(writer, schema.vm_migration(a), migration)
+            put_value(writer, schema.vm_migration(a), migration)
         else:
             try:
                 writer.delete(schema.vm_migration(a))
@@ -113,9 +118,9 @@ def apply(writer: Store, cache_store: MemoryStore, op: tuple[Any, ...]) -> None:
     elif kind == "drop-vm":
         writer.delete_tree(schema.vm(a))
     elif kind == "maintenance":
-        put(writer, schema.MAINTENANCE, {"enabled": a})
+        put_value(writer, schema.MAINTENANCE, {"enabled": a})
     elif kind == "faults":
-        put(writer, schema.FAULTS, c)
+        put_value(writer, schema.FAULTS, c)
     elif kind == "disconnect":
         cache_store.disconnect()
     elif kind == "reconnect":
@@ -127,32 +132,22 @@ def apply(writer: Store, cache_store: MemoryStore, op: tuple[Any, ...]) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(operations, max_size=40), st.booleans())
 def test_the_cache_converges_to_the_store_after_changes_drops_and_expiries(ops, with_vms):
-    server = MemoryServer()
-    writer, cache_store = started(server), started(server)
-    writer.ensure_schema()
-    cache = ClusterCache(cache_store, with_vms=with_vms)
-    cache.start()
-    try:
+    with cluster(with_vms) as (writer, cache_store, cache):
+        cache.start()
         for op in ops:
             apply(writer, cache_store, op)
         cache_store.reconnect()
         wait_for(lambda: same(cache, writer), 5, interval=0.01, what="the cache to converge")
-    finally:
-        cache.stop()
 
 
 def test_one_change_costs_one_read_whatever_the_number_of_vms():
-    server = MemoryServer()
-    writer, cache_store = started(server), started(server)
-    writer.ensure_schema()
-    for name in NODES:
-        put(writer, schema.node(name), {"name": name})
-        put(writer, schema.node_keepalive(name), {"counter": 0, "interval": 1})
-    for index in range(300):
-        put(writer, schema.vm(f"vm{index}"), vm_record(f"vm{index}", NODES[index % 3]))
-    cache = ClusterCache(cache_store, with_vms=True)
-    cache.start()
-    try:
+    with cluster() as (writer, _cache_store, cache):
+        for name in NODES:
+            put_value(writer, schema.node(name), {"name": name})
+            put_value(writer, schema.node_keepalive(name), {"counter": 0, "interval": 1})
+        for index in range(300):
+            put_value(writer, schema.vm(f"vm{index}"), vm_record(f"vm{index}", NODES[index % 3]))
+        cache.start()
         assert cache.wait_loaded(5)
         wait_for(lambda: same(cache, writer), 5, interval=0.01, what="the first load")
         assert len(cache.snapshot().vms) == 300
@@ -166,27 +161,19 @@ def test_one_change_costs_one_read_whatever_the_number_of_vms():
         view = cache.wait_newer(generation, 5)
         assert view.vms["vm7"].record.node == "hv3"
         assert cache.reads - before == 1
-    finally:
-        cache.stop()
 
 
-def test_a_vm_removed_leaves_the_view_and_its_parts_are_no_longer_read():
-    server = MemoryServer()
-    writer, cache_store = started(server), started(server)
-    writer.ensure_schema()
-    put(writer, schema.vm("vm1"), vm_record("vm1", "hv1"))
-    put(writer, schema.vm_status("vm1"), {"state": "stopped"})
-    cache = ClusterCache(cache_store, with_vms=True)
-    cache.start()
-    try:
+def test_a_vm_removed_leaves_the_view_and_comes_back_when_defined_again():
+    with cluster() as (writer, _cache_store, cache):
+        put_value(writer, schema.vm("vm1"), vm_record("vm1", "hv1"))
+        put_value(writer, schema.vm_status("vm1"), {"state": "stopped"})
+        cache.start()
         wait_for(lambda: "vm1" in cache.snapshot().vms, 5, interval=0.01, what="vm1 in the view")
         writer.delete_tree(schema.vm("vm1"))
         wait_for(lambda: "vm1" not in cache.snapshot().vms, 5, interval=0.01, what="vm1 gone from the view")
-        put(writer, schema.vm("vm1"), vm_record("vm1", "hv2"))
+        put_value(writer, schema.vm("vm1"), vm_record("vm1", "hv2"))
         wait_for(lambda: same(cache, writer), 5, interval=0.01, what="vm1 back in the view")
         assert cache.snapshot().vms["vm1"].record.node == "hv2"
-    finally:
-        cache.stop()
 
 
 @pytest.mark.parametrize("module", ["pvcd.cluster.values", "pvcd.cluster.view", "pvcd.cluster.liveness"])
