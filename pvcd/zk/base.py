@@ -34,15 +34,19 @@ Values are JSON; `encode` is canonical so equal values are equal bytes.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pvcd.zk import schema
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -72,10 +76,11 @@ class AlreadyExists(StoreError):
 class Unreadable(StoreError):
     """The value at a path is not JSON (not written by pvcd); its version lets a writer replace or delete it."""
 
-    def __init__(self, message: str, version: int, mtime_ms: int) -> None:
+    def __init__(self, message: str, version: int, mtime_ms: int, zxid: int | None = None) -> None:
         super().__init__(message)
         self.version = version
         self.mtime_ms = mtime_ms
+        self.zxid = zxid
 
 
 def encode(value: Any) -> bytes:
@@ -99,14 +104,17 @@ class Versioned:
     value: Any
     version: int
     mtime_ms: int
+    zxid: int | None = field(default=None, compare=False)
+    """The transaction that last changed it (mzxid), where the store says: tells one change from another
+    even when a deleted value was created again with the same version."""
 
 
-def versioned(data: bytes, path: str, version: int, mtime_ms: int) -> Versioned:
+def versioned(data: bytes, path: str, version: int, mtime_ms: int, zxid: int | None = None) -> Versioned:
     """A value as read, or `Unreadable` (with the version) when it is not JSON."""
     try:
-        return Versioned(decode(data, path), version, mtime_ms)
+        return Versioned(decode(data, path), version, mtime_ms, zxid)
     except StoreError as exc:
-        raise Unreadable(str(exc), version, mtime_ms) from exc
+        raise Unreadable(str(exc), version, mtime_ms, zxid) from exc
 
 
 DataCallback = Callable[[Versioned | None], bool | None]
@@ -334,7 +342,6 @@ class Store(ABC):
 
     # -- watches and locks -------------------------------------------------------
 
-    @abstractmethod
     def watch_data(self, path: str, callback: DataCallback) -> None:
         """Call `callback` at once with the value at `path` (None: no such path), then
         after every change of it (set, create, delete) with the new value, and again
@@ -344,11 +351,20 @@ class Store(ABC):
         the session is connected again.
 
         Callbacks run on the store's own thread, one at a time."""
+        self._start_watch(PersistentWatch(self, path, data=callback))
 
-    @abstractmethod
     def watch_children(self, path: str, callback: ChildrenCallback) -> None:
         """As `watch_data`, with the sorted child names of `path` ([] while it does
         not exist: its creation is seen)."""
+        self._start_watch(PersistentWatch(self, path, children=callback))
+
+    @abstractmethod
+    def _start_watch(self, watch: PersistentWatch) -> None:
+        """Keep `watch` to tell it of every connection state (`on_state`), then `start` it."""
+
+    def run_soon(self, func: Callable[[], None]) -> None:
+        """Run `func` where a watch may read without holding up the store's event delivery."""
+        func()
 
     @abstractmethod
     def lock(self, path: str, identifier: str) -> StoreLock:
@@ -379,3 +395,108 @@ class Store(ABC):
     @abstractmethod
     def ensure_path_async(self, path: str) -> Pending[None]:
         """As `ensure_path`."""
+
+
+class _Again(Exception):
+    """A watch's read raced with the path's creation: read again."""
+
+
+class PersistentWatch:
+    """`watch_data` and `watch_children` over the store's one-shot watches (for both stores).
+
+    Each read leaves a one-shot watch; its event triggers the next read. A read
+    that fails for a lost connection is repeated at the next CONNECTED (the
+    store's one-shot watches are gone by then); after a new session the
+    callback hears the current state even if it did not change.
+    """
+
+    def __init__(
+        self, store: Store, path: str, data: DataCallback | None = None, children: ChildrenCallback | None = None
+    ) -> None:
+        self._store = store
+        self.path = path
+        self._data = data
+        self._children = children
+        self._lock = threading.RLock()  # the in-memory store may deliver an event inside the read that caused it
+        self.stopped = False
+        self._last: Any = None
+        self._initial = True
+        self._losses = 0
+        """Sessions lost so far (written by the store's connection thread only: never under a lock)."""
+        self._losses_seen = -1
+
+    def start(self) -> None:
+        self._read()
+
+    def on_state(self, state: str) -> None:
+        if state == "LOST":
+            self._losses += 1
+        elif state == "CONNECTED" and not self.stopped:
+            self._store.run_soon(self._read)
+
+    def _on_event(self, event: Any) -> None:
+        if getattr(event, "type", None) == "NONE":
+            return  # a connection event: the CONNECTED that follows reads again
+        self._read()
+
+    def _read(self) -> None:
+        with self._lock:
+            if self.stopped:
+                return
+            initial, self._initial = self._initial, False
+            losses = self._losses
+            try:
+                key, value = self._fetch_settled()
+            except StoreUnavailable:
+                log.debug("Watch on %s: read failed; reading again once connected", self.path, exc_info=True)
+                return
+            except Exception:
+                if initial:
+                    self.stopped = True
+                    raise
+                log.exception("Watch on %s: read failed; reading again once connected", self.path)
+                return
+            if losses == self._losses_seen and key == self._last:
+                return
+            self._last, self._losses_seen = key, losses
+            try:
+                if self._deliver(value) is False:
+                    self.stopped = True
+            except Exception:
+                if initial:
+                    raise
+                log.exception("Watch callback for %s failed; the watch carries on", self.path)
+
+    def _fetch_settled(self) -> tuple[Any, Any]:
+        while True:
+            try:
+                return self._fetch()
+            except _Again:
+                continue
+
+    def _fetch(self) -> tuple[Any, Any]:
+        """(what tells this state from the last one delivered, the value to deliver)."""
+        store, path, watch = self._store, self.path, self._on_event
+        if self._children is not None:
+            names = store.children_async(path, watch=watch).result()
+            if names is None:
+                if store.exists_async(path, watch=watch).result():
+                    raise _Again()
+                return (False, ()), []
+            return (True, tuple(names)), names
+        try:
+            value = store.get_async(path, watch=watch).result()
+        except Unreadable as exc:
+            log.warning("Watch on %s: %s; reported as None", path, exc)
+            return (exc.zxid, exc.version, exc.mtime_ms), Versioned(None, exc.version, exc.mtime_ms, exc.zxid)
+        if value is None:
+            if store.exists_async(path, watch=watch).result():
+                raise _Again()
+            return None, None
+        return (value.zxid, value.version, value.mtime_ms), value
+
+    def _deliver(self, value: Any) -> bool | None:
+        if self._children is not None:
+            return self._children(list(value))
+        assert self._data is not None
+        return self._data(value)

@@ -37,12 +37,11 @@ from pvcd.zk import base, schema
 from pvcd.zk.base import (
     AlreadyExists,
     Answered,
-    ChildrenCallback,
-    DataCallback,
     Listener,
     NotFound,
     OneShotWatch,
     Pending,
+    PersistentWatch,
     StoreError,
     StoreLock,
     StoreUnavailable,
@@ -327,13 +326,13 @@ class MemoryServer:
         self._deliver(calls)
         return results
 
-    def read(self, path: str) -> tuple[Versioned, int] | None:
-        """The value and its mzxid (None: no such path; `Unreadable` when it is not JSON)."""
+    def read(self, path: str) -> Versioned | None:
+        """The value (None: no such path; `Unreadable` when it is not JSON)."""
         with self._lock:
             node = self._nodes.get(path)
             if node is None:
                 return None
-        return versioned(node.data, path, node.version, node.mtime_ms), node.mzxid
+        return versioned(node.data, path, node.version, node.mtime_ms, node.mzxid)
 
     def read_many(self, paths: Sequence[str]) -> list[Versioned | Unreadable | None]:
         """The values at `paths` (None: no such path; the `Unreadable` when not JSON), at one instant."""
@@ -443,97 +442,6 @@ class _MemoryLock(StoreLock):
             pass
 
 
-class _Watch:
-    """A persistent watch over one-shot ones, as in the ZooKeeper implementation."""
-
-    def __init__(self, store: MemoryStore, path: str) -> None:
-        self._store = store
-        self.path = path
-        self._lock = threading.RLock()
-        self.stopped = False
-        self._last: Any = None
-        self._losses_seen = -1
-
-    def on_state(self, state: str) -> None:
-        if state == "CONNECTED" and not self.stopped:
-            self._read()
-
-    def _on_event(self, event: Any) -> None:
-        if getattr(event, "type", None) != "NONE":
-            self._read()
-
-    def _read(self, initial: bool = False) -> None:
-        with self._lock:
-            if self.stopped:
-                return
-            losses = self._store._losses
-            try:
-                key, value = self._fetch()
-            except StoreUnavailable:
-                return  # read again at the next CONNECTED
-            except StoreError:
-                if initial:
-                    self.stopped = True
-                    raise
-                log.exception("Watch on %s: read failed; reading again once connected", self.path)
-                return
-            if losses == self._losses_seen and key == self._last:
-                return
-            self._last, self._losses_seen = key, losses
-            try:
-                if self._call(value) is False:
-                    self.stopped = True
-            except Exception:
-                if initial:
-                    raise
-                log.exception("Watch callback for %s failed; the watch carries on", self.path)
-
-    def _fetch(self) -> tuple[Any, Any]:
-        raise NotImplementedError
-
-    def _call(self, value: Any) -> bool | None:
-        raise NotImplementedError
-
-
-class _DataWatch(_Watch):
-    def __init__(self, store: MemoryStore, path: str, callback: DataCallback) -> None:
-        super().__init__(store, path)
-        self._callback = callback
-
-    def _fetch(self) -> tuple[Any, Any]:
-        store = self._store
-        store._reach(self.path)
-        store.server._watch(store, self.path, self._on_event, "exists")
-        found = store.server.read(self.path)
-        if found is None:
-            return None, None
-        value, mzxid = found
-        return mzxid, value
-
-    def _call(self, value: Any) -> bool | None:
-        return self._callback(value)
-
-
-class _ChildrenWatch(_Watch):
-    def __init__(self, store: MemoryStore, path: str, callback: ChildrenCallback) -> None:
-        super().__init__(store, path)
-        self._callback = callback
-
-    def _fetch(self) -> tuple[Any, Any]:
-        store = self._store
-        store._reach(self.path)
-        # Children, or the creation of the path: both watches, as the ZooKeeper implementation leaves them.
-        store.server._watch(store, self.path, self._on_event, "child")
-        store.server._watch(store, self.path, self._on_event, "exists")
-        names = store.server.read_children(self.path)
-        if names is None:
-            return (False, ()), []
-        return (True, tuple(names)), names
-
-    def _call(self, value: Any) -> bool | None:
-        return self._callback(list(value))
-
-
 class MemoryStore(base.Store):
     """One client session on a `MemoryServer` (a new server of its own when none is given)."""
 
@@ -554,7 +462,7 @@ class MemoryStore(base.Store):
         self._started = False
         self._losses = 0
         self._listeners: list[Listener] = []
-        self._watches: list[_Watch] = []
+        self._watches: list[PersistentWatch] = []
         self._data_watchers: dict[str, set[OneShotWatch]] = defaultdict(set)
         self._child_watchers: dict[str, set[OneShotWatch]] = defaultdict(set)
 
@@ -666,8 +574,7 @@ class MemoryStore(base.Store):
 
     def get(self, path: str) -> Versioned | None:
         self._reach(path)
-        found = self.server.read(path)
-        return found[0] if found is not None else None
+        return self.server.read(path)
 
     def get_many(self, paths: Sequence[str], timeout: float | None = None) -> list[Versioned | Unreadable | None]:
         if not paths:
@@ -732,15 +639,9 @@ class MemoryStore(base.Store):
 
     # -- watches and locks -------------------------------------------------------
 
-    def watch_data(self, path: str, callback: DataCallback) -> None:
-        self._start_watch(_DataWatch(self, path, callback))
-
-    def watch_children(self, path: str, callback: ChildrenCallback) -> None:
-        self._start_watch(_ChildrenWatch(self, path, callback))
-
-    def _start_watch(self, watch: _Watch) -> None:
+    def _start_watch(self, watch: PersistentWatch) -> None:
         self._watches.append(watch)
-        watch._read(initial=True)
+        watch.start()
 
     def lock(self, path: str, identifier: str) -> StoreLock:
         return _MemoryLock(self, path, identifier)
@@ -755,8 +656,7 @@ class MemoryStore(base.Store):
             self._reach(path)
             if watch is not None:
                 self.server._watch(self, path, watch, "data")
-            found = self.server.read(path)
-            return found[0] if found is not None else None
+            return self.server.read(path)
 
         return Answered(call)
 

@@ -35,12 +35,11 @@ from kazoo.retry import KazooRetry
 from pvcd.zk import base, schema
 from pvcd.zk.base import (
     AlreadyExists,
-    ChildrenCallback,
-    DataCallback,
     Listener,
     NotFound,
     OneShotWatch,
     Pending,
+    PersistentWatch,
     StoreError,
     StoreLock,
     StoreTimeout,
@@ -252,133 +251,6 @@ class _ZooKeeperLock(StoreLock):
             raise _translate(exc, self._path) from exc
 
 
-class _Watch:
-    """What `watch_data` and `watch_children` share (kazoo's DataWatch/ChildrenWatch, reworked).
-
-    Each read leaves a one-shot watch; its event triggers the next read. A read
-    that fails for a lost connection is repeated at the next CONNECTED; after a
-    new session the callback hears the current state even if it did not change.
-    """
-
-    def __init__(self, store: ZooKeeperStore, path: str) -> None:
-        self._store = store
-        self.path = path
-        self._lock = threading.Lock()
-        self.stopped = False
-        self._last: Any = None
-        self._initial = True
-        self._losses = 0
-        """Sessions lost so far (written by kazoo's connection thread only: no lock, which it must never wait for)."""
-        self._losses_seen = -1
-
-    def start(self) -> None:
-        self._store._add_watch(self)  # first: a CONNECTED during the first read is not missed
-        self._read()
-
-    def on_state(self, state: str) -> None:
-        if state == "LOST":
-            self._losses += 1
-        elif state == "CONNECTED" and not self.stopped:
-            self._store.client.handler.spawn(self._read)
-
-    def _on_event(self, event: Any) -> None:
-        if getattr(event, "type", None) == "NONE":
-            return  # a session event: the CONNECTED that follows re-reads
-        self._read()
-
-    def _read(self) -> None:
-        with self._lock:
-            if self.stopped:
-                return
-            initial, self._initial = self._initial, False
-            losses = self._losses
-            try:
-                key, value = self._fetch()
-            except StoreUnavailable:
-                log.debug("Watch on %s: read failed; reading again once connected", self.path, exc_info=True)
-                return
-            except StoreError:
-                if initial:
-                    self.stopped = True
-                    raise
-                log.exception("Watch on %s: read failed; reading again once connected", self.path)
-                return
-            except Exception:
-                if initial:
-                    self.stopped = True
-                    raise
-                log.exception("Watch on %s: read failed; reading again once connected", self.path)
-                return
-            if key is _AGAIN:
-                self._store.client.handler.spawn(self._read)
-                return
-            if losses == self._losses_seen and key == self._last:
-                return
-            self._last, self._losses_seen = key, losses
-            try:
-                if self._deliver(value) is False:
-                    self.stopped = True
-            except Exception:
-                if initial:
-                    raise
-                log.exception("Watch callback for %s failed; the watch carries on", self.path)
-
-    def _fetch(self) -> tuple[Any, Any]:
-        raise NotImplementedError
-
-    def _deliver(self, value: Any) -> bool | None:
-        raise NotImplementedError
-
-
-_AGAIN = object()
-"""A read raced with a creation: read again."""
-
-
-class _DataWatch(_Watch):
-    def __init__(self, store: ZooKeeperStore, path: str, callback: DataCallback) -> None:
-        super().__init__(store, path)
-        self._callback = callback
-
-    def _fetch(self) -> tuple[Any, Any]:
-        client = self._store.client
-        try:
-            data, stat = self._store._call(self.path, lambda: client.get(self.path, watch=self._on_event))
-        except NotFound:
-            stat = self._store._call(self.path, lambda: client.exists(self.path, watch=self._on_event))
-            if stat is not None:
-                return _AGAIN, None
-            return None, None
-        try:
-            return stat.mzxid, versioned(data, self.path, stat.version, stat.mtime)
-        except Unreadable as exc:
-            log.warning("Watch on %s: %s; reported as None", self.path, exc)
-            return stat.mzxid, Versioned(None, stat.version, stat.mtime)
-
-    def _deliver(self, value: Any) -> bool | None:
-        return self._callback(value)
-
-
-class _ChildrenWatch(_Watch):
-    def __init__(self, store: ZooKeeperStore, path: str, callback: ChildrenCallback) -> None:
-        super().__init__(store, path)
-        self._callback = callback
-
-    def _fetch(self) -> tuple[Any, Any]:
-        client = self._store.client
-        try:
-            names = self._store._call(self.path, lambda: client.get_children(self.path, watch=self._on_event))
-        except NotFound:
-            stat = self._store._call(self.path, lambda: client.exists(self.path, watch=self._on_event))
-            if stat is not None:
-                return _AGAIN, None
-            return (False, ()), []
-        children = sorted(names)
-        return (True, tuple(children)), children
-
-    def _deliver(self, value: Any) -> bool | None:
-        return self._callback(list(value))
-
-
 class ZooKeeperStore(base.Store):
     """A ZooKeeper session with typed JSON access to pvcd's paths."""
 
@@ -397,7 +269,7 @@ class ZooKeeperStore(base.Store):
         self.session_timeout = session_timeout
         self.connect_timeout = connect_timeout
         self._listeners: list[Listener] = []
-        self._watches: list[_Watch] = []
+        self._watches: list[PersistentWatch] = []
         self._watches_lock = threading.Lock()
         self.negotiated_session_timeout = None
         self.client = self._new_client()
@@ -430,7 +302,7 @@ class ZooKeeperStore(base.Store):
         for watch in watches:
             watch.on_state(name)
 
-    def _add_watch(self, watch: _Watch) -> None:
+    def _add_watch(self, watch: PersistentWatch) -> None:
         with self._watches_lock:
             self._watches.append(watch)
 
@@ -500,7 +372,7 @@ class ZooKeeperStore(base.Store):
             data, stat = self._call(path, lambda: self.client.get(path))
         except NotFound:
             return None
-        return versioned(data, path, stat.version, stat.mtime)
+        return versioned(data, path, stat.version, stat.mtime, stat.mzxid)
 
     def get_many(self, paths: Sequence[str], timeout: float | None = None) -> list[Versioned | Unreadable | None]:
         """`base.Store.get_many` in multiRead requests, all sent before the first answer is awaited.
@@ -632,11 +504,12 @@ class ZooKeeperStore(base.Store):
 
     # -- watches and locks -------------------------------------------------------
 
-    def watch_data(self, path: str, callback: DataCallback) -> None:
-        _DataWatch(self, path, callback).start()
+    def _start_watch(self, watch: PersistentWatch) -> None:
+        self._add_watch(watch)  # first: a CONNECTED during the first read is not missed
+        watch.start()
 
-    def watch_children(self, path: str, callback: ChildrenCallback) -> None:
-        _ChildrenWatch(self, path, callback).start()
+    def run_soon(self, func: Callable[[], None]) -> None:
+        self.client.handler.spawn(func)
 
     def lock(self, path: str, identifier: str) -> StoreLock:
         return _ZooKeeperLock(path, self.client.Lock(path, identifier=identifier))
@@ -649,7 +522,7 @@ class ZooKeeperStore(base.Store):
     def get_async(self, path: str, watch: OneShotWatch | None = None) -> Pending[Versioned | None]:
         def convert(raw: Any) -> Versioned | None:
             data, stat = raw
-            return versioned(data, path, stat.version, stat.mtime)
+            return versioned(data, path, stat.version, stat.mtime, stat.mzxid)
 
         return _Pending(path, self.client.get_async(path, watch=watch), convert, missing=lambda: None)
 
