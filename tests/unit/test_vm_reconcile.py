@@ -234,3 +234,12 @@ def test_a_start_with_none_under_way_reads_afresh():
     second, why = book.reserve("vm2", 200, ME)
     assert second is None and "100 MiB free" in (why or "")
     assert host.readings == 2
+
+
+def test_a_burst_of_passes_takes_at_most_a_quarter_of_a_core():
+    from pvcd.vm.reconciler import PASS_DUTY, pass_pause
+
+    for duration in (0.0005, 0.01, 0.2):
+        pause = pass_pause(duration)
+        assert duration / (duration + pause) == pytest.approx(PASS_DUTY)
+    assert pass_pause(-0.1) == 0.0  # a clock that stepped back never makes the loop wait
