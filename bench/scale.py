@@ -25,10 +25,43 @@ VMs, then 3,000:
               with bench/failover.py's own code (keepalive 1 s x 3 missed);
 * large     — --large-vms VMs in all: idle and cli again.
 
-Part (b), --sweep N1,N2,...: for each node count, a cluster of N nodes with
---sweep-vms VMs (stopped): idle and start, to show how cost grows with nodes.
-100 real nodes do not fit this machine (each is a pvcd, a chassis and a
-libvirtd); the figures for the counts that fit show the growth.
+Part (b), --sweep N1,N2,...: for each node count, a cluster of N nodes (each its
+own chassis, libvirtd and pvcd, with its own ZooKeeper session) with
+--sweep-vms VMs, stopped, keepalive --sweep-keepalive seconds (default 1, dead
+after 3 missed; 100 nodes on 2 cores may need 5):
+
+* idle      — as in (a), at 0 VMs and with the VMs, and the keepalive lateness
+              below;
+* start     — as in (a): the reads, bytes of answers, writes and the nodes' own
+              requests caused by one VM state change (`pvc vm start` of a VM
+              of a node that is neither the primary nor a crash victim),
+              summed over the whole cluster, and the time until the owning
+              node started its domain;
+* burst     — --sweep-start-burst VMs (default 50), each on another node,
+              started at once in-process: the window less the idle window
+              before, per change (with many nodes the idle reads vary by more
+              than one change costs; a burst divides that noise); the bench
+              writer's own requests counted apart; start -> domain started;
+* crash     — for each count of --sweep-crash-vms (default 30,333): that many
+              VMs started on one node, which then loses power → every one of
+              them started elsewhere (measure_crash, as in (a)), with the other
+              nodes' keepalive lateness meanwhile. A different node each time,
+              not the primary, non-coordinators first: a crashed node comes
+              back fenced and stays so. The crash nodes carry exactly their
+              crash sets, taken out of the --sweep-vms when they fit in it (in
+              addition otherwise); the other VMs go round-robin over the other
+              nodes;
+* memory    — RSS and PSS of every pvcd, chassis, libvirtd and of ZooKeeper
+              (/proc/PID/smaps_rollup) after `up`, with each idle window and at
+              the end; the load average with each.
+
+Keepalive lateness: from ZooKeeper's transaction log (DATADIR/version-2/log.*),
+read from disk by the bench, so it costs ZooKeeper nothing and misses no
+keepalive: each keepalive transaction's time; a keepalive's lateness is its gap
+since the node's previous one less the interval (a node silent at the end of the
+window counts the time since its last one); p50, p99 and max over all
+keepalives, and over the nodes of each node's worst. The keepalives delivered
+per due (from the counters, as in (a)) stay as well.
 
 How ZooKeeper is measured: its own counters, read through the four-letter
 words its configuration allows (mntr, stat): `zk_cnt_readlatency` counts every
@@ -56,7 +89,11 @@ export of it (`git archive COMMIT | tar -x -C DIR`; `python DIR/bench/scale.py`)
 
 Usage: python bench/scale.py [--parts idle,start,cli,flush,crash,large] [--vms 1000] [--large-vms 3000]
                              [--flush-vms 20] [--crash-vms 333] [--starts 3] [--window 20]
-                             [--sweep 10,20] [--sweep-vms 300] [--out FILE]
+                             [--sweep 10,20] [--sweep-vms 300] [--sweep-crash-vms 30,333]
+                             [--sweep-start-burst 50] [--sweep-keepalive 1] [--out FILE]
+
+100 nodes x 3,000 VMs, part (b) alone:
+    python bench/scale.py --parts none --sweep 100 --sweep-vms 3000 --sweep-keepalive 5
 """
 
 from __future__ import annotations
@@ -64,11 +101,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -108,6 +147,9 @@ VM_MEMORY_MIB = 1
 PARALLEL = 8
 """`pvc` subprocesses at once on the fallback path."""
 UP_TIMEOUT_S = 600.0
+UP_TIMEOUT_PER_NODE_S = 10.0
+SWEEP_CRASH_VMS = [30, 333]
+SWEEP_START_BURST = 50
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "scale.json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {
@@ -169,6 +211,35 @@ def rss_mib(pid: int | None) -> float | None:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def memory_kib(pid: int | None) -> tuple[int, int] | None:
+    """RSS and PSS of a process in KiB (/proc/PID/smaps_rollup), None if it is gone.
+
+    PSS shares each shared page among the processes that map it: their sum is what they take together."""
+    if not pid:
+        return None
+    found = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    found[key] = int(rest.split()[0])
+    except (OSError, ValueError):
+        return None
+    return (found["Rss"], found["Pss"]) if len(found) == 2 else None
+
+
+def mem_available_mib() -> float | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -295,11 +366,15 @@ class ZooKeeper:
 def delta(a: Snapshot, b: Snapshot) -> dict[str, Any]:
     """What happened between two snapshots: totals, per node, CPU."""
     per_node: dict[str, int] = {}
+    others = 0
     for port, (node, count) in b.ports.items():
         before = a.ports.get(port)
         grew = count - before[1] if before is not None and before[0] == node else count
         if node != "-":
             per_node[node] = per_node.get(node, 0) + max(grew, 0)
+        elif before is not None:
+            # A connection of no node that lasted the whole window: the bench's own writer, if open.
+            others += max(grew, 0)
     cpu: dict[str, float | None] = {}
     for name, after in b.pvcd_cpu_s.items():
         before_cpu = a.pvcd_cpu_s.get(name)
@@ -313,6 +388,7 @@ def delta(a: Snapshot, b: Snapshot) -> dict[str, Any]:
         "data_bytes": b.data_bytes - a.data_bytes,
         "zk_cpu_s": (b.zk_cpu_s - a.zk_cpu_s) if a.zk_cpu_s is not None and b.zk_cpu_s is not None else None,
         "node_requests": dict(sorted(per_node.items())),
+        "other_requests": others,
         "pvcd_cpu_s": dict(sorted(cpu.items())),
     }
 
@@ -333,6 +409,137 @@ def rates(d: dict[str, Any], nodes: int) -> dict[str, Any]:
         "zk_cpu_percent": r(100 * d["zk_cpu_s"] / s, 1) if d["zk_cpu_s"] is not None else None,
         "pvcd_cpu_percent_each": {n: r(100 * c / s, 1) if c is not None else None for n, c in d["pvcd_cpu_s"].items()},
         "pvcd_cpu_percent_total": r(100 * sum(cpu) / s, 1) if cpu else None,
+    }
+
+
+# -- keepalive lateness, from ZooKeeper's transaction log ------------------------------------------------------
+
+TXN_LOG_MAGIC = 0x5A4B4C47
+"""'ZKLG': the first four bytes of a ZooKeeper transaction log file."""
+TXN_SET_DATA = 5
+TXN_MULTI = 14
+KEEPALIVE_SUFFIX = "/keepalive"
+
+
+class TxnLog:
+    """Every keepalive write of every node, with ZooKeeper's own time of it, read from its transaction log.
+
+    ZooKeeper logs each transaction before it applies it, with the leader's wall-clock time (the znode's mtime):
+    reading the log costs ZooKeeper nothing (no request, no session), and misses no keepalive, however many
+    nodes there are. A node's keepalive is one multi transaction (check fence, set state, set keepalive); a
+    plain setData of a keepalive znode counts as well. The log files (`version-2/log.ZXID`) are preallocated
+    with zeros; a file is read up to its first empty entry, and again from there on the next call.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = data_dir / "version-2"
+        self.offsets: dict[Path, int] = {}
+        self.times: dict[str, list[int]] = {}
+        """Node -> the ZooKeeper times (ms) of its keepalive writes so far, in log order."""
+
+    def read(self) -> dict[str, list[int]]:
+        for path in sorted(self.directory.glob("log.*"), key=lambda p: int(p.suffix[1:], 16)):
+            with open(path, "rb") as log:
+                offset = self.offsets.get(path)
+                if offset is None:
+                    header = log.read(16)
+                    if len(header) < 16 or struct.unpack(">i", header[:4])[0] != TXN_LOG_MAGIC:
+                        continue
+                    offset = 16
+                log.seek(offset)
+                while True:
+                    head = log.read(12)
+                    if len(head) < 12:
+                        break
+                    _crc, length = struct.unpack(">qi", head)
+                    if length <= 0:
+                        break
+                    body = log.read(length + 1)
+                    if len(body) < length + 1 or body[-1] != 0x42:  # 'B', end of record: not all written yet
+                        break
+                    offset += 12 + length + 1
+                    self._entry(body[:-1])
+                self.offsets[path] = offset
+        return self.times
+
+    def _entry(self, txn: bytes) -> None:
+        # TxnHeader: clientId (long), cxid (int), zxid (long), time (long), type (int).
+        t, kind = struct.unpack_from(">qi", txn, 20)
+        paths = []
+        if kind == TXN_SET_DATA:
+            paths.append(self._string(txn, 32))
+        elif kind == TXN_MULTI:
+            (count,) = struct.unpack_from(">i", txn, 32)
+            at = 36
+            for _ in range(count):
+                sub, size = struct.unpack_from(">ii", txn, at)
+                if sub == TXN_SET_DATA:
+                    paths.append(self._string(txn, at + 8))
+                at += 8 + size
+        for path in paths:
+            if path.endswith(KEEPALIVE_SUFFIX):
+                node = path[: -len(KEEPALIVE_SUFFIX)].rsplit("/", 1)[-1]
+                self.times.setdefault(node, []).append(t)
+
+    @staticmethod
+    def _string(txn: bytes, at: int) -> str:
+        (size,) = struct.unpack_from(">i", txn, at)
+        return txn[at + 4 : at + 4 + size].decode(errors="replace")
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The value below which `share` of `values` lie (nearest rank)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def keepalive_lateness(
+    times: dict[str, list[int]], start_ms: float, end_ms: float, interval: float, skip: set[str] | None = None
+) -> dict[str, Any]:
+    """How late the nodes' keepalives were between two wall-clock times (ms), from their ZooKeeper times.
+
+    A keepalive's lateness is its gap since the node's keepalive before, less the interval (the daemon keeps a
+    fixed schedule: on time, every gap is one interval); a node silent at the end of the window counts the gap
+    since its last keepalive as well. Per keepalive: p50, p99 and max over every keepalive of every node; per
+    node: its largest lateness, then p50, p99 and max of those over the nodes."""
+    lateness: list[float] = []
+    worst: dict[str, float] = {}
+    for node, stamps in sorted(times.items()):
+        if skip and node in skip:
+            continue
+        before = [t for t in stamps if t < start_ms]
+        inside = [t for t in stamps if start_ms <= t <= end_ms]
+        mine = [before[-1], *inside] if before else inside
+        gaps = [(b - a) / 1000 for a, b in zip(mine, mine[1:], strict=False)]
+        tail = (end_ms - mine[-1]) / 1000 if mine else (end_ms - start_ms) / 1000
+        if tail > interval:
+            gaps.append(tail)
+        late = [max(0.0, g - interval) for g in gaps]
+        lateness.extend(late)
+        worst[node] = max(late, default=0.0)
+    per_node = list(worst.values())
+    latest = max(worst, key=lambda n: worst[n]) if worst else None
+    return {
+        "source": "ZooKeeper's transaction log: each keepalive's time (ms), gap since the node's previous one",
+        "interval_s": interval,
+        "window_s": r((end_ms - start_ms) / 1000, 2),
+        "nodes": len(worst),
+        "keepalives": len(lateness),
+        "lateness_s": {
+            "p50": r(percentile(lateness, 0.5)),
+            "p99": r(percentile(lateness, 0.99)),
+            "max": r(max(lateness, default=0.0)),
+        },
+        "node_max_lateness_s": {
+            "p50": r(percentile(per_node, 0.5)),
+            "p99": r(percentile(per_node, 0.99)),
+            "max": r(max(per_node, default=0.0)),
+            "node": latest,
+        },
+        "late_keepalives": sum(1 for x in lateness if x >= interval),
+        "nodes_late_once": sum(1 for x in per_node if x >= interval),
     }
 
 
@@ -446,6 +653,7 @@ class Cluster:
 
     def up(self) -> None:
         t = time.monotonic()
+        self.mem_available_before_mib = mem_available_mib()
         result = subprocess.run(
             [
                 failover.tool("pvc-devcluster"),
@@ -464,7 +672,7 @@ class Cluster:
             ],
             capture_output=True,
             text=True,
-            timeout=UP_TIMEOUT_S,
+            timeout=UP_TIMEOUT_S + UP_TIMEOUT_PER_NODE_S * self.count,
         )
         self.started = True
         if result.returncode != 0:
@@ -472,8 +680,10 @@ class Cluster:
         self.record = cluster.load(self.workdir)
         self.zk = ZooKeeper(self.record.zookeeper, self.record.zookeeper_pid)
         self.cli = Cli(self.workdir, self.record.zookeeper)
+        self.txn_log = TxnLog(Path(self.record.zookeeper_dir) / "data")
         self.up_s = time.monotonic() - t
         self.wait_quiet(timeout=120 + 3 * self.count)
+        self.quiet_s = time.monotonic() - t
 
     def close(self) -> None:
         if self.writer is not None:
@@ -515,6 +725,55 @@ class Cluster:
 
     def snapshot(self) -> Snapshot:
         return self.zk.snapshot(self.connection_owners, self.pvcd_pids)
+
+    def memory(self) -> dict[str, Any]:
+        """RSS and PSS of every process of the cluster, by kind, in MiB; and the machine's available memory.
+
+        RSS counts the pages shared between processes (the interpreter, libvirt's libraries) once per process;
+        PSS divides them among the processes sharing them, so the PSS total is what the cluster takes."""
+        kinds: dict[str, list[tuple[int, int]]] = {"pvcd": [], "chassis": [], "libvirtd": [], "zookeeper": []}
+        for node in self.record.nodes:
+            state = node.current() if cluster.chassis_running(node) else {}
+            for kind, pid in (
+                ("pvcd", state.get("pvcd_pid")),
+                ("chassis", node.chassis_pid),
+                ("libvirtd", state.get("libvirtd_pid")),
+            ):
+                found = memory_kib(pid)
+                if found is not None:
+                    kinds[kind].append(found)
+        found = memory_kib(self.zk.pid)
+        if found is not None:
+            kinds["zookeeper"].append(found)
+        by_kind = {
+            kind: {
+                "processes": len(values),
+                "rss_mib": r(sum(v[0] for v in values) / 1024, 1),
+                "pss_mib": r(sum(v[1] for v in values) / 1024, 1),
+            }
+            for kind, values in kinds.items()
+        }
+        nodes_pss = sum(v[1] for kind in ("pvcd", "chassis", "libvirtd") for v in kinds[kind]) / 1024
+        available = mem_available_mib()
+        return {
+            "by_kind": by_kind,
+            "rss_mib_total": r(sum(v[0] for values in kinds.values() for v in values) / 1024, 1),
+            "pss_mib_total": r(sum(v[1] for values in kinds.values() for v in values) / 1024, 1),
+            "pss_mib_per_node": r(nodes_pss / self.count, 1),
+            "mem_available_mib": r(available, 0),
+            "mem_available_before_up_mib": r(self.mem_available_before_mib, 0),
+            "mem_used_since_up_mib": r(self.mem_available_before_mib - available, 0)
+            if available is not None and self.mem_available_before_mib is not None
+            else None,
+        }
+
+    def node_journal(self, node: str) -> list[journal.Entry]:
+        """One node's chassis journal (reading all of them, as often as a start is polled, costs with 100)."""
+        path = Path(self.record.node(node).journal)
+        try:
+            return journal.parse(path.read_text(), str(path))
+        except (OSError, journal.JournalError) as exc:
+            raise BenchError(f"cannot read the journal of {node}: {exc}") from exc
 
     def node_list(self) -> list[dict[str, Any]]:
         out, _ = self.cli.run("node", "list", "--format", "json")
@@ -622,26 +881,45 @@ def measure_idle(c: Cluster, window: float, label: str) -> dict[str, Any]:
     c.wait_quiet()
     before_ka, t_ka = keepalive_counters(c), time.monotonic()
     a = c.snapshot()
+    wall_a = time.time()
     time.sleep(window)
     b = c.snapshot()
+    wall_b = time.time()
     after_ka, t_ka2 = keepalive_counters(c), time.monotonic()
     due = (t_ka2 - t_ka) / c.keepalive
+    delivered = {n: r((after_ka.get(n, 0) - v) / due, 2) for n, v in before_ka.items()}
     result = {
         "label": label,
         "vms": len(c.vms),
         "nodes": c.count,
         **rates(delta(a, b), c.count),
-        "keepalives_delivered_per_due": {n: r((after_ka.get(n, 0) - v) / due, 2) for n, v in before_ka.items()},
+        "keepalives_delivered_per_due": delivered,
+        "keepalives_delivered_per_due_min": min((v for v in delivered.values() if v is not None), default=None),
+        "keepalive_lateness": keepalive_lateness(c.txn_log.read(), wall_a * 1000, wall_b * 1000, c.keepalive),
         "pvcd_rss_mib": {n: r(rss_mib(p), 1) for n, p in c.pvcd_pids().items()},
         "zk_rss_mib": r(rss_mib(c.zk.pid), 1),
+        "memory": c.memory(),
         "loadavg": loadavg(),
     }
+    lateness = result["keepalive_lateness"]
+    if c.count > 10:
+        per_node = (
+            f"node requests/s max {result['node_requests_per_s_max']}, "
+            f"keepalives delivered/due min {result['keepalives_delivered_per_due_min']}"
+        )
+    else:
+        per_node = (
+            f"node requests/s {result['node_requests_per_s']}, keepalives delivered/due "
+            f"{result['keepalives_delivered_per_due']}"
+        )
     print(
         f"  idle, {c.count} nodes, {len(c.vms)} VMs: {result['reads_per_s']} reads/s "
-        f"({result['reads_per_node_per_s']}/node), {result['data_kib_per_s']} KiB/s, node requests/s "
-        f"{result['node_requests_per_s']}, ZooKeeper CPU {result['zk_cpu_percent']}%, pvcd CPU "
-        f"{result['pvcd_cpu_percent_total']}% in all, keepalives delivered/due "
-        f"{result['keepalives_delivered_per_due']}",
+        f"({result['reads_per_node_per_s']}/node), {result['data_kib_per_s']} KiB/s, {per_node}, ZooKeeper CPU "
+        f"{result['zk_cpu_percent']}%, pvcd CPU {result['pvcd_cpu_percent_total']}% in all; keepalive lateness "
+        f"p50/p99/max {lateness['lateness_s']['p50']}/{lateness['lateness_s']['p99']}/"
+        f"{lateness['lateness_s']['max']} s over {lateness['keepalives']} keepalives; memory PSS "
+        f"{result['memory']['pss_mib_total']} MiB ({result['memory']['pss_mib_per_node']} per node), "
+        f"load average {result['loadavg']}",
         flush=True,
     )
     return result
@@ -667,11 +945,7 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
         _, cli_s = c.cli.run("vm", "start", name)
         acted: float | None = None
         while time.monotonic() < t0 + max(window, 120):
-            started = [
-                e.t
-                for e in check.read_journals(c.record)
-                if e.event == journal.START and e.vm == name and e.host == node and e.t >= t0
-            ]
+            started = [e.t for e in c.node_journal(node) if e.event == journal.START and e.vm == name and e.t >= t0]
             if started:
                 acted = min(started) - t0
                 break
@@ -714,6 +988,9 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
     def node_getter(node: str) -> Callable[[dict[str, Any]], float | None]:
         return lambda x: x["node_requests"].get(node)
 
+    def nodes_total(x: dict[str, Any]) -> float | None:
+        return float(sum(x["node_requests"].values())) if x["node_requests"] else None
+
     runs: list[dict[str, Any]] = []
     for _, d, meta in windows:
         runs.append(
@@ -724,6 +1001,7 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
                 "data_kib": r((extra(d, lambda x: x["data_bytes"]) or 0) / 1024, 1),
                 "writes": r(extra(d, lambda x: x["writes"]), 0),
                 "node_requests": {n: r(extra(d, node_getter(n)), 0) for n in d["node_requests"]},
+                "node_requests_sum": r(extra(d, nodes_total), 0),
                 "zk_cpu_s": r(extra(d, lambda x: x["zk_cpu_s"]), 2),
                 "pvcd_cpu_s": r(extra(d, pvcd_total), 2),
                 "reads_in_window": d["reads"],
@@ -748,6 +1026,7 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
                 "data_reads",
                 "data_kib",
                 "writes",
+                "node_requests_sum",
                 "zk_cpu_s",
                 "pvcd_cpu_s",
                 "start_to_domain_started_s",
@@ -759,10 +1038,104 @@ def measure_start(c: Cluster, names: list[str], window: float) -> dict[str, Any]
     for run in runs:
         print(
             f"  start {run['vm']}: +{run['reads']} reads, +{run['data_kib']} KiB, "
+            f"+{run['node_requests_sum']} requests from the nodes, "
             f"ZooKeeper +{run['zk_cpu_s']} CPU-s, pvcd +{run['pvcd_cpu_s']} CPU-s",
             flush=True,
         )
     print(f"  idle windows before them: {result['idle_reads_per_window']} reads", flush=True)
+    return result
+
+
+def measure_start_batch(c: Cluster, names: list[str], window: float) -> dict[str, Any]:
+    """A burst of VM state changes at once (`pvc vm start`'s code, in-process), each VM on another node: the
+    requests of the window less those of the idle window just before, divided by the changes.
+
+    With many nodes the idle reads (every node following every keepalive) are thousands per window and vary
+    by more than one change costs; a burst of K changes divides that noise by K. The bench's writer session
+    is open through both windows (its pings cancel out); its own requests (3 reads and a transaction per
+    start) are counted from its connection and reported apart."""
+    c.release_writer()
+    c.wait_quiet()
+    c.get_writer()  # its session open from here on: its connection is in both windows
+    time.sleep(1.0)
+    a = c.snapshot()
+    time.sleep(window)
+    b = c.snapshot()
+    t0 = time.monotonic()
+    c.start(names)
+    issued_s = time.monotonic() - t0
+    acted: dict[str, float] = {}
+    by_node: dict[str, list[str]] = {}
+    for name in names:
+        by_node.setdefault(c.vms[name], []).append(name)
+    while len(acted) < len(names) and time.monotonic() < t0 + max(window, 120):
+        for node, mine in by_node.items():
+            if all(n in acted for n in mine):
+                continue
+            for e in c.node_journal(node):
+                if e.event == journal.START and e.vm in mine and e.t >= t0 and e.vm not in acted:
+                    acted[e.vm] = e.t - t0
+        time.sleep(0.1)
+    remaining = t0 + window - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+    after = c.snapshot()
+    c.release_writer()
+    base, d = delta(a, b), delta(b, after)
+    k = len(names)
+
+    def per_change(value: Callable[[dict[str, Any]], float | None]) -> float | None:
+        now, idle = value(d), value(base)
+        if now is None or idle is None:
+            return None
+        return (now - idle / base["seconds"] * d["seconds"]) / k
+
+    def nodes_total(x: dict[str, Any]) -> float:
+        return float(sum(x["node_requests"].values()))
+
+    def pvcd_total(x: dict[str, Any]) -> float | None:
+        cpu = [v for v in x["pvcd_cpu_s"].values() if v is not None]
+        return sum(cpu) if len(cpu) == len(x["pvcd_cpu_s"]) else None
+
+    times = sorted(acted.values())
+    result: dict[str, Any] = {
+        "vms": len(c.vms),
+        "nodes": c.count,
+        "changes": k,
+        "on_nodes": len(by_node),
+        "window_s": r(d["seconds"], 2),
+        "issued_s": r(issued_s, 2),
+        "writer": c.writer.kind if c.writer is not None else "in-process",
+        "acted": len(acted),
+        "start_to_domain_started_s": {
+            "p50": r(percentile(times, 0.5)),
+            "max": r(max(times, default=None)) if times else None,
+        },
+        "per_change": {
+            "reads": r(per_change(lambda x: x["reads"]), 1),
+            "data_reads": r(per_change(lambda x: x["data_reads"]), 1),
+            "data_kib": r((per_change(lambda x: x["data_bytes"]) or 0) / 1024, 2),
+            "writes": r(per_change(lambda x: x["writes"]), 2),
+            "node_requests": r(per_change(nodes_total), 1),
+            "bench_writer_requests": r(per_change(lambda x: x["other_requests"]), 1),
+            "zk_cpu_s": r(per_change(lambda x: x["zk_cpu_s"]), 3),
+            "pvcd_cpu_s": r(per_change(pvcd_total), 3),
+        },
+        "reads_in_window": d["reads"],
+        "reads_in_idle_window": base["reads"],
+    }
+    x = result["per_change"]
+    print(
+        f"  burst of {k} starts on {len(by_node)} nodes: per change +{x['reads']} reads "
+        f"(the bench's writer {x['bench_writer_requests']} requests of them), +{x['data_kib']} KiB, "
+        f"+{x['node_requests']} requests from the nodes, ZooKeeper +{x['zk_cpu_s']} CPU-s, pvcd "
+        f"+{x['pvcd_cpu_s']} CPU-s; {len(acted)}/{k} domains started, p50 "
+        f"{result['start_to_domain_started_s']['p50']} s, last {result['start_to_domain_started_s']['max']} s "
+        f"after the first command ({d['reads']} reads in the window, {base['reads']} in the idle one before)",
+        flush=True,
+    )
+    if len(acted) < k:
+        c.notes.append(f"burst: {k - len(acted)} of {k} domains not started within the wait")
     return result
 
 
@@ -838,17 +1211,44 @@ def measure_flush(c: Cluster, node: str, names: list[str], timeout: float) -> di
     return result
 
 
+class CrashBench(failover.Bench):
+    """bench/failover.py's Bench, reading each chassis journal again only when it changed: it polls every 50 ms,
+    and with 100 nodes re-reading every journal at that rate would compete with the recovery it measures."""
+
+    def __init__(self, workdir: Path, interval: int, intervals: int) -> None:
+        super().__init__(workdir, interval, intervals)
+        self._journals: dict[str, tuple[tuple[int, int], list[journal.Entry]]] = {}
+
+    def entries(self) -> list[journal.Entry]:
+        found: list[journal.Entry] = []
+        for node in self.cluster.nodes:
+            path = Path(node.journal)
+            try:
+                info = path.stat()
+                key = (info.st_size, info.st_mtime_ns)
+                cached = self._journals.get(node.name)
+                if cached is None or cached[0] != key:
+                    cached = (key, journal.parse(path.read_text(), str(path)))
+                    self._journals[node.name] = cached
+            except (OSError, journal.JournalError) as exc:
+                raise failover.BenchError(f"cannot read the journal of {node.name}: {exc}") from exc
+            found.extend(cached[1])
+        return found
+
+
 def measure_crash(c: Cluster, victim: str, names: list[str]) -> dict[str, Any]:
     """bench/failover.py's fault and journal reading: power loss of `victim` -> every VM started elsewhere."""
     c.release_writer()
     c.wait_quiet()
-    c.failover = bench = failover.Bench(c.workdir, c.keepalive, c.fence_intervals)
+    c.failover = bench = CrashBench(c.workdir, c.keepalive, c.fence_intervals)
     a = c.snapshot()
     keepalive_ms = bench.next_keepalive(victim)
+    wall_offset = time.time() - time.monotonic()
     fault = bench.inject(victim, "crash")
     t0 = fault["t0"]
     new = bench.wait_recovered(victim, names, t0)
     b = c.snapshot()
+    t_recovered = time.monotonic()
     fence = bench.wait_fence_done(victim)
     offset = fault["offset_ms"]
 
@@ -871,13 +1271,24 @@ def measure_crash(c: Cluster, victim: str, names: list[str]) -> dict[str, Any]:
         "after_keepalive_s": r(t0 - mono(keepalive_ms)),
         "placed_on": {h: sum(1 for host, _ in new.values() if host == h) for h in sorted({h for h, _ in new.values()})},
         "reads_during": d["reads"],
+        "data_kib_during": r(d["data_bytes"] / 1024, 1),
+        "writes_during": d["writes"],
         "zk_cpu_s_during": r(d["zk_cpu_s"], 2),
-        "target_s": TARGETS["crash_to_running_s"],
+        "pvcd_cpu_s_during": r(sum(v for v in d["pvcd_cpu_s"].values() if v is not None), 2),
+        # The other nodes' keepalives while they detected the crash and started its VMs.
+        "keepalive_lateness_others": keepalive_lateness(
+            c.txn_log.read(), (t0 + wall_offset) * 1000, (t_recovered + wall_offset) * 1000, c.keepalive, {victim}
+        ),
+        # Issue 10's 6 s is 1 s x 3 + 3 s; with another keepalive interval, the same K x F + 3 s.
+        "target_s": c.keepalive * c.fence_intervals + failover.TARGET_SLACK_S,
+        "loadavg": loadavg(),
     }
+    lateness = result["keepalive_lateness_others"]
     print(
         f"  crash of {victim} with {len(names)} running VMs: all running elsewhere after {result['total_s']} s "
         f"(detect {result['detect_s']} + fence {result['fence_s']} + restart {result['restart_s']}); "
-        f"first after {result['first_s']} s",
+        f"first after {result['first_s']} s; on {len(result['placed_on'])} nodes; the others' keepalives "
+        f"meanwhile late by p99 {lateness['lateness_s']['p99']} s, max {lateness['lateness_s']['max']} s",
         flush=True,
     )
     # The victim powers on again; let it rejoin before anything else is measured. It is not made ready: that
@@ -970,29 +1381,117 @@ def part_a(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def crash_victims(c: Cluster, primary: str, count: int) -> list[str]:
+    """Nodes to crash in (b): not the primary; nodes that are no coordinator first (a crash then costs no
+    ZooKeeper-quorum member of the cluster's own, only a hypervisor), then the secondary coordinators."""
+    nodes = c.node_list()
+    clients = sorted((n["name"] for n in nodes if n["coordinator_state"] == "client"), key=node_number)
+    others = sorted((n["name"] for n in nodes if n["name"] != primary and n["name"] not in clients), key=node_number)
+    return [*clients, *others][:count]
+
+
+def node_number(name: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (int(digits) if digits else 0, name)
+
+
+def burst_vms(c: Cluster, skip_nodes: list[str], skip_vms: set[str], count: int) -> list[str]:
+    """`count` stopped VMs, each of another node as long as there are nodes (not those in `skip_nodes`)."""
+    by_node: dict[str, list[str]] = {}
+    for name in sorted(c.vms):
+        if c.vms[name] not in skip_nodes and name not in skip_vms:
+            by_node.setdefault(c.vms[name], []).append(name)
+    chosen: list[str] = []
+    while len(chosen) < count and any(by_node.values()):
+        for node in sorted(by_node, key=node_number):
+            if by_node[node] and len(chosen) < count:
+                chosen.append(by_node[node].pop(0))
+    return chosen
+
+
 def part_b(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for count in args.sweep:
-        out: dict[str, Any] = {"nodes": count, "vms": args.sweep_vms}
-        print(f"(b) {count} nodes, {args.sweep_vms} VMs", flush=True)
-        c = Cluster(count)
+        out: dict[str, Any] = {"nodes": count, "vms": args.sweep_vms, "keepalive_interval": args.sweep_keepalive}
+        print(f"(b) {count} nodes, {args.sweep_vms} VMs, keepalive {args.sweep_keepalive} s", flush=True)
+        c = Cluster(count, keepalive=args.sweep_keepalive)
         try:
             c.up()
             out["up_s"] = r(c.up_s, 1)
+            out["up_to_quiet_s"] = r(c.quiet_s, 1)
+            out["memory_up"] = c.memory()
+            print(
+                f"  up in {c.up_s:.0f} s, quiet after {c.quiet_s:.0f} s; memory PSS "
+                f"{out['memory_up']['pss_mib_total']} MiB ({out['memory_up']['pss_mib_per_node']} per node), "
+                f"RSS {out['memory_up']['rss_mib_total']} MiB; load average {loadavg()}",
+                flush=True,
+            )
             primary, others = c.roles()
             nodes = [primary, *others]
+            # The crash victims carry exactly their crash sets, out of the --sweep-vms when they fit in it
+            # (in addition otherwise); every other VM goes round-robin over the other nodes.
+            crash_counts = list(args.sweep_crash_vms)
+            victims = crash_victims(c, primary, len(crash_counts)) if crash_counts else []
+            if len(victims) < len(crash_counts):
+                c.notes.append(f"only {len(victims)} nodes to crash for {len(crash_counts)} crash sets")
+                crash_counts = crash_counts[: len(victims)]
+            names = vm_names("sw", 0, args.sweep_vms)
+            if sum(crash_counts) <= len(names):
+                crash_sets, taken = [], 0
+                for k in crash_counts:
+                    crash_sets.append(names[taken : taken + k])
+                    taken += k
+                rest = names[taken:]
+            else:
+                crash_sets, taken = [], len(names)
+                for k in crash_counts:
+                    crash_sets.append(vm_names("sw", taken, k))
+                    taken += k
+                rest = names
+                c.notes.append(
+                    f"the crash sets ({'+'.join(map(str, crash_counts))} VMs) do not fit in --sweep-vms "
+                    f"{args.sweep_vms}: defined in addition"
+                )
+            out["crash_victims"] = dict(zip(victims, crash_counts, strict=False))
             out["idle_0"] = measure_idle(c, args.window, "0 VMs")
-            define_s = c.define(vm_names("sw", 0, args.sweep_vms), nodes)
+            spread = [n for n in nodes if n not in victims] or nodes
+            define_s = c.define(rest, spread)
+            for victim, crash_set in zip(victims, crash_sets, strict=False):
+                define_s += c.define(crash_set, [victim])
+            out["vms"] = len(c.vms)
             out["define_bulk"] = {
-                "vms": args.sweep_vms,
+                "vms": len(c.vms),
                 "seconds": r(define_s, 1),
-                "per_vm_ms": r(1000 * define_s / max(args.sweep_vms, 1), 1),
+                "per_vm_ms": r(1000 * define_s / max(len(c.vms), 1), 1),
+                "writer": c.get_writer().kind,
             }
-            out["idle"] = measure_idle(c, args.window, f"{args.sweep_vms} VMs")
+            print(f"  defined {len(c.vms)} VMs in {define_s:.1f} s ({c.get_writer().kind})", flush=True)
+            out["idle"] = measure_idle(c, args.window, f"{len(c.vms)} VMs")
             if args.starts:
-                # VMs of nodes other than the primary: the owning node is one of many.
-                candidates = [v for v in sorted(c.vms) if c.vms[v] != primary][: args.starts]
+                # VMs of nodes other than the primary and the victims: the owning node is one of many.
+                candidates = [v for v in sorted(c.vms) if c.vms[v] not in (primary, *victims)][: args.starts]
                 out["start"] = measure_start(c, candidates, args.window)
+            if args.sweep_start_burst:
+                used = {x["vm"] for x in (out.get("start") or {}).get("runs", [])}
+                out["start_burst"] = measure_start_batch(
+                    c, burst_vms(c, [primary, *victims], used, args.sweep_start_burst), args.window
+                )
+            out["crash"] = []
+            for victim, crash_set in zip(victims, crash_sets, strict=False):
+                t = time.monotonic()
+                c.start(crash_set)
+                c.release_writer()
+                waited = c.wait_running(crash_set, victim, 300 + 2 * len(crash_set))
+                took = time.monotonic() - t
+                print(f"  started {len(crash_set)} VMs on {victim} in {took:.1f} s", flush=True)
+                crash = measure_crash(c, victim, crash_set)
+                crash["start_bulk"] = {
+                    "vms": len(crash_set),
+                    "seconds": r(took, 1),
+                    "waited_for_journal_s": r(waited, 1),
+                }
+                out["crash"].append(crash)
+            out["memory_end"] = c.memory()
         except (BenchError, cluster.ClusterError, failover.BenchError, subprocess.TimeoutExpired) as exc:
             out["error"] = str(exc)
             print(f"  {count} nodes stopped: {exc}", file=sys.stderr, flush=True)
@@ -1098,18 +1597,191 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"  stopped early: {a['error']}")
     sweep = report.get("b") or []
     if sweep:
-        print()
-        print("(b) nodes  VMs  idle reads/s  per node  ZK CPU%  start reads  per node  start->acting s  keepalives/due")
-        for s in sweep:
-            idle, start = s.get("idle") or {}, (s.get("start") or {}).get("median") or {}
-            ka = idle.get("keepalives_delivered_per_due") or {}
-            print(
-                f"    {s['nodes']:>5}  {s['vms']:>3}  {fmt(idle.get('reads_per_s')):>12}  "
-                f"{fmt(idle.get('reads_per_node_per_s')):>8}  {fmt(idle.get('zk_cpu_percent')):>7}  "
-                f"{fmt(start.get('reads')):>11}  {fmt(get(s, 'start', 'reads_per_node_median')):>8}  "
-                f"{fmt(start.get('start_to_domain_started_s')):>15}  "
-                f"{fmt(min(ka.values()) if ka else None)}" + (f"  stopped: {s['error']}" if s.get("error") else "")
+        print_sweep(sweep)
+
+
+def print_rows(title: str, header: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        return
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print()
+    print(title)
+    print("  " + "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        print("  " + "  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def lateness_cell(lateness: dict[str, Any] | None) -> str:
+    x = (lateness or {}).get("lateness_s") or {}
+    return f"{fmt(x.get('p50'))}/{fmt(x.get('p99'))}/{fmt(x.get('max'))}" if x else "-"
+
+
+def print_sweep(sweep: list[dict[str, Any]]) -> None:
+    setup, idle_rows, start_rows, burst_rows, crash_rows = [], [], [], [], []
+    for s in sweep:
+        memory = s.get("memory_end") or s.get("memory_up") or {}
+        setup.append(
+            [
+                str(s["nodes"]),
+                str(s["vms"]),
+                f"{s['keepalive_interval']} s",
+                fmt(s.get("up_s")),
+                fmt(s.get("up_to_quiet_s")),
+                fmt(memory.get("pss_mib_total")),
+                fmt(memory.get("pss_mib_per_node")),
+                fmt(memory.get("rss_mib_total")),
+                " ".join(map(str, s.get("loadavg") or [])),
+                f"stopped: {s['error']}" if s.get("error") else "",
+            ]
+        )
+        for key in ("idle_0", "idle"):
+            idle = s.get(key)
+            if not idle:
+                continue
+            idle_rows.append(
+                [
+                    str(s["nodes"]),
+                    str(idle["vms"]),
+                    fmt(idle.get("reads_per_s")),
+                    fmt(idle.get("reads_per_node_per_s")),
+                    fmt(idle.get("data_kib_per_s")),
+                    fmt(idle.get("writes_per_s")),
+                    fmt(idle.get("zk_cpu_percent")),
+                    fmt(idle.get("pvcd_cpu_percent_total")),
+                    lateness_cell(idle.get("keepalive_lateness")),
+                    fmt(get(idle, "keepalive_lateness", "node_max_lateness_s", "p99")),
+                    fmt(idle.get("keepalives_delivered_per_due_min")),
+                    " ".join(map(str, idle.get("loadavg") or [])),
+                ]
             )
+        start = get(s, "start", "median")
+        if start:
+            start_rows.append(
+                [
+                    str(s["nodes"]),
+                    str(get(s, "start", "vms")),
+                    fmt(start.get("reads")),
+                    fmt(get(s, "start", "reads_per_node_median")),
+                    fmt(start.get("data_kib")),
+                    fmt(start.get("node_requests_sum")),
+                    fmt(start.get("writes")),
+                    fmt(start.get("zk_cpu_s")),
+                    fmt(start.get("pvcd_cpu_s")),
+                    fmt(start.get("start_to_domain_started_s")),
+                    str(len(get(s, "start", "runs") or [])),
+                ]
+            )
+        burst = s.get("start_burst")
+        if burst:
+            x = burst["per_change"]
+            burst_rows.append(
+                [
+                    str(s["nodes"]),
+                    str(burst["vms"]),
+                    f"{burst['changes']} on {burst['on_nodes']}",
+                    fmt(x.get("reads")),
+                    fmt(x.get("bench_writer_requests")),
+                    fmt(x.get("data_kib")),
+                    fmt(x.get("node_requests")),
+                    fmt(x.get("writes")),
+                    fmt(x.get("zk_cpu_s")),
+                    fmt(x.get("pvcd_cpu_s")),
+                    f"{fmt(get(burst, 'start_to_domain_started_s', 'p50'))}/"
+                    f"{fmt(get(burst, 'start_to_domain_started_s', 'max'))}",
+                ]
+            )
+        for crash in s.get("crash") or []:
+            crash_rows.append(
+                [
+                    str(s["nodes"]),
+                    str(crash["vms"]),
+                    str(crash["vms_in_cluster"]),
+                    f"{crash['keepalive_interval']}x{crash['fence_intervals']}",
+                    fmt(crash.get("total_s")),
+                    fmt(crash.get("detect_s")),
+                    fmt(crash.get("fence_s")),
+                    fmt(crash.get("restart_s")),
+                    fmt(crash.get("first_s")),
+                    str(len(crash.get("placed_on") or {})),
+                    lateness_cell(crash.get("keepalive_lateness_others")),
+                    fmt(crash.get("target_s")),
+                ]
+            )
+    print_rows(
+        "(b) clusters",
+        ["nodes", "VMs", "keepalive", "up s", "quiet s", "PSS MiB", "PSS/node", "RSS MiB", "load avg", ""],
+        setup,
+    )
+    print_rows(
+        "(b) idle, whole cluster (keepalive lateness: gap since the node's previous keepalive less the interval)",
+        [
+            "nodes",
+            "VMs",
+            "reads/s",
+            "per node",
+            "KiB/s",
+            "writes/s",
+            "ZK CPU%",
+            "pvcd CPU%",
+            "late p50/p99/max s",
+            "node max p99",
+            "delivered/due min",
+            "load avg",
+        ],
+        idle_rows,
+    )
+    print_rows(
+        "(b) one `pvc vm start` (one VM state change), whole cluster less idle, median",
+        [
+            "nodes",
+            "VMs",
+            "reads",
+            "per node",
+            "KiB read",
+            "node requests",
+            "writes",
+            "ZK CPU-s",
+            "pvcd CPU-s",
+            "start->acting s",
+            "starts",
+        ],
+        start_rows,
+    )
+    print_rows(
+        "(b) a burst of VM starts, each on another node: per state change, whole cluster less idle",
+        [
+            "nodes",
+            "VMs",
+            "changes",
+            "reads",
+            "bench's own",
+            "KiB read",
+            "node requests",
+            "writes",
+            "ZK CPU-s",
+            "pvcd CPU-s",
+            "start->acting p50/max s",
+        ],
+        burst_rows,
+    )
+    print_rows(
+        "(b) crash of a node -> all its VMs running elsewhere (chassis journals)",
+        [
+            "nodes",
+            "VMs",
+            "in cluster",
+            "K x F",
+            "total s",
+            "detect",
+            "fence",
+            "restart",
+            "first",
+            "onto nodes",
+            "others late p50/p99/max s",
+            "target s",
+        ],
+        crash_rows,
+    )
 
 
 def parse_list(text: str) -> list[int]:
@@ -1120,6 +1792,10 @@ def parse_list(text: str) -> list[int]:
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: every number must be at least 1")
     return values
+
+
+def parse_counts(text: str) -> list[int]:
+    return [] if text.strip() in ("none", "") else parse_list(text)
 
 
 def parse_parts(text: str) -> list[str]:
@@ -1161,8 +1837,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep-vms", type=int, default=SWEEP_VMS, help=f"VMs in each (b) cluster (default {SWEEP_VMS})"
     )
+    parser.add_argument(
+        "--sweep-crash-vms",
+        type=parse_counts,
+        default=SWEEP_CRASH_VMS,
+        help="(b): crash one node carrying each of these many running VMs, a different node each, or none "
+        f"(default {','.join(map(str, SWEEP_CRASH_VMS))})",
+    )
+    parser.add_argument(
+        "--sweep-start-burst",
+        type=int,
+        default=SWEEP_START_BURST,
+        help="(b): VMs started at once, each on another node, to measure the cost per state change apart from "
+        f"the idle reads' noise (default {SWEEP_START_BURST}; 0: none)",
+    )
+    parser.add_argument(
+        "--sweep-keepalive",
+        type=int,
+        default=KEEPALIVE_S,
+        help=f"(b): keepalive interval of the nodes in seconds, dead after {FENCE_INTERVALS} missed "
+        f"(default {KEEPALIVE_S}; 100 nodes on 2 cores may need 5)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
+    if args.sweep_keepalive < 1:
+        parser.error("--sweep-keepalive must be at least 1")
     try:
         failover.tool("pvc"), failover.tool("pvc-devcluster")
     except failover.BenchError as exc:
@@ -1189,6 +1888,9 @@ def main(argv: list[str] | None = None) -> int:
             "parts": args.parts,
             "sweep": args.sweep,
             "sweep_vms": args.sweep_vms,
+            "sweep_crash_vms": args.sweep_crash_vms,
+            "sweep_start_burst": args.sweep_start_burst,
+            "sweep_keepalive_interval_s": args.sweep_keepalive,
             "keepalive_interval_s": KEEPALIVE_S,
             "fence_intervals": FENCE_INTERVALS,
             "vm_memory_mib": VM_MEMORY_MIB,
@@ -1212,6 +1914,16 @@ def main(argv: list[str] | None = None) -> int:
             "before; includes the CLI's own requests",
             "start_to_domain_started_s": "launching `pvc vm start` -> the chassis journal's start of the domain",
             "crash": "bench/failover.py: power loss right after a keepalive -> last VM started elsewhere (journals)",
+            "keepalive_lateness": "ZooKeeper's transaction log (version-2/log.*), read by the bench from disk: "
+            "each keepalive's time; lateness = gap since the node's previous keepalive less the interval "
+            "(a node silent at the window's end: the time since its last one); no request to ZooKeeper",
+            "node_requests_sum": "(start) packets from every node's connection in the window, less idle: what the "
+            "nodes, not the CLI, asked of ZooKeeper for the change (reads, writes, pings)",
+            "start_burst": "(b) --sweep-start-burst VMs started at once in-process (each on another node); the "
+            "window less the idle window before, divided by the changes; the bench writer's own requests "
+            "(3 reads + 1 transaction per start) are in the reads and counted apart from its connection",
+            "memory": "/proc/PID/smaps_rollup of every pvcd, chassis, libvirtd and ZooKeeper: RSS, and PSS "
+            "(shared pages divided among their processes: the sum is what the cluster takes)",
         },
     }
     if args.parts:
