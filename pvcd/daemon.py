@@ -20,6 +20,7 @@ from typing import Any
 
 from pvcd import __version__, hostinfo
 from pvcd.cluster.cache import ClusterCache
+from pvcd.cluster.states import StatesFollower, StatesPublisher
 from pvcd.cluster.values import StateRecord
 from pvcd.collect import Collectors
 from pvcd.config import Config
@@ -125,16 +126,14 @@ class NodeDaemon:
             config, self.store, self._set_coordinator_state, self._publish_state, self.supervisor
         )
         self.cluster: ClusterCache | None = None
-        """The watched cluster view: on coordinators (with every VM, for the fencer and its recovery),
-        and on nodes that log the cluster's state with every keepalive (nodes only)."""
-        if self.coordinator is not None or config.logging.log_keepalive_cluster_details:
-            self.cluster = ClusterCache(
-                self.store, with_vms=self.coordinator is not None, supervisor=self.supervisor, node=self.name
-            )
+        """The watched cluster view, on coordinators (with every VM, for the fencer and its recovery)."""
+        self.cluster_states: StatesFollower | None = None
+        """On other nodes that log the cluster's states with their keepalives: the primary's summary."""
         self.fencer: Fencer | None = None
+        if self.coordinator is None and config.logging.log_keepalive_cluster_details:
+            self.cluster_states = StatesFollower(self.store)
         if self.coordinator is not None:
-            cluster = self.cluster
-            assert cluster is not None
+            cluster = self.cluster = ClusterCache(self.store, with_vms=True, supervisor=self.supervisor, node=self.name)
             self.fencer = Fencer(
                 self.store,
                 config,
@@ -146,6 +145,7 @@ class NodeDaemon:
                 cluster=cluster,
             )
             self.coordinator.services.register(self.fencer)
+            self.coordinator.services.register(StatesPublisher(self.store, cluster, self.supervisor))
         # When the node last delivered a keepalive (monotonic): the self-fence clock.
         self.last_delivered = time.monotonic()
 
@@ -196,6 +196,8 @@ class NodeDaemon:
             log.info("Node %s is running (coordinator state %s)", self.name, self.state.coordinator)
             if self.cluster is not None:
                 self.cluster.start()
+            if self.cluster_states is not None:
+                self.cluster_states.start()
             if self.coordinator is not None:
                 self.coordinator.start()
             if self.hypervisor is not None:
@@ -560,12 +562,12 @@ class NodeDaemon:
         keepalive_log.info(
             keepalive_log_line(self.name, record, self.state, logging_config.log_keepalive_cluster_details)
         )
-        if logging_config.log_keepalive_cluster_details and self.cluster is not None:
-            try:
-                states = {view.name: view.state for view in self.cluster.current(need_vms=False).node_list()}
-                keepalive_log.info(cluster_log_line(states))
-            except StoreError as exc:
-                keepalive_log.warning("Cluster details unavailable: %s", exc)
+        if logging_config.log_keepalive_cluster_details:
+            if self.cluster is not None:
+                states = {node.name: node.state for node in self.cluster.snapshot().node_list()}
+            else:
+                states = self.cluster_states.states if self.cluster_states is not None else {}
+            keepalive_log.info(cluster_log_line(states))
         if logging_config.log_keepalive_storage_details and self.config.functions.enable_storage:
             keepalive_log.info("Storage details: no storage cluster is managed by this pvcd version yet")
 

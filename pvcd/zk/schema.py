@@ -122,6 +122,10 @@ MAINTENANCE = f"{CLUSTER}/maintenance"
 """{"enabled": bool}: while enabled, no node is fenced."""
 FAULTS = f"{CLUSTER}/faults"
 """Cluster-wide faults the primary found, e.g. the fencing storm guard."""
+CLUSTER_STATES = f"{CLUSTER}/states"
+"""{NODE: {"daemon", "coordinator", "domain"}} for every node, as the primary's cluster view has
+it; written by the primary only when one changes, so a node can show the whole cluster (its
+keepalive log's cluster details) by watching one znode instead of every node's."""
 FENCE_LOCK = f"{ROOT}/locks/fence"
 """Held by whoever fences a node: one fence at a time, cluster-wide."""
 
