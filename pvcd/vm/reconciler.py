@@ -15,8 +15,9 @@ to notice what changed in libvirt alone (a guest that shut itself down): those
 passes read nothing from ZooKeeper. A domain on this host that no owned VM
 claims is looked up on its own (at most once per `store_resync_interval`) so it
 can be reported. After a session loss every watch delivers its current value
-again; besides, every `store_resync_interval` seconds the owned VMs (only those)
-are read once and any VM whose watched view differs is watched afresh.
+again; besides, every `store_resync_interval` seconds (10 minutes) the owned VMs
+(only those) are read in one batch and any VM whose watched view differs is
+watched afresh.
 
 Nothing a single VM does can stop the loop: every failure of an action is
 written into that VM (`fail` with the reason) or logged, and the next pass
@@ -52,7 +53,7 @@ from pvcd.zk.base import Store, StoreError, StoreUnavailable, VersionConflict, V
 log = logging.getLogger("pvcd.vm")
 
 DEFAULT_RESYNC_INTERVAL = 5.0
-DEFAULT_STORE_RESYNC_INTERVAL = 60.0
+DEFAULT_STORE_RESYNC_INTERVAL = 600.0
 DEFAULT_WORKERS = 16
 """Actions under way at once on a node. Starts and moves run in parallel (a recovery starts hundreds
 of VMs on the surviving nodes; a flush moves several at once): libvirt, not this number, should be
@@ -151,14 +152,18 @@ def _part_path(part: str, vm: str) -> str:
 
 
 PASS_DUTY = 0.25
-"""The most of a core a burst of reconciler passes may take: after a pass of t seconds, the next
-waits t × (1 / PASS_DUTY - 1). A pass over a few VMs takes a millisecond, so this adds nothing when
-little changes; over hundreds during a burst of starts, it keeps the passes from starving the starts."""
+"""The most of a core a burst of reconciler passes may take: after a pass that used t seconds of
+CPU, the next waits t × (1 / PASS_DUTY - 1). A pass over a few VMs takes a millisecond, so this adds
+nothing when little changes; over hundreds during a burst of starts, it keeps the passes from
+starving the starts. Time a pass spends waiting (for ZooKeeper, for libvirt) does not count."""
+
+MAX_PASS_PAUSE = 0.5
+"""Seconds: the longest pause between passes, whatever a pass cost."""
 
 
-def pass_pause(duration: float) -> float:
-    """How long to wait after a pass that took `duration` seconds before the next (pure)."""
-    return max(duration, 0.0) * (1 / PASS_DUTY - 1)
+def pass_pause(cpu_seconds: float) -> float:
+    """How long to wait after a pass that used `cpu_seconds` of CPU before the next (pure)."""
+    return min(max(cpu_seconds, 0.0) * (1 / PASS_DUTY - 1), MAX_PASS_PAUSE)
 
 
 class VmReconciler:
@@ -347,11 +352,9 @@ class VmReconciler:
                 self._index = index
         self._follow_index()
         watched, _damaged = self.owned_views()
+        read, _damaged = vms.read_owned(self.store, self.node)
         for vm in sorted(index):
-            try:
-                fresh = _read_vm(self.store, vm)
-            except InvalidVm:
-                continue
+            fresh = read.get(vm)
             if fresh != watched.get(vm):
                 with self._watch_lock:
                     still_owned = vm in self._generation
@@ -383,7 +386,7 @@ class VmReconciler:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            began = time.monotonic()
+            began, cpu = time.monotonic(), time.thread_time()
             try:
                 if began - self._last_store_resync >= self.store_resync_interval:
                     self._store_resync()
@@ -398,7 +401,7 @@ class VmReconciler:
                 self.supervisor.succeeded("vm-reconciler")
             # Changes that come during the pause are all taken by the next pass: in a burst (a
             # recovery starting hundreds of VMs here) passes then take at most a share of a core.
-            self._stop.wait(pass_pause(time.monotonic() - began))
+            self._stop.wait(pass_pause(time.thread_time() - cpu))
 
     # -- one pass --------------------------------------------------------------
 

