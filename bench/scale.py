@@ -876,9 +876,32 @@ def keepalive_counters(c: Cluster) -> dict[str, int]:
     return {n["name"]: int(n["keepalive"]["counter"] or 0) for n in c.node_list()}
 
 
+SETTLE_SAMPLE_S = 3.0
+SETTLE_TIMEOUT_S = 120.0
+
+
+def wait_settled(c: Cluster) -> float:
+    """Wait (bounded) until ZooKeeper's read rate stops falling: two consecutive samples within 8 %
+    (or 2 reads/s per node) of each other. Right after thousands of VMs were defined or started the
+    nodes are still reading them in; an idle window must not measure that tail. Returns the wait."""
+    began = time.monotonic()
+    previous: float | None = None
+    last = c.snapshot()
+    while time.monotonic() - began < SETTLE_TIMEOUT_S:
+        time.sleep(SETTLE_SAMPLE_S)
+        now = c.snapshot()
+        rate = (now.reads - last.reads) / max(now.t - last.t, 1e-6)
+        last = now
+        if previous is not None and abs(rate - previous) <= max(0.08 * previous, 2.0 * c.count):
+            break
+        previous = rate
+    return time.monotonic() - began
+
+
 def measure_idle(c: Cluster, window: float, label: str) -> dict[str, Any]:
     c.release_writer()
     c.wait_quiet()
+    settled_s = wait_settled(c)
     before_ka, t_ka = keepalive_counters(c), time.monotonic()
     a = c.snapshot()
     wall_a = time.time()
@@ -892,6 +915,7 @@ def measure_idle(c: Cluster, window: float, label: str) -> dict[str, Any]:
         "label": label,
         "vms": len(c.vms),
         "nodes": c.count,
+        "settled_after_s": r(settled_s, 1),
         **rates(delta(a, b), c.count),
         "keepalives_delivered_per_due": delivered,
         "keepalives_delivered_per_due_min": min((v for v in delivered.values() if v is not None), default=None),
