@@ -8,18 +8,43 @@ with zombies (children nobody reaped yet).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+PORT_FLOOR = 10000
+"""The lowest port handed out; the highest is just below the kernel's ephemeral range."""
+
+
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as stream:
+            return int(stream.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the kernel's ephemeral range.
+
+    Between this check and the server's own bind, an outgoing connection could take a port of
+    the ephemeral range (with a hundred local nodes, each with its connections, it happens):
+    ports outside it are taken only by servers that ask for them."""
+    ceiling = _ephemeral_floor()
+    for _attempt in range(200):
+        port = random.randrange(PORT_FLOOR, max(ceiling, PORT_FLOOR + 1))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def _reap(pid: int) -> None:
