@@ -139,7 +139,7 @@ class NodeDaemon:
                 config,
                 is_primary=self._is_primary,
                 recover=lambda dead: recover_vms(
-                    self.store, dead, config.migration.target_selector, cluster.current(need_vms=True)
+                    self.store, dead, config.migration.target_selector, cluster.current(need_vms=True, caught_up=True)
                 ),
                 run_loop=self.supervisor.run,
                 cluster=cluster,

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 
 LOOP = "cluster-cache"
 
+READ_WINDOW = 200
+"""Reads the cache has outstanding at most. The session is shared with the keepalive and the
+election, whose requests queue behind the cache's: thousands of reads sent at once (after a
+recovery changed hundreds of VMs) kept the election's probe waiting for over a second, and the
+coordinator dropped its connection."""
+
 
 @dataclass(frozen=True)
 class _Member:
@@ -92,6 +98,8 @@ class ClusterCache:
         self._dirty_folders: set[str] = set()
         self._reload = True
         self._connected = True
+        self._passing = False
+        """A pass is reading: what it reads is not in the snapshot yet."""
         # Owned by the cache's thread.
         self._members: dict[str, set[str]] = {"node": set(), "vm": set()}
         self._values: dict[str, Versioned | None] = {}
@@ -131,12 +139,22 @@ class ClusterCache:
     def loaded(self) -> bool:
         return self._loaded
 
-    def current(self, need_vms: bool) -> ClusterView:
-        """The snapshot if it is complete as far as the cache knows (loaded, connected, no reload
-        pending, VMs followed if `need_vms`); otherwise one fresh read of the store, so a cache
-        that has not caught up after a dropped connection is never taken for the cluster."""
+    def current(self, need_vms: bool, caught_up: bool) -> ClusterView:
+        """The snapshot if it can be trusted, otherwise one fresh read of the store.
+
+        Never trusted while not loaded, cut off, or about to read everything again (its
+        keepalive times could then be far behind and make every node look late). With
+        `caught_up` (a recovery's plan) it must also have read every change it has heard of;
+        without (the fencer's rounds, which a slightly old picture only delays) it need not."""
         with self._changed:
-            trusted = self._loaded and self._connected and not self._reload and (self.with_vms or not need_vms)
+            behind = self._passing or bool(self._dirty) or bool(self._dirty_folders)
+            trusted = (
+                self._loaded
+                and self._connected
+                and not self._reload
+                and not (caught_up and behind)
+                and (self.with_vms or not need_vms)
+            )
             view = self._view
         return view if trusted else read_view(self.store, need_vms)
 
@@ -185,9 +203,11 @@ class ClusterCache:
                     continue
                 reload, dirty, folders = self._reload, self._dirty, self._dirty_folders
                 self._reload, self._dirty, self._dirty_folders = False, set(), set()
+                self._passing = True
             try:
                 self._pass(reload, dirty, folders)
             except StoreError as exc:
+                self._passing = False
                 with self._changed:
                     self._reload = self._reload or reload
                     self._dirty |= dirty
@@ -198,6 +218,7 @@ class ClusterCache:
             except Exception as exc:  # a bug must not end the view: counted, retried with everything read again
                 with self._changed:
                     self._reload = True
+                    self._passing = False
                 self.supervisor.failed(LOOP, exc)
                 self._stop.wait(1.0)
             else:
@@ -248,15 +269,20 @@ class ClusterCache:
             self._damaged.pop(name, None)
 
     def _read_paths(self, paths: set[str], watch: OneShotWatch) -> None:
-        """Read `paths` with a watch on each, all requests sent before any answer is awaited.
-
-        A missing znode gets an existence watch instead, so its creation is
-        seen; one created between the two requests is read again."""
+        """Read `paths` with a watch on each, READ_WINDOW requests at a time."""
         wanted: list[tuple[str, _Member]] = []
         for path in sorted(paths):
             member = _classify(path)
             if member is not None and self._wanted(member):
                 wanted.append((path, member))
+        for start in range(0, len(wanted), READ_WINDOW):
+            self._read_window(wanted[start : start + READ_WINDOW], watch)
+
+    def _read_window(self, wanted: list[tuple[str, _Member]], watch: OneShotWatch) -> None:
+        """Read `wanted`, every request sent before any answer is awaited.
+
+        A missing znode gets an existence watch instead, so its creation is
+        seen; one created between the two requests is read again."""
         asked = [(path, member, self.store.get_async(path, watch=watch)) for path, member in wanted]
         self.reads += len(asked)
         results = [(path, member, _read(pending, path)) for path, member, pending in asked]
@@ -315,6 +341,7 @@ class ClusterCache:
         )
         with self._changed:
             self._view = view
+            self._passing = False
             if loaded:
                 self._loaded = True
             self._changed.notify_all()

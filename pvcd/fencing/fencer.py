@@ -167,7 +167,7 @@ class Fencer:
 
     def run_once(self) -> None:
         now = self.clock()
-        cluster = self.cluster.current(need_vms=False)
+        cluster = self.cluster.current(need_vms=False, caught_up=False)
         views = cluster.node_list()
         by_name = {view.name: view for view in views}
         for view in views:

@@ -189,3 +189,16 @@ def test_the_value_types_import_no_hypervisor_store_client_or_yaml(module):
         check=True,
     ).stdout.strip()
     assert found == "[]", f"{module} imports {found}"
+
+
+def test_a_cache_behind_its_changes_is_not_taken_for_the_cluster_by_a_plan_that_needs_it_caught_up():
+    with cluster() as (writer, _cache_store, cache):
+        put_value(writer, schema.node("hv1"), {"name": "hv1"})
+        put_value(writer, schema.node_keepalive("hv1"), {"counter": 1, "interval": 1})
+        cache.start()
+        wait_for(lambda: same(cache, writer), 5, interval=0.01, what="the first load")
+        cache.stop()  # its thread stops: what it hears from now on it does not read
+        put_value(writer, schema.node_keepalive("hv1"), {"counter": 2, "interval": 1})
+        assert cache.snapshot().nodes["hv1"].keepalive["counter"] == 1
+        assert cache.current(need_vms=False, caught_up=False).nodes["hv1"].keepalive["counter"] == 1
+        assert cache.current(need_vms=False, caught_up=True).nodes["hv1"].keepalive["counter"] == 2
