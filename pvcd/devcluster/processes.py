@@ -19,6 +19,10 @@ PORT_FLOOR = 10000
 """The lowest port handed out; the highest is just below the kernel's ephemeral range."""
 
 
+_handed_out: set[int] = set()
+"""Ports this process handed out: never twice, whether or not their server has bound them yet."""
+
+
 def _ephemeral_floor() -> int:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as stream:
@@ -36,11 +40,14 @@ def free_port() -> int:
     ceiling = _ephemeral_floor()
     for _attempt in range(200):
         port = random.randrange(PORT_FLOOR, max(ceiling, PORT_FLOOR + 1))
+        if port in _handed_out:
+            continue  # given to a server of ours that may not have bound it yet
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
