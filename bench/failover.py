@@ -86,8 +86,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from cli.views import node_summary  # noqa: E402
+from pvcd.cluster.vm_records import ActualState, VmStatus  # noqa: E402
 from pvcd.devcluster import check, cluster, journal, processes  # noqa: E402
-from pvcd.vm.records import ActualState, VmStatus  # noqa: E402
 from pvcd.zk import nodes, schema  # noqa: E402
 from pvcd.zk.store import Store, StoreError  # noqa: E402
 

@@ -553,7 +553,7 @@ class InProcessWriter:
     kind = "in-process (records.new_record + zk.vms.define; records.state_change + zk.vms.VmWrite)"
 
     def __init__(self, zookeeper: str) -> None:
-        from pvcd.vm import records
+        from pvcd.cluster import vm_records as records
         from pvcd.zk import vms
         from pvcd.zk.store import Store
 

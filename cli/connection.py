@@ -48,7 +48,7 @@ _PORT = re.compile(r"[0-9]{1,5}")
 
 def _host_problem(entry: str) -> str | None:
     """Why `entry` is not HOST[:PORT] (HOST a name, an IPv4 address or a bracketed IPv6 address), or None."""
-    from pvcd.vm.records import shown
+    from pvcd.cluster.vm_records import shown
 
     if entry.startswith("["):
         address, bracket, rest = entry[1:].partition("]")
@@ -91,7 +91,7 @@ def zookeeper_problem(hosts: str) -> str | None:
         if problem:
             return problem
     if slash and chroot:
-        from pvcd.vm.records import shown
+        from pvcd.cluster.vm_records import shown
 
         for component in chroot.rstrip("/").split("/"):
             try:
@@ -133,7 +133,7 @@ def _check_cluster(store: Store, target: Target) -> None:
     """Refuse a ZooKeeper without a pvc cluster (a mistyped chroot, the wrong server):
     every command would otherwise find "no nodes" and "no VMs" there and succeed.
     The schema record is written when the first node registers."""
-    from pvcd.vm.records import shown
+    from pvcd.cluster.vm_records import shown
 
     chroot = target.hosts.partition("/")[2].rstrip("/")
     where = f"no pvc cluster at ZooKeeper {shown(target.hosts)} (from {target.source})"

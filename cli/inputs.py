@@ -2,7 +2,7 @@
 
 A name ZooKeeper cannot take (control characters, a 100,000-character
 argument) would otherwise surface as a ZooKeeper error or a message as long
-as the input; the rule itself is `pvcd.vm.records.check_node_name`. A timeout
+as the input; the rule itself is `pvcd.cluster.vm_records.check_node_name`. A timeout
 of `nan` passes click's range checks and then never expires, one of `inf`
 overflows the clock.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli.connection import CliError
-from pvcd.vm.records import InvalidVm, check_node_name
+from pvcd.cluster.vm_records import InvalidVm, check_node_name
 
 
 def node_name(name: str) -> str:

@@ -22,9 +22,8 @@ import click
 from cli.connection import CliError, Target, connect, resolve_target
 from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
-from pvcd.placement.selectors import check_selector
-from pvcd.vm import records
-from pvcd.vm.records import (
+from pvcd.cluster import vm_records as records
+from pvcd.cluster.vm_records import (
     IN_PROGRESS,
     SHOULD_RUN,
     ActualState,
@@ -35,6 +34,7 @@ from pvcd.vm.records import (
     VmState,
     VmView,
 )
+from pvcd.placement.selectors import check_selector
 from pvcd.zk import schema, vms
 from pvcd.zk.base import AlreadyExists, Unreadable, VersionConflict
 

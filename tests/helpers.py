@@ -157,7 +157,7 @@ class VmOperator:
         self.store = store
 
     def define(self, name: str, node: str, memory_mib: int = 512, **options: Any) -> None:
-        from pvcd.vm import records
+        from pvcd.cluster import vm_records as records
         from pvcd.zk import vms
 
         xml = options.pop("xml", None) or vm_xml(name, memory_mib)
@@ -171,7 +171,7 @@ class VmOperator:
         return view
 
     def set_state(self, name: str, state: Any) -> None:
-        from pvcd.vm import records
+        from pvcd.cluster import vm_records as records
         from pvcd.zk import vms
 
         view = self.view(name)
@@ -180,7 +180,7 @@ class VmOperator:
     def move(self, name: str, kind: Any, target: str | None = None, force: bool = False) -> None:
         import uuid
 
-        from pvcd.vm import records
+        from pvcd.cluster import vm_records as records
         from pvcd.zk import vms
 
         view = self.view(name)
@@ -191,7 +191,7 @@ class VmOperator:
         vms.request_move(self.store, view, record, migration)
 
     def settled(self, name: str, state: Any, node: str, actual: Any) -> bool:
-        from pvcd.vm.records import ActualState
+        from pvcd.cluster.vm_records import ActualState
 
         view = self.view(name)
         return bool(

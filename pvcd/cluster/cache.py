@@ -31,8 +31,8 @@ from typing import Any
 
 from pvcd.cluster.values import NodeView
 from pvcd.cluster.view import NODE_PARTS, VM_PARTS, ClusterView, assemble, node_of, node_path, vm_of, vm_path
+from pvcd.cluster.vm_records import InvalidVm, VmView
 from pvcd.supervisor import Supervisor
-from pvcd.vm.records import InvalidVm, VmView
 from pvcd.zk import schema
 from pvcd.zk.base import OneShotWatch, Pending, Store, StoreError, StoreUnavailable, Unreadable, Versioned, as_empty
 

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pvcd.cluster.values import NO_FENCE, NodeView, StateRecord
-from pvcd.vm.records import InvalidVm, VmView
+from pvcd.cluster.vm_records import InvalidVm, VmView
 from pvcd.zk import schema
 from pvcd.zk.base import Versioned
 from pvcd.zk.vms import view_of

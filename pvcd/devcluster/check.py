@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pvcd.cluster.vm_records import VmState
 from pvcd.devcluster import journal
 from pvcd.devcluster.cluster import ClusterRecord
-from pvcd.vm.records import VmState
 from pvcd.zk import vms
 from pvcd.zk.store import Store, StoreError
 

@@ -37,14 +37,14 @@ import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from pvcd.cluster import vm_records as records
 from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView
 from pvcd.cluster.view import ClusterView
+from pvcd.cluster.vm_records import SHOULD_RUN, ActualState, Migration, MovePhase, VmRecord, VmState, VmStatus, VmView
 from pvcd.fencing.fencer import RecoveryResult
 from pvcd.placement import cluster as placement
 from pvcd.states import DaemonState
-from pvcd.vm import records
-from pvcd.vm.records import SHOULD_RUN, ActualState, Migration, MovePhase, VmRecord, VmState, VmStatus, VmView
 from pvcd.zk import schema, vms
 from pvcd.zk.base import AlreadyExists, NotFound, Store, VersionConflict, encode
 

@@ -19,10 +19,10 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from pvcd.cluster.values import NodeView
+from pvcd.cluster.vm_records import SHOULD_RUN, VmRecord, VmView
 from pvcd.placement.planner import Plan, Reason, Unplaced, plan_batch
 from pvcd.placement.selectors import SELECTORS, NodeCapacity, VmRequest
 from pvcd.states import DomainState
-from pvcd.vm.records import SHOULD_RUN, VmRecord, VmView
 
 NOT_ALIVE = "late"
 """The daemon state a node with a late keepalive is given for placement."""

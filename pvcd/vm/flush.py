@@ -41,13 +41,7 @@ from typing import Any
 from pvcd.cluster.cache import read_view
 from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView
-from pvcd.config import DEFAULT_FLUSH_CONCURRENCY
-from pvcd.placement.cluster import capacities, is_fenced, plan_requests, unknown_selector, vm_request
-from pvcd.placement.planner import Plan, Unplaced
-from pvcd.placement.selectors import VmRequest
-from pvcd.states import DomainState
-from pvcd.supervisor import Supervisor
-from pvcd.vm.records import (
+from pvcd.cluster.vm_records import (
     IN_PROGRESS,
     SHOULD_RUN,
     MoveKind,
@@ -57,6 +51,12 @@ from pvcd.vm.records import (
     VmView,
     moved,
 )
+from pvcd.config import DEFAULT_FLUSH_CONCURRENCY
+from pvcd.placement.cluster import capacities, is_fenced, plan_requests, unknown_selector, vm_request
+from pvcd.placement.planner import Plan, Unplaced
+from pvcd.placement.selectors import VmRequest
+from pvcd.states import DomainState
+from pvcd.supervisor import Supervisor
 from pvcd.zk import nodes, schema, vms
 from pvcd.zk.base import AlreadyExists, Store, StoreError, StoreUnavailable, Versioned
 

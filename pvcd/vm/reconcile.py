@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pvcd.vm.records import ActualState, MovePhase, VmState, VmView
+from pvcd.cluster.vm_records import ActualState, MovePhase, VmState, VmView
 
 
 @dataclass(frozen=True)

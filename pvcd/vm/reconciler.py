@@ -33,11 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from pvcd.supervisor import Supervisor
-from pvcd.vm.domains import DomainError, Domains
-from pvcd.vm.migrators import MigrationFailed, Migrator, migration_address, migrator_for
-from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, DomainInfo, decide, decide_vm, memory_shortfall
-from pvcd.vm.records import (
+from pvcd.cluster.vm_records import (
     SHOULD_RUN,
     ActualState,
     InvalidVm,
@@ -47,6 +43,10 @@ from pvcd.vm.records import (
     VmStatus,
     VmView,
 )
+from pvcd.supervisor import Supervisor
+from pvcd.vm.domains import DomainError, Domains
+from pvcd.vm.migrators import MigrationFailed, Migrator, migration_address, migrator_for
+from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, DomainInfo, decide, decide_vm, memory_shortfall
 from pvcd.zk import nodes, schema, vms
 from pvcd.zk.base import Store, StoreError, StoreUnavailable, VersionConflict, Versioned
 

@@ -1,6 +1,6 @@
 """VM records in ZooKeeper: reads, and every write as one version-checked transaction.
 
-The rules about *what* may be written live in `pvcd.vm.records` and the
+The rules about *what* may be written live in `pvcd.cluster.vm_records` and the
 callers; this module only makes each change atomic. Every transaction that
 changes which nodes must act on a VM (`acting_nodes`) also keeps the per-node
 indexes (`schema.node_vms`) in step, in the same transaction: each node watches
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from pvcd.vm.records import (
+from pvcd.cluster.vm_records import (
     STATUS_NEW,
     InvalidVm,
     Migration,

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from helpers import bin_path
+from pvcd.cluster.vm_records import VmRecord, VmState
 from pvcd.devcluster import cluster, layout
 from pvcd.devcluster.zookeeper import ZooKeeperServer
-from pvcd.vm.records import VmRecord, VmState
 from pvcd.zk import vms
 from pvcd.zk.store import Store
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from helpers import VmNode, bin_path, vm_cluster, vm_xml, wait_for
-from pvcd.vm import records
-from pvcd.vm.records import MAX_DOMAIN_XML_BYTES
+from pvcd.cluster import vm_records as records
+from pvcd.cluster.vm_records import MAX_DOMAIN_XML_BYTES
 from pvcd.zk import schema, vms
 from pvcd.zk.store import Store
 

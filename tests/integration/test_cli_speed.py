@@ -18,8 +18,8 @@ from kazoo.client import KazooClient
 
 import cli.main as cli_main
 from helpers import vm_xml
+from pvcd.cluster import vm_records as records
 from pvcd.cluster.values import StateRecord
-from pvcd.vm import records
 from pvcd.zk import nodes, schema, vms
 from pvcd.zk.store import Store
 

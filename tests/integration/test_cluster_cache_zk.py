@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from helpers import expire_zookeeper_session, put_value, vm_xml, wait_for
+from pvcd.cluster import vm_records as records
 from pvcd.cluster.cache import ClusterCache, read_view
-from pvcd.vm import records
 from pvcd.zk import schema, vms
 from pvcd.zk.store import ZooKeeperStore
 

@@ -15,10 +15,10 @@ from collections import Counter
 import pytest
 
 from helpers import VmOperator, vm_operator, vm_xml, wait_for
-from pvcd.vm import records
+from pvcd.cluster import vm_records as records
+from pvcd.cluster.vm_records import ActualState, MoveKind, MovePhase, VmState
 from pvcd.vm.reconcile import DomainInfo
 from pvcd.vm.reconciler import VmReconciler
-from pvcd.vm.records import ActualState, MoveKind, MovePhase, VmState
 from pvcd.zk import schema, vms
 from pvcd.zk.store import Store
 

@@ -8,11 +8,11 @@ import uuid
 import pytest
 
 from helpers import vm_operator, vm_xml
+from pvcd.cluster import vm_records as records
 from pvcd.cluster.cache import read_view
 from pvcd.cluster.values import StateRecord
+from pvcd.cluster.vm_records import ActualState, Migration, MigrationMethod, MoveKind, MovePhase, VmState, VmStatus
 from pvcd.fencing.recovery import BATCH_VMS, recover_vms
-from pvcd.vm import records
-from pvcd.vm.records import ActualState, Migration, MigrationMethod, MoveKind, MovePhase, VmState, VmStatus
 from pvcd.zk import nodes, schema, vms
 
 DEAD = "hv1"

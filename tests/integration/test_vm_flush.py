@@ -16,6 +16,7 @@ import pytest
 
 from helpers import vm_cluster, vm_operator, wait_for
 from pvcd.cluster.values import StateRecord
+from pvcd.cluster.vm_records import ActualState, VmState, VmStatus
 from pvcd.states import DomainState
 from pvcd.vm.flush import (
     Command,
@@ -29,7 +30,6 @@ from pvcd.vm.flush import (
     write_command,
 )
 from pvcd.vm.migrators import SimulatedMigration
-from pvcd.vm.records import ActualState, VmState, VmStatus
 from pvcd.zk import nodes, schema, vms
 
 

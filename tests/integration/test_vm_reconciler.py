@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import VmNode, vm_cluster, vm_operator, vm_xml, wait_for
+from pvcd.cluster.vm_records import ActualState, MoveKind, VmState
 from pvcd.vm.migrators import LiveMigration
-from pvcd.vm.records import ActualState, MoveKind, VmState
 
 SHUTDOWN_TIMEOUT = 2
 

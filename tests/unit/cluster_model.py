@@ -7,7 +7,7 @@ reconciler's actions, the primary's fencer, and an operator. What the cluster
 *decides* comes from pvcd's own code: the fence state machine
 (`pvcd.fencing.flow`), the detector (`pvcd.fencing.detector`), the recovery
 plan (`pvcd.fencing.recovery`), the reconciler's decisions
-(`pvcd.vm.reconcile`), the VM record rules (`pvcd.vm.records`), the placement
+(`pvcd.vm.reconcile`), the VM record rules (`pvcd.cluster.vm_records`), the placement
 (`pvcd.placement.cluster`); every ZooKeeper read and write goes through pvcd's own
 adapters (`pvcd.zk.nodes`, `pvcd.zk.vms`) over `Client`, an in-memory stand-in
 for `pvcd.zk.store.Store`. What the model writes itself is the sequencing the
@@ -24,22 +24,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pvcd.cluster import vm_records as records
 from pvcd.cluster.liveness import LivenessTracker, NodeStatus, Verdict, late_nodes
 from pvcd.cluster.liveness import decide as detect
 from pvcd.cluster.values import DomainFigures, HostMemory, NodeView, StateRecord
-from pvcd.fencing import flow
-from pvcd.fencing.fencer import node_fencing
-from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
-from pvcd.fencing.outcome import FenceOutcome
-from pvcd.fencing.recovery import BATCH_VMS, plan_recovery, recovered
-from pvcd.keepalive import DOMAINS, LOAD, MEMORY, build_keepalive
-from pvcd.placement import cluster as placement
-from pvcd.placement.planner import plan_batch
-from pvcd.states import DomainState
-from pvcd.vm import records
-from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, DomainInfo, decide_vm
-from pvcd.vm.reconcile import decide as reconcile
-from pvcd.vm.records import (
+from pvcd.cluster.vm_records import (
     SHOULD_RUN,
     ActualState,
     InvalidVm,
@@ -52,6 +41,17 @@ from pvcd.vm.records import (
     VmStatus,
     VmView,
 )
+from pvcd.fencing import flow
+from pvcd.fencing.fencer import node_fencing
+from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
+from pvcd.fencing.outcome import FenceOutcome
+from pvcd.fencing.recovery import BATCH_VMS, plan_recovery, recovered
+from pvcd.keepalive import DOMAINS, LOAD, MEMORY, build_keepalive
+from pvcd.placement import cluster as placement
+from pvcd.placement.planner import plan_batch
+from pvcd.states import DomainState
+from pvcd.vm.reconcile import REPORT_ONLY, Act, Action, DomainInfo, decide_vm
+from pvcd.vm.reconcile import decide as reconcile
 from pvcd.zk import nodes, schema, vms
 from pvcd.zk.base import Answered, OneShotWatch, Pending
 from pvcd.zk.store import (

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import put_value, vm_xml, wait_for
+from pvcd.cluster import vm_records as records
 from pvcd.cluster.cache import ClusterCache, read_view
 from pvcd.cluster.view import ClusterView
-from pvcd.vm import records
 from pvcd.zk import schema
 from pvcd.zk.base import NotFound, Store
 from pvcd.zk.memory import MemoryServer, MemoryStore
@@ -176,7 +176,9 @@ def test_a_vm_removed_leaves_the_view_and_comes_back_when_defined_again():
         assert cache.snapshot().vms["vm1"].record.node == "hv2"
 
 
-@pytest.mark.parametrize("module", ["pvcd.cluster.values", "pvcd.cluster.view", "pvcd.cluster.liveness"])
+@pytest.mark.parametrize(
+    "module", ["pvcd.cluster.values", "pvcd.cluster.vm_records", "pvcd.cluster.view", "pvcd.cluster.liveness"]
+)
 def test_the_value_types_import_no_hypervisor_store_client_or_yaml(module):
     found = subprocess.run(
         [

@@ -90,9 +90,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from pvcd.cluster.vm_records import MoveKind, VmState
 from pvcd.fencing.flow import Fence, Step
 from pvcd.states import DomainState
-from pvcd.vm.records import MoveKind, VmState
 from pvcd.zk import nodes, vms
 
 from .cluster_model import NODES, ROUND_MS, VMS, Model, SafetyViolation

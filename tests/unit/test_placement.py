@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvcd.cluster.values import NodeView, StateRecord
+from pvcd.cluster.vm_records import VmRecord, VmState
 from pvcd.placement import cluster as cluster_placement
 from pvcd.placement.planner import (
     Placement,
@@ -27,7 +28,6 @@ from pvcd.placement.selectors import (
     rank,
 )
 from pvcd.states import DomainState
-from pvcd.vm.records import VmRecord, VmState
 
 GIB = 1024
 

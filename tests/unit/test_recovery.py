@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pvcd.cluster.values import NodeView, StateRecord
-from pvcd.fencing.recovery import involved, plan_recovery, recovered, to_place
-from pvcd.vm.records import (
+from pvcd.cluster.vm_records import (
     ActualState,
     Migration,
     MigrationMethod,
@@ -17,6 +16,7 @@ from pvcd.vm.records import (
     VmStatus,
     VmView,
 )
+from pvcd.fencing.recovery import involved, plan_recovery, recovered, to_place
 
 DEAD = "hv1"
 NOW_MS = 1_000_000

@@ -5,6 +5,18 @@ from __future__ import annotations
 from helpers import wait_for
 from pvcd.cluster.liveness import late_nodes
 from pvcd.cluster.values import NodeView, StateRecord
+from pvcd.cluster.vm_records import (
+    STATUS_NEW,
+    ActualState,
+    Migration,
+    MigrationMethod,
+    MoveKind,
+    MovePhase,
+    VmRecord,
+    VmState,
+    VmStatus,
+    VmView,
+)
 from pvcd.placement.cluster import capacities
 from pvcd.states import DomainState
 from pvcd.vm.flush import (
@@ -23,18 +35,6 @@ from pvcd.vm.flush import (
     vms_to_autostart,
     vms_to_flush,
     vms_to_return,
-)
-from pvcd.vm.records import (
-    STATUS_NEW,
-    ActualState,
-    Migration,
-    MigrationMethod,
-    MoveKind,
-    MovePhase,
-    VmRecord,
-    VmState,
-    VmStatus,
-    VmView,
 )
 from pvcd.zk import schema
 from pvcd.zk.memory import MemoryServer, MemoryStore

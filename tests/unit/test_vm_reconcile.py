@@ -6,9 +6,7 @@ import dataclasses
 
 import pytest
 
-from pvcd.vm.reconcile import Act, Action, DomainInfo, decide, decide_vm, memory_shortfall
-from pvcd.vm.reconciler import _MemoryBook
-from pvcd.vm.records import (
+from pvcd.cluster.vm_records import (
     STATUS_NEW,
     ActualState,
     Migration,
@@ -20,6 +18,8 @@ from pvcd.vm.records import (
     VmStatus,
     VmView,
 )
+from pvcd.vm.reconcile import Act, Action, DomainInfo, decide, decide_vm, memory_shortfall
+from pvcd.vm.reconciler import _MemoryBook
 
 UUID = "6f1c5a1e-8d0b-4d3c-9a55-0f2f6f1f7a10"
 ME = "hv1"

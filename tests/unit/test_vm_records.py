@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvcd.vm.records import (
+from pvcd.cluster.vm_records import (
     MAX_DOMAIN_XML_BYTES,
     MAX_VM_NAME,
     STATUS_NEW,
@@ -355,7 +355,7 @@ def test_stopped_vm_moves_directly_but_keeps_its_state():
 
 
 def test_after_fence():
-    from pvcd.vm.records import after_fence
+    from pvcd.cluster.vm_records import after_fence
 
     dead = "hv1"
     running = VmStatus(dead, ActualState.RUNNING)
@@ -384,7 +384,7 @@ def test_after_fence():
 
 
 def test_after_fence_never_frees_a_vm_its_live_source_may_still_run():
-    from pvcd.vm.records import after_fence
+    from pvcd.cluster.vm_records import after_fence
 
     source_running = VmStatus("hv3", ActualState.RUNNING)
     to_dead = Migration("m", MoveKind.MIGRATE, "hv3", "hv1", MigrationMethod.LIVE, MovePhase.REQUESTED, "hv9")
