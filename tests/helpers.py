@@ -252,3 +252,45 @@ def expire_zookeeper_session(store: Any, address: str) -> None:
     other.stop()
     other.close()
     wait_for(lambda: "LOST" in states and states[-1] == "CONNECTED", 15, what="a new session after the expiry")
+
+
+def vm_view(
+    name: str,
+    node: str,
+    state: Any,
+    status: Any,
+    memory_mib: int = 1024,
+    migration: Any = None,
+    versions: tuple[int, int] = (1, 1),
+    **record: Any,
+) -> Any:
+    """A VM as the pure decisions see it (record, status, migration), without a store."""
+    from pvcd.cluster.vm_records import VmRecord, VmView
+
+    fields = {"uuid": f"u-{name}", "xml": "<domain/>", "vcpus": 1, **record}
+    built = VmRecord(name=name, memory_mib=memory_mib, state=state, node=node, **fields)
+    return VmView(built, versions[0], status, versions[1], migration, 0 if migration else None)
+
+
+def node_view(
+    name: str,
+    total: int = 8192,
+    allocated: int = 0,
+    running: tuple[str, ...] = (),
+    state: tuple[str, str, str] = ("run", "client", "ready"),
+    mtime: int = 1_000_000,
+    interval: int = 5,
+    load: float = 0.0,
+    fence: dict[str, Any] | None = None,
+) -> Any:
+    """A node as the pure decisions see it: its state, and a keepalive at `mtime`."""
+    from pvcd.cluster.values import NO_FENCE, NodeView, StateRecord
+
+    keepalive = {
+        "interval": interval,
+        "memory": {"total": total, "allocated": allocated},
+        "vcpus": {"allocated": len(running)},
+        "load": load,
+        "vms": {"count": len(running), "running": list(running)},
+    }
+    return NodeView(name, {}, StateRecord(*state), keepalive, mtime, 3, dict(fence or NO_FENCE))

@@ -68,6 +68,22 @@ class NodeRecord:
     bmc_port: int
     relay_port: int
 
+    @classmethod
+    def laid_out(cls, name: str, paths: layout.NodePaths, bmc_port: int, relay_port: int) -> NodeRecord:
+        """A node not started yet, its files where `layout` puts them."""
+        return cls(
+            name,
+            None,
+            str(paths.config),
+            str(paths.log),
+            layout.chassis_libvirt_uri(paths),
+            str(paths.journal),
+            str(paths.directory),
+            None,
+            bmc_port,
+            relay_port,
+        )
+
     def current(self) -> dict[str, Any]:
         """The chassis' own account of the node: power, pvcd and libvirtd PIDs, BMC, watchdog, link."""
         return chassis.read_state(Path(self.directory)) or {}
@@ -266,20 +282,7 @@ def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
             server.stop()
             raise ClusterError(f"the node configuration would be invalid: {exc.problems[0]}") from exc
         paths.config.write_text(yaml.safe_dump(document, sort_keys=False))
-        record.nodes.append(
-            NodeRecord(
-                name,
-                None,
-                str(paths.config),
-                str(paths.log),
-                layout.chassis_libvirt_uri(paths),
-                str(paths.journal),
-                str(paths.directory),
-                None,
-                bmc_port,
-                relay_port,
-            )
-        )
+        record.nodes.append(NodeRecord.laid_out(name, paths, bmc_port, relay_port))
     try:
         for node in record.nodes:
             start_chassis(node, server.address)

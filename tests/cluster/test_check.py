@@ -34,20 +34,7 @@ def write_cluster(workdir: Path, zookeeper: str, journals: dict[str, str]) -> No
         paths = layout.node_paths(workdir, name)
         paths.directory.mkdir(parents=True)
         paths.journal.write_text(text)
-        record.nodes.append(
-            cluster.NodeRecord(
-                name,
-                None,
-                str(paths.config),
-                str(paths.log),
-                layout.chassis_libvirt_uri(paths),
-                str(paths.journal),
-                str(paths.directory),
-                None,
-                0,
-                0,
-            )
-        )
+        record.nodes.append(cluster.NodeRecord.laid_out(name, paths, bmc_port=0, relay_port=0))
     cluster.save(record)
 
 

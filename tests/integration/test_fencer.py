@@ -112,6 +112,18 @@ def put_fence(zk, record: dict[str, Any]) -> None:
     zk.set(schema.node_fence("hv2"), json.dumps(record).encode())
 
 
+def declared_by_hv1(keepalive_mtime_ms: int) -> dict[str, Any]:
+    """The fence record of hv2 as hv1 leaves it once it has declared the fence."""
+    return {
+        "id": "f1",
+        "step": "declared",
+        "outcome": "fencing",
+        "by": "hv1",
+        "recovered": False,
+        "keepalive_mtime_ms": keepalive_mtime_ms,
+    }
+
+
 def make_fencer(store: Store, make_config, recoveries: Recoveries, **config: Any) -> Fencer:
     return Fencer(
         store,
@@ -187,17 +199,7 @@ def test_a_failed_fence_waits_for_the_watchdog_window_on_zookeepers_clock(store,
     fencer = make_fencer(store, make_config, recoveries, failed_fence="migrate", suicide_intervals=2)
     keepalive = store.get(schema.node_keepalive("hv2"))
     assert keepalive is not None
-    put_fence(
-        zk,
-        {
-            "id": "f1",
-            "step": "declared",
-            "outcome": "fencing",
-            "by": "hv1",
-            "recovered": False,
-            "keepalive_mtime_ms": keepalive.mtime_ms,
-        },
-    )
+    put_fence(zk, declared_by_hv1(keepalive.mtime_ms))
     fencer.run_once()
     record = fence_record(zk)
     assert (record["outcome"], record["step"]) == ("failed", "waiting-watchdog")
@@ -219,17 +221,7 @@ def test_a_failed_fence_of_a_node_without_watchdog_waits_for_an_operator(store, 
     machine.bmc_down()
     recoveries = Recoveries()
     fencer = make_fencer(store, make_config, recoveries, failed_fence="migrate", suicide_intervals=2)
-    put_fence(
-        zk,
-        {
-            "id": "f1",
-            "step": "declared",
-            "outcome": "fencing",
-            "by": "hv1",
-            "recovered": False,
-            "keepalive_mtime_ms": 1,
-        },
-    )
+    put_fence(zk, declared_by_hv1(1))
     fencer.run_once()
     record = fence_record(zk)
     assert (record["outcome"], record["step"]) == ("failed", "waiting-operator")

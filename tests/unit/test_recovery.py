@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pvcd.cluster.values import NodeView, StateRecord
+from helpers import node_view, vm_view
+from pvcd.cluster.values import NodeView
 from pvcd.cluster.vm_records import (
     ActualState,
     Migration,
     MigrationMethod,
     MoveKind,
     MovePhase,
-    VmRecord,
     VmState,
     VmStatus,
     VmView,
@@ -24,14 +24,7 @@ FENCED = VmStatus(DEAD, ActualState.STOPPED, f"node {DEAD} was fenced")
 
 
 def node(name: str, total: int = 8192, fence: str | None = None, mtime: int = NOW_MS, daemon: str = "run") -> NodeView:
-    keepalive = {
-        "interval": 5,
-        "memory": {"total": total, "allocated": 0},
-        "vcpus": {"allocated": 0},
-        "load": 0.0,
-        "vms": {"count": 0, "running": []},
-    }
-    return NodeView(name, {}, StateRecord(daemon, "client", "ready"), keepalive, mtime, 3, {"outcome": fence})
+    return node_view(name, total, state=(daemon, "client", "ready"), mtime=mtime, fence={"outcome": fence})
 
 
 def vm(
@@ -44,18 +37,8 @@ def vm(
     migration: Migration | None = None,
     selector: str | None = None,
 ) -> VmView:
-    record = VmRecord(
-        name=name,
-        uuid=f"u-{name}",
-        xml="<domain/>",
-        memory_mib=memory,
-        vcpus=1,
-        state=state,
-        node=node_,
-        lastnode=lastnode,
-        node_selector=selector,
-    )
-    return VmView(record, 3, status or VmStatus(node_, ActualState.RUNNING), 2, migration, 0 if migration else None)
+    status = status or VmStatus(node_, ActualState.RUNNING)
+    return vm_view(name, node_, state, status, memory, migration, (3, 2), lastnode=lastnode, node_selector=selector)
 
 
 def move(target: str, phase: MovePhase, kind: MoveKind = MoveKind.MIGRATE, source: str = DEAD) -> Migration:
@@ -113,7 +96,7 @@ def test_a_vm_its_target_has_claimed_is_the_targets() -> None:
 def test_a_cut_move_no_node_can_take_is_left_to_a_target_that_can_still_start_it() -> None:
     leaving = released_to("leaving", "hv2")
     # hv2 is flushing (no candidate) but alive: it finishes moves to it, so it keeps the VM.
-    flushing = NodeView("hv2", {}, StateRecord("run", "client", "flush"), node("hv2").keepalive, NOW_MS, 3)
+    flushing = node_view("hv2", state=("run", "client", "flush"), mtime=NOW_MS)
     plan = plan_recovery(DEAD, by_name(leaving), [node(DEAD, fence="confirmed"), flushing], NOW_MS, "mem")
     assert "leaving" in plan.unplaced and "hv2" in plan.can_finish
     assert recovered(leaving, DEAD, None, plan.can_finish) is None

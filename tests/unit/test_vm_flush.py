@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from helpers import wait_for
+from helpers import node_view, vm_view, wait_for
 from pvcd.cluster.liveness import late_nodes
-from pvcd.cluster.values import NodeView, StateRecord
 from pvcd.cluster.vm_records import (
     STATUS_NEW,
     ActualState,
@@ -12,10 +11,8 @@ from pvcd.cluster.vm_records import (
     MigrationMethod,
     MoveKind,
     MovePhase,
-    VmRecord,
     VmState,
     VmStatus,
-    VmView,
 )
 from pvcd.placement.cluster import capacities
 from pvcd.states import DomainState
@@ -43,31 +40,13 @@ ME = "hv1"
 
 
 def vm(name, state=VmState.START, node=ME, memory=1024, lastnode=None, autostart=False, status=None, migration=None):
-    record = VmRecord(
-        name=name,
-        uuid=f"u-{name}",
-        xml="<domain/>",
-        memory_mib=memory,
-        vcpus=1,
-        state=state,
-        node=node,
-        lastnode=lastnode,
-        node_autostart=autostart,
-    )
     if status is None:
         status = VmStatus(node, ActualState.RUNNING) if state == VmState.START else STATUS_NEW
-    return VmView(record, 1, status, 1, migration, 0 if migration else None)
+    return vm_view(name, node, state, status, memory, migration, lastnode=lastnode, node_autostart=autostart)
 
 
 def node(name, total=8192, allocated=0, running=(), domain="ready", daemon="run", mtime=1_000_000, interval=5):
-    keepalive = {
-        "interval": interval,
-        "memory": {"total": total, "allocated": allocated},
-        "vcpus": {"allocated": len(running)},
-        "load": 0.5,
-        "vms": {"count": len(running), "running": list(running)},
-    }
-    return NodeView(name, {}, StateRecord(daemon, "client", domain), keepalive, mtime, 3)
+    return node_view(name, total, allocated, tuple(running), (daemon, "client", domain), mtime, interval, load=0.5)
 
 
 def views(*items):
