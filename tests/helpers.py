@@ -144,7 +144,11 @@ class VmNode:
         return self.daemon.hypervisor.connection()
 
     def running(self) -> set[str]:
-        return {d.name() for d in self.conn.listAllDomains() if d.isActive()}
+        """One listing of the active domains: a domain undefined between a listing and a
+        per-domain state query would otherwise raise "domain not found"."""
+        import libvirt
+
+        return {d.name() for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
 
     def defined(self) -> set[str]:
         return {d.name() for d in self.conn.listAllDomains()}

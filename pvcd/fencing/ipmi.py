@@ -1,28 +1,32 @@
-"""IPMI through pyghmi: power state, power off, power on, each under a timeout.
+"""IPMI power control of one BMC per call, each call in a worker process of its own.
 
-pyghmi's own retries can hold a call for many seconds, and a fencer must never
-hang on one node's BMC, so every call runs in a daemon thread the caller stops
-waiting for at its deadline. The password is held only in `IpmiTarget` (never in
-its repr) and never appears in a log line or an error message of this module.
+pyghmi keeps module-wide state (one I/O thread, socket pools and session
+tables shared by every session of the process), and a call that hangs can
+only be abandoned, never stopped. In a daemon that fences for months, one
+wedged session would leave every later fence waiting for nothing. So every
+operation (a power-state read, a fence, a power-on) runs in a fresh
+`python -m pvcd.fencing.ipmi_worker` (pyghmi there, see `pyghmi_client`),
+which exits when done and is killed at a deadline above its own call
+timeouts. The target's password reaches the worker on its stdin, never on its
+command line, and never appears in a log line or an error message.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pvcd.fencing.outcome import FenceVerdict, OffCommand, judge
+from pvcd.fencing.outcome import FenceOutcome, FenceVerdict, OffCommand, judge
 
 DEFAULT_CALL_TIMEOUT = 6.0
 DEFAULT_OFF_WAIT = 10.0
-LOGOUT_TIMEOUT = 1.0
-"""A logout is sent once, unretried: an answer takes milliseconds, and a BMC
-that does not answer within this has its session dropped on our side anyway."""
-POLL_INTERVAL = 0.2
+WORKER_MARGIN = 5.0
+"""Beyond the worst case of the calls a worker makes: its start (~0.15 s) and exit."""
+SENDING_OFF = "sending-off"
+"""The line a fence's worker prints just before the off command leaves."""
 
 
 class IpmiError(Exception):
@@ -52,182 +56,110 @@ class FenceReport:
     steps: tuple[str, ...]
 
 
-def _bounded(func: Callable[[], Any], timeout: float, what: str) -> Any:
-    box: dict[str, Any] = {}
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What `ipmi_worker` reads on its stdin: one operation on one BMC."""
 
-    def run() -> None:
-        try:
-            box["value"] = func()
-        except Exception as exc:  # reported to the caller as an IpmiError
-            box["error"] = exc
+    operation: str
+    target: IpmiTarget
+    call_timeout: float
+    off_wait: float
 
-    worker = threading.Thread(target=run, name=f"ipmi-{what}", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise IpmiTimeout(f"{what}: no answer within {timeout:g}s")
-    if "error" in box:
-        error = box["error"]
-        raise IpmiError(f"{what}: {getattr(error, 'args', [None])[0] or type(error).__name__}")
-    return box.get("value")
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "target": asdict(self.target)})
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerRequest:
+        value = json.loads(text)
+        return cls(value["operation"], IpmiTarget(**value["target"]), value["call_timeout"], value["off_wait"])
 
 
 class IpmiDriver:
-    """Power control of one BMC at a time through pyghmi.
+    """Power control of one BMC at a time, each operation in its own worker process.
 
-    Every operation (a power-state read, a fence, a power-on) logs in afresh
-    and logs out when done. A session kept from an earlier call proves nothing
-    about the BMC now: pyghmi keeps resending on it for many seconds before it
-    gives up, so a fence of a BMC that has since gone down ended `ambiguous`
-    (the off command may have arrived) after ~18 s, holding the fence lock,
-    where a fresh login shows within one call timeout that nothing reached
-    the host (`failed`).
+    Every operation logs in afresh and logs out when done: a session kept from
+    an earlier call proves nothing about the BMC now (pyghmi keeps resending on
+    it for many seconds before it gives up, so a fence of a BMC that has since
+    gone down would end `ambiguous` after ~18 s where a fresh login shows
+    within one call timeout that nothing reached the host: `failed`).
     """
 
-    def __init__(self, call_timeout: float = DEFAULT_CALL_TIMEOUT, off_wait: float = DEFAULT_OFF_WAIT) -> None:
+    def __init__(
+        self,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        off_wait: float = DEFAULT_OFF_WAIT,
+        worker: tuple[str, ...] = (sys.executable, "-m", "pvcd.fencing.ipmi_worker"),
+    ) -> None:
         self.call_timeout = call_timeout
         self.off_wait = off_wait
-
-    def _login(self, target: IpmiTarget) -> Any:
-        """A new logged-in pyghmi session; failing here means nothing reached the host."""
-        from pyghmi.ipmi import command
-
-        opened: list[Any] = []
-
-        def open_and_probe() -> Any:
-            # pyghmi may hand back a session whose login failed; only an
-            # answered request proves the session works.
-            session = command.Command(bmc=target.host, userid=target.user, password=target.password, port=target.port)
-            opened.append(session)
-            session.get_power()
-            return session
-
-        try:
-            return _bounded(open_and_probe, self.call_timeout, f"login to BMC {target}")
-        except IpmiError:
-            # Logged in but never answered: no later login may be handed this session.
-            for session in opened:
-                _forget(session.ipmi_session)
-            raise
-
-    def _logout(self, session: Any, target: IpmiTarget) -> None:
-        """End the session, and make sure pyghmi can never hand it out again.
-
-        The logout frees the BMC's session slot; it cannot finish when the BMC
-        does not answer or a call still hangs on the session, and either way
-        pyghmi keeps the session in a table from which the next login to the
-        same BMC and user would take it (see `_forget`).
-        """
-        ipmi_session = session.ipmi_session
-        # A BMC we cannot reach keeps the slot until its own session timeout.
-        with suppress(IpmiError):
-            _bounded(ipmi_session.logout, LOGOUT_TIMEOUT, f"logout from BMC {target}")
-        _forget(ipmi_session)
-
-    @contextmanager
-    def _session(self, target: IpmiTarget) -> Iterator[Any]:
-        session = self._login(target)
-        try:
-            yield session
-        finally:
-            self._logout(session, target)
-
-    def _call(self, session: Any, target: IpmiTarget, func: Callable[[Any], Any], what: str) -> Any:
-        return _bounded(lambda: func(session), self.call_timeout, f"{what} of {target}")
-
-    def _read_power(self, session: Any, target: IpmiTarget) -> str:
-        answer = self._call(session, target, lambda s: s.get_power(), "power state")
-        state = (answer or {}).get("powerstate")
-        if state not in ("on", "off"):
-            raise IpmiError(f"power state of {target}: unreadable answer")
-        return state
+        self.worker = worker
 
     def power_state(self, target: IpmiTarget) -> str:
         """'on' or 'off', as the BMC reports it."""
-        with self._session(target) as session:
-            return self._read_power(session, target)
-
-    def fence(self, target: IpmiTarget, clock: Callable[[], float] = time.monotonic) -> FenceReport:
-        """Power off and watch for off, on a session opened for this fence.
-
-        Powering on again is the caller's choice, made only after the node's
-        VMs have been started elsewhere, so that the rebooted node can never
-        race its own recovery."""
-        try:
-            session = self._login(target)
-        except IpmiError as exc:
-            return FenceReport(judge(OffCommand.REFUSED, [], str(exc)), (f"no session ({exc})",))
-        try:
-            self._call(session, target, lambda s: s.set_power("off"), "power off")
-        except IpmiTimeout as exc:
-            # The call may still hang inside pyghmi: watch on a new session.
-            self._logout(session, target)
-            off, step, off_error, watch_on = OffCommand.UNANSWERED, f"power off unanswered ({exc})", "", None
-        except IpmiError as exc:
-            self._logout(session, target)
-            return FenceReport(judge(OffCommand.REFUSED, [], str(exc)), (f"power off refused ({exc})",))
-        else:
-            off, step, off_error, watch_on = OffCommand.ACCEPTED, "power off accepted", "", session
-        observed = self._watch_for_off(watch_on, target, clock)
-        seen = f"power states seen: {', '.join(s or 'no answer' for s in observed) or 'none'}"
-        return FenceReport(judge(off, observed, off_error), (step, seen))
-
-    def _watch_for_off(self, session: Any | None, target: IpmiTarget, clock: Callable[[], float]) -> list[str | None]:
-        """Poll the power state for `off_wait` seconds or until off; None for a poll without an answer.
-
-        A poll that fails ends its session and the next one logs in again,
-        so a BMC that comes back within the wait can still confirm the off."""
-        observed: list[str | None] = []
-        deadline = clock() + self.off_wait
-        try:
-            while clock() < deadline:
-                state: str | None
-                try:
-                    if session is None:
-                        session = self._login(target)
-                    state = self._read_power(session, target)
-                except IpmiError:
-                    state = None
-                    if session is not None:
-                        self._logout(session, target)
-                        session = None
-                observed.append(state)
-                if state == "off":
-                    break
-                time.sleep(POLL_INTERVAL)
-        finally:
-            if session is not None:
-                self._logout(session, target)
-        return observed
+        answer = self._answer("power-state", target, deadline=3 * self.call_timeout)
+        state = answer.get("power")
+        if state not in ("on", "off"):
+            raise IpmiError(f"power state of {target}: unreadable answer")
+        return str(state)
 
     def power_on(self, target: IpmiTarget) -> None:
         """Start a fenced node again, once its VMs run elsewhere."""
-        with self._session(target) as session:
-            self._call(session, target, lambda s: s.set_power("on"), "power on")
+        self._answer("power-on", target, deadline=3 * self.call_timeout)
 
+    def fence(self, target: IpmiTarget) -> FenceReport:
+        """Power off and watch for off (see `PyghmiClient.fence`).
 
-def _forget(ipmi_session: Any) -> None:
-    """Drop a pyghmi session from pyghmi's own tables.
+        A worker that has to be killed, or dies, after it said the off command
+        was leaving may have powered the host off: that is `ambiguous`, never
+        `failed`, so no VM is restarted elsewhere on the strength of it."""
+        # The worker's worst case: a login and the off command, then polls for
+        # `off_wait`, the last of which may need a login and a read.
+        deadline = 4 * self.call_timeout + self.off_wait
+        lines, error = self._run("fence", target, deadline)
+        if error is None:
+            try:
+                value = json.loads(lines[-1])
+                verdict = FenceVerdict(FenceOutcome(value["outcome"]), str(value["reason"]))
+                return FenceReport(verdict, tuple(str(step) for step in value["steps"]))
+            except (ValueError, KeyError, TypeError, IndexError):
+                error = "unreadable answer"
+        off = OffCommand.UNANSWERED if SENDING_OFF in lines else OffCommand.REFUSED
+        step = f"fence worker for BMC {target}: {error}"
+        return FenceReport(judge(off, [], step), (step,))
 
-    `Session.__new__` hands out any session it finds there instead of
-    logging in anew: one still counted alive in `bmc_handlers`, or one left
-    in `initting_sessions`, which pyghmi does not clear after a successful
-    login, so even a logged-out session would be joined and fail ("no longer
-    connected"). Keepalives keep a session looking alive. Removed from all
-    three, the session can only be used by whoever still holds it.
-    """
-    from pyghmi.ipmi.private import session as pyghmi_session
-    from pyghmi.ipmi.private import util as pyghmi_util
+    def _answer(self, operation: str, target: IpmiTarget, deadline: float) -> dict[str, Any]:
+        lines, error = self._run(operation, target, deadline)
+        if error is not None:
+            raise (IpmiTimeout if error.startswith("no answer") else IpmiError)(error)
+        try:
+            value = json.loads(lines[-1])
+        except (ValueError, IndexError):
+            raise IpmiError(f"{operation} of {target}: unreadable answer from the IPMI worker") from None
+        if not isinstance(value, dict):
+            raise IpmiError(f"{operation} of {target}: unreadable answer from the IPMI worker")
+        if "error" in value:
+            raise (IpmiTimeout if value.get("timeout") else IpmiError)(str(value["error"]))
+        return value
 
-    known = pyghmi_session.Session
-    with pyghmi_util.protect(pyghmi_session.KEEPALIVE_SESSIONS):
-        known.keepalive_sessions.pop(ipmi_session, None)
-    for key, candidate in list(known.initting_sessions.items()):
-        if candidate is ipmi_session:
-            known.initting_sessions.pop(key, None)
-    for address, handlers in list(known.bmc_handlers.items()):
-        for port, candidate in list(handlers.items()):
-            if candidate is ipmi_session:
-                handlers.pop(port, None)
-        if not handlers:
-            known.bmc_handlers.pop(address, None)
+    def _run(self, operation: str, target: IpmiTarget, deadline: float) -> tuple[list[str], str | None]:
+        """The worker's output lines, and why it gave no answer (None when it did)."""
+        request = WorkerRequest(operation, target, self.call_timeout, self.off_wait)
+        limit = deadline + WORKER_MARGIN
+        worker = subprocess.Popen(
+            list(self.worker),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = worker.communicate(request.to_json(), timeout=limit)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            out, _ = worker.communicate()
+            return out.splitlines(), f"no answer within {limit:g}s from the IPMI worker for BMC {target}"
+        lines = out.splitlines()
+        if worker.returncode != 0 or not lines:
+            last = (err.strip().splitlines() or ["no output"])[-1].replace(target.password, "***")
+            return lines, f"IPMI worker for BMC {target} exited with status {worker.returncode}: {last}"
+        return lines, None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import subprocess
 
+import libvirt
+
 from pvcd.hypervisor import Hypervisor, HypervisorError
 
 log = logging.getLogger("pvcd.fencing")
@@ -26,15 +28,18 @@ def destroy_all_domains(hypervisor: Hypervisor | None, node: str, reason: str) -
         return []
     destroyed = []
     try:
-        for domain in hypervisor.connection().listAllDomains():
-            if domain.isActive():
-                try:
-                    domain.destroy()
-                    destroyed.append(domain.name())
-                except Exception as exc:  # keep destroying the others
-                    log.critical("Self-fence of node %s could not destroy VM %s: %s", node, domain.name(), exc)
-    except HypervisorError as exc:
+        # One listing of the running domains: a per-domain state query could fail on a domain
+        # undefined meanwhile and stop the loop before the others are destroyed.
+        running = hypervisor.connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    except (HypervisorError, libvirt.libvirtError) as exc:
         log.critical("Self-fence of node %s could not reach libvirt: %s", node, exc)
+        running = []
+    for domain in running:
+        try:
+            domain.destroy()
+            destroyed.append(domain.name())
+        except Exception as exc:  # keep destroying the others
+            log.critical("Self-fence of node %s could not destroy VM %s: %s", node, domain.name(), exc)
     log.critical("Node %s destroyed VMs: %s", node, ", ".join(sorted(destroyed)) or "none")
     return destroyed
 

@@ -17,7 +17,7 @@ import yaml
 from helpers import node_document, wait_for
 from pvcd.devcluster import chassis
 from pvcd.devcluster.processes import free_port, pid_alive, stop_pid
-from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
+from pvcd.fencing.ipmi import SENDING_OFF, IpmiDriver, IpmiError, IpmiTarget
 
 
 @pytest.fixture
@@ -161,3 +161,31 @@ def test_cut_link_stops_keepalives_and_heal_restores_them(machine, zk):
     assert pid_alive(chassis.read_state(node_dir)["pvcd_pid"]), "the node must keep running while cut"
     chassis.request(node_dir, "heal")
     wait_for(lambda: keepalive_counter(zk) > frozen, 30, what="keepalives after heal")
+
+
+def _stuck_worker(tmp_path, says_off: bool) -> tuple[str, ...]:
+    """A stand-in for the IPMI worker that hangs the way a wedged pyghmi call would."""
+    script = tmp_path / "stuck_worker.py"
+    script.write_text(
+        "import sys, threading\n"
+        "sys.stdin.read()\n"
+        + (f"print({SENDING_OFF!r}, flush=True)\n" if says_off else "")
+        + "threading.Event().wait()\n"
+    )
+    return (sys.executable, str(script))
+
+
+def test_a_worker_stuck_after_sending_off_is_an_ambiguous_fence(tmp_path):
+    target = IpmiTarget("127.0.0.1", 9, "admin", "secret-password")
+    driver = IpmiDriver(call_timeout=0.1, off_wait=0.1, worker=_stuck_worker(tmp_path, says_off=True))
+    report = driver.fence(target)
+    assert report.verdict.outcome == "ambiguous", report
+    assert "no answer within" in report.steps[0] and "secret-password" not in repr(report)
+
+
+def test_a_worker_stuck_before_sending_off_is_a_failed_fence(tmp_path):
+    target = IpmiTarget("127.0.0.1", 9, "admin", "secret-password")
+    driver = IpmiDriver(call_timeout=0.1, off_wait=0.1, worker=_stuck_worker(tmp_path, says_off=False))
+    assert driver.fence(target).verdict.outcome == "failed"
+    with pytest.raises(IpmiError, match="no answer within"):
+        driver.power_state(target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import libvirt
+
 from helpers import vm_xml
 from pvcd.devcluster import layout
 from pvcd.fencing.self_fence import destroy_all_domains, run_command
@@ -17,7 +19,7 @@ def test_destroys_every_running_domain(tmp_path):
         conn.defineXML(vm_xml(name)).create()
     conn.defineXML(vm_xml("stopped"))
     assert sorted(destroy_all_domains(hypervisor, "hv1", "test")) == ["a", "b"]
-    assert [d.name() for d in conn.listAllDomains() if d.isActive()] == []
+    assert conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE) == []
 
 
 def test_runs_the_configured_command(tmp_path):
