@@ -297,6 +297,49 @@ def check_fits_node(name: str, memory_mib: int, node: str, total_mib: int | None
 
 
 @dataclass(frozen=True)
+class JobFigures:
+    """libvirt's completed-job statistics of a live migration; a figure it did not report is None."""
+
+    time_ms: int | None
+    """Wall time of the whole migration."""
+    downtime_ms: int | None
+    """How long the guest was paused for the switch-over."""
+    data_bytes: int | None
+    """Data sent to the target."""
+
+
+@dataclass(frozen=True)
+class MigrationStats:
+    """What the hypervisor reported about a VM's live migration from `source` to `target`."""
+
+    source: str
+    target: str
+    figures: JobFigures
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "target": self.target, **dataclasses.asdict(self.figures)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> MigrationStats | None:
+        """The stats, or None for anything that is not a stats object (dropped, never fatal)."""
+        if not isinstance(value, dict):
+            return None
+        try:
+            figures = JobFigures(*(_optional_count(value.get(f.name)) for f in dataclasses.fields(JobFigures)))
+            return cls(source=_text(value, "source"), target=_text(value, "target"), figures=figures)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _optional_count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
 class VmRecord:
     """The VM's record in ZooKeeper.
 
@@ -305,6 +348,8 @@ class VmRecord:
     `reason` explains the state when a node set it (`fail`, a guest that shut
     itself down, a VM a flush could not place); operator commands clear it.
     `node_autostart` asks the node to start the VM when it next becomes ready.
+    `last_migration` is what the hypervisor reported about the VM's last live
+    migration, written by the node it arrived on.
     """
 
     name: str
@@ -320,9 +365,11 @@ class VmRecord:
     node_selector: str | None = None
     node_autostart: bool = False
     migration_method: MigrationMethod = MigrationMethod.LIVE
+    last_migration: MigrationStats | None = None
 
     def to_json(self) -> dict[str, Any]:
         value = dataclasses.asdict(self)
+        value["last_migration"] = self.last_migration.to_json() if self.last_migration else None
         value["node_limit"] = list(self.node_limit)
         value["state"] = str(self.state)
         value["migration_method"] = str(self.migration_method)
@@ -347,6 +394,7 @@ class VmRecord:
                 node_selector=value.get("node_selector"),
                 node_autostart=bool(value.get("node_autostart", False)),
                 migration_method=MigrationMethod(value.get("migration_method", MigrationMethod.LIVE)),
+                last_migration=MigrationStats.from_json(value.get("last_migration")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidVm(f"VM record {value.get('name')!r} is not valid: {exc!r}") from exc
@@ -449,7 +497,8 @@ class Migration:
     is assigned to exactly one node at every moment. The target starts the VM
     only once `phase` is `released`. `previous_lastnode` lets the source put
     the record back as it was if it cannot let the VM go. `how` records what
-    the source did (`live`, `simulated`, `shutdown`, `not_running`).
+    the source did (`live`, `simulated`, `shutdown`, `not_running`), and
+    `stats` what the hypervisor reported about a live migration.
     """
 
     id: str
@@ -460,6 +509,7 @@ class Migration:
     phase: MovePhase
     previous_lastnode: str | None = None
     how: str | None = None
+    stats: MigrationStats | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -471,6 +521,7 @@ class Migration:
             "phase": str(self.phase),
             "previous_lastnode": self.previous_lastnode,
             "how": self.how,
+            "stats": self.stats.to_json() if self.stats else None,
         }
 
     @classmethod
@@ -487,12 +538,13 @@ class Migration:
                 phase=MovePhase(value["phase"]),
                 previous_lastnode=value.get("previous_lastnode"),
                 how=value.get("how"),
+                stats=MigrationStats.from_json(value.get("stats")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidVm(f"migration record is not valid: {exc!r}") from exc
 
-    def released(self, how: str) -> Migration:
-        return dataclasses.replace(self, phase=MovePhase.RELEASED, how=how)
+    def released(self, how: str, stats: MigrationStats | None = None) -> Migration:
+        return dataclasses.replace(self, phase=MovePhase.RELEASED, how=how, stats=stats)
 
 
 @dataclass(frozen=True)

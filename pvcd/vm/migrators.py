@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import libvirt
 
+from pvcd.cluster.vm_records import JobFigures
 from pvcd.config import Config
 from pvcd.hypervisor import is_test_driver
 from pvcd.vm.domains import DomainError, Domains
@@ -48,7 +49,9 @@ class Migrator(Protocol):
     leaves_running: bool
     """Whether the VM runs on the target once `migrate` returns."""
 
-    def migrate(self, domains: Domains, vm: str, target_address: str) -> None: ...
+    def migrate(self, domains: Domains, vm: str, target_address: str) -> JobFigures | None:
+        """Move the VM; what the hypervisor reported about the migration, if anything."""
+        ...
 
 
 class LiveMigration:
@@ -70,7 +73,7 @@ class LiveMigration:
     def destination(self, target_address: str) -> str:
         return self.uri_template.format(address=target_address)
 
-    def migrate(self, domains: Domains, vm: str, target_address: str) -> None:
+    def migrate(self, domains: Domains, vm: str, target_address: str) -> JobFigures | None:
         domain = domains.lookup(vm)
         if domain is None:
             raise MigrationFailed(f"VM {vm} is not defined at {domains.uri}")
@@ -100,6 +103,38 @@ class LiveMigration:
             raise MigrationFailed(f"live migration of VM {vm} to {uri} failed: {error.get_error_message() or error}")
         if error is not None:
             raise MigrationFailed(f"live migration of VM {vm} to {uri} failed: {error!r}")
+        return completed_job(uri, vm)
+
+
+def completed_job(uri: str, vm: str) -> JobFigures | None:
+    """libvirt's statistics of the migration that just brought `vm` to the libvirtd at `uri`.
+
+    Read on the destination: the source's domain is gone with
+    UNDEFINE_SOURCE. libvirt hands completed statistics out once unless asked
+    to keep them. The migration has succeeded whatever happens here, so a
+    failure only costs the figures.
+    """
+    try:
+        conn = libvirt.open(uri)
+        try:
+            stats = conn.lookupByName(vm).jobStats(
+                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+            )
+        finally:
+            conn.close()
+    except libvirt.libvirtError as exc:
+        log.warning("VM %s live-migrated to %s, but its migration statistics are unreadable: %s", vm, uri, exc)
+        return None
+
+    def figure(key: str) -> int | None:
+        value = stats.get(key)
+        return int(value) if isinstance(value, int) and value >= 0 else None
+
+    return JobFigures(
+        time_ms=figure(libvirt.VIR_DOMAIN_JOB_TIME_ELAPSED),
+        downtime_ms=figure(libvirt.VIR_DOMAIN_JOB_DOWNTIME),
+        data_bytes=figure(libvirt.VIR_DOMAIN_JOB_DATA_PROCESSED),
+    )
 
 
 class SimulatedMigration:
@@ -114,12 +149,13 @@ class SimulatedMigration:
     how = "simulated"
     leaves_running = False
 
-    def migrate(self, domains: Domains, vm: str, target_address: str) -> None:
+    def migrate(self, domains: Domains, vm: str, target_address: str) -> JobFigures | None:
         try:
             domains.destroy(vm)
             domains.undefine(vm)
         except DomainError as exc:
             raise MigrationFailed(f"simulated migration of VM {vm}: {exc}") from exc
+        return None
 
 
 def migrator_for(uri: str, timeout: float = DEFAULT_MIGRATION_TIMEOUT) -> Migrator:

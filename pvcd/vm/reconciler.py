@@ -38,6 +38,7 @@ from pvcd.cluster.vm_records import (
     ActualState,
     InvalidVm,
     MigrationMethod,
+    MigrationStats,
     MovePhase,
     VmState,
     VmStatus,
@@ -641,7 +642,7 @@ class VmReconciler:
             target_info = nodes.read_node(self.store, migration.target)
             address = migration_address(target_info.info if target_info else {}, migration.target)
             try:
-                self.migrator.migrate(self.domains, view.name, address)
+                figures = self.migrator.migrate(self.domains, view.name, address)
             except MigrationFailed as exc:
                 log.warning("VM %s: %s; falling back to a shutdown-migrate", view.name, exc)
             else:
@@ -649,7 +650,8 @@ class VmReconciler:
                     status = VmStatus(migration.target, ActualState.RUNNING, f"live-migrated from {self.node}")
                 else:
                     status = self._status(ActualState.STOPPED, f"left {self.node} by {self.migrator.how} migration")
-                self._release_now(view, self.migrator.how, status)
+                stats = MigrationStats(self.node, migration.target, figures) if figures else None
+                self._release_now(view, self.migrator.how, status, stats)
                 return
         view = (
             vms.VmWrite(self.store, view)
@@ -679,10 +681,12 @@ class VmReconciler:
             return
         self._release_now(view, "not_running", self._status(ActualState.STOPPED, status.message))
 
-    def _release_now(self, view: VmView, how: str, status: VmStatus | None) -> None:
+    def _release_now(
+        self, view: VmView, how: str, status: VmStatus | None, stats: MigrationStats | None = None
+    ) -> None:
         migration = view.migration
         assert migration is not None
-        write = vms.VmWrite(self.store, view).migration(migration.released(how))
+        write = vms.VmWrite(self.store, view).migration(migration.released(how, stats))
         if status is not None:
             write.status(status)
         write.commit()
@@ -718,7 +722,9 @@ class VmReconciler:
             status = self._status(ActualState.RUNNING, f"started after {migration.how} move from {migration.source}")
         else:
             status = view.status
-        write = vms.VmWrite(self.store, view).delete_migration().record(dataclasses.replace(view.record, state=then))
+        last = migration.stats or view.record.last_migration
+        record = dataclasses.replace(view.record, state=then, last_migration=last)
+        write = vms.VmWrite(self.store, view).delete_migration().record(record)
         if status != view.status:
             write.status(status)
         write.commit()

@@ -29,6 +29,7 @@ import libvirt
 import pytest
 
 from helpers import wait_for
+from pvcd.cluster.vm_records import JobFigures
 from pvcd.devcluster.netlab import sh
 from pvcd.devcluster.processes import pid_alive, pid_cmdline
 from pvcd.devcluster.qemu_host import QemuHost, cleanup, namespace_pids
@@ -83,6 +84,8 @@ def make_host(tmp_path: Path, capabilities_cache: Path) -> Iterator[MakeHost]:
     try:
         sh("ip", "link", "add", bridge, "type", "bridge")
         sh("ip", "link", "set", bridge, "up")
+        # The test reaches the hosts' libvirtd from here: over the bridge, never the default route.
+        sh("ip", "address", "add", f"10.{base}.0.1/24", "dev", bridge)
         yield make
     finally:
         # Every callback runs even if one raises; the bridge goes last.
@@ -155,7 +158,7 @@ def test_live_migration_power_loss_and_boot(make_host: MakeHost) -> None:
 
     started = time.monotonic()
     with JobWatcher(domain) as watcher:
-        LiveMigration(timeout=60).migrate(Domains(Hypervisor(source.uri)), GUEST, target.ip)
+        figures = LiveMigration(timeout=60).migrate(Domains(Hypervisor(source.uri)), GUEST, target.ip)
     wall = time.monotonic() - started
     connection.close()
 
@@ -173,8 +176,9 @@ def test_live_migration_power_loss_and_boot(make_host: MakeHost) -> None:
         libvirt.open(source.uri).lookupByName(GUEST)  # VIR_MIGRATE_UNDEFINE_SOURCE
 
     # libvirt's figures of the migration: live on the source while it runs, and afterwards on the
-    # target as the completed incoming job (the source's domain is undefined by then). libvirt
-    # forgets completed figures once read, unless asked to keep them.
+    # target as the completed incoming job (the source's domain is undefined by then), which is
+    # what LiveMigration returned. libvirt forgets completed figures once read, unless asked to
+    # keep them (LiveMigration asks).
     assert watcher.samples, "the source answered no jobStats() while migrating"
     assert all(sample["operation"] == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT for sample in watcher.samples)
     keep = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
@@ -189,6 +193,7 @@ def test_live_migration_power_loss_and_boot(make_host: MakeHost) -> None:
     assert completed["memory_remaining"] == 0
     assert 0 <= completed["downtime"] < 1000
     assert 0 < completed["time_elapsed"] <= wall * 1000
+    assert figures == JobFigures(completed["time_elapsed"], completed["downtime"], completed["data_processed"])
     print(
         f"live migration: {wall:.2f}s wall, time_elapsed {completed['time_elapsed']} ms, "
         f"downtime {completed['downtime']} ms, {completed['memory_processed']} bytes sent; "

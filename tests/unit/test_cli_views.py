@@ -255,3 +255,12 @@ def test_node_and_cluster_show_the_watchdog_and_failing_loops():
     assert node_summary(sick, 10_500)["loops"]["fencer"]["failing"] is True
     summary = cluster_summary([healthy, sick], 10_500, 1)
     assert summary["failing_loops"] == {"hv2": ["fencer"]} and summary["healthy"] is False
+
+
+def test_last_live_migration_as_shown_by_vm_info():
+    from cli.vm import last_migration_text
+
+    stats = {"source": "hv1", "target": "hv2", "time_ms": 2480, "downtime_ms": 21, "data_bytes": 75 * 2**20}
+    assert last_migration_text(stats) == "hv1 -> hv2: took 2.48 s, downtime 21 ms, 75.0 MiB sent"
+    assert last_migration_text(stats | {"downtime_ms": None, "data_bytes": None}) == "hv1 -> hv2: took 2.48 s"
+    assert last_migration_text(None) is None

@@ -14,8 +14,10 @@ from pvcd.cluster.vm_records import (
     STATUS_NEW,
     ActualState,
     InvalidVm,
+    JobFigures,
     Migration,
     MigrationMethod,
+    MigrationStats,
     MoveKind,
     MovePhase,
     NothingToDo,
@@ -254,6 +256,28 @@ def test_json_round_trips():
     migration = Migration("id", MoveKind.MIGRATE, "hv1", "hv2", MigrationMethod.LIVE, MovePhase.REQUESTED, "hv3")
     assert Migration.from_json(migration.to_json()) == migration
     assert migration.to_json()["from"] == "hv1" and migration.to_json()["to"] == "hv2"
+
+
+def test_migration_stats_travel_from_the_release_to_the_record():
+    stats = MigrationStats("hv1", "hv2", JobFigures(time_ms=2480, downtime_ms=21, data_bytes=None))
+    migration = Migration("id", MoveKind.MIGRATE, "hv1", "hv2", MigrationMethod.LIVE, MovePhase.REQUESTED)
+    released = migration.released("live", stats)
+    assert Migration.from_json(released.to_json()).stats == stats
+    arrived = record(last_migration=stats)
+    assert VmRecord.from_json(arrived.to_json()) == arrived
+    assert arrived.to_json()["last_migration"] == {
+        "source": "hv1",
+        "target": "hv2",
+        "time_ms": 2480,
+        "downtime_ms": 21,
+        "data_bytes": None,
+    }
+
+
+@pytest.mark.parametrize("damaged", ["fast", {"source": "hv1"}, {"source": "hv1", "target": "hv2", "time_ms": -5}])
+def test_damaged_migration_stats_are_dropped_not_fatal(damaged):
+    value = record().to_json() | {"last_migration": damaged}
+    assert VmRecord.from_json(value).last_migration is None
 
 
 def test_damaged_values_raise_invalid_vm():
