@@ -14,6 +14,8 @@ DEBIAN_PACKAGES=(
   default-jre-headless # ZooKeeper's runtime
   libvirt-dev          # headers for building libvirt-python
   libvirt-daemon       # libvirtd: each local node's simulated host (pvc-devcluster's chassis)
+  qemu-system-x86      # QEMU for the real-host tests' TCG guests
+  busybox-static       # the guests' userland (pvcd.devcluster.guest_image's initramfs)
   pkg-config
   gcc
   python3-dev
