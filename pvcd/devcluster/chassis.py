@@ -2,14 +2,16 @@
 
 Each local node runs inside a chassis process that owns what a real host has:
 
-- **a hypervisor**: one libvirtd serving libvirt's test driver
-  (`libvirt_host.py`); the node's `pvcd` connects to it as a production node
-  connects to qemu:///system, so the VMs live in libvirtd, not in `pvcd`:
-  killing `pvcd` leaves them running;
-- **power**: powering on starts a fresh, empty libvirtd, then `pvcd` (both the
-  chassis' children); powering off kills both with SIGKILL, `pvcd` first (a
-  power loss gives the daemon no last word), and so every VM of the host;
-- **a BMC**: an IPMI-over-UDP server on 127.0.0.1, built on pyghmi's simulator,
+- **a hypervisor** (`machines.py`): one libvirtd serving libvirt's test
+  driver (`libvirt_host.py`), or with `--hosts qemu` a whole QEMU host in its
+  own namespaces (`qemu_host.py`); the node's `pvcd` connects to it as a
+  production node connects to qemu:///system, so the VMs live in libvirtd,
+  not in `pvcd`: killing `pvcd` leaves them running;
+- **power**: powering on starts a fresh libvirtd with no guest running, then
+  `pvcd`; powering off kills both with SIGKILL, `pvcd` first (a power loss
+  gives the daemon no last word), and so every VM of the host;
+- **a BMC**: an IPMI-over-UDP server (on 127.0.0.1, or the machine's address
+  on a QEMU cluster's cluster bridge), built on pyghmi's simulator,
   that drives the power above; it can be made to stop answering, at once
   (`bmc-down`) or right after its next power-off (`bmc-flaky`);
 - **a watchdog**: a FIFO device `pvcd` arms and pets (`watchdog.py`); when it
@@ -49,7 +51,9 @@ import pyghmi.ipmi.private.serversession as pyghmi_serversession
 
 from pvcd.config import ConfigError, Watchdog, load_config
 from pvcd.devcluster import journal, layout, watchdog
-from pvcd.devcluster.libvirt_host import Libvirtd, LibvirtdError
+from pvcd.devcluster.libvirt_host import LibvirtdError
+from pvcd.devcluster.machines import Machine, QemuMachine, TestDriverMachine
+from pvcd.devcluster.qemu_cluster import HostSpec
 from pvcd.devcluster.recorder import DomainRecorder, JournalWriter, ensure_event_loop
 
 CONTROL_SOCKET = "chassis.sock"
@@ -118,8 +122,14 @@ class Chassis:
             config = load_config(str(self.config))
         except ConfigError as exc:
             raise ChassisError(f"cannot read the node configuration: {exc.problems[0]}") from exc
-        uri = layout.chassis_libvirt_uri(self.paths)
-        self.libvirtd = Libvirtd(self.paths.libvirt_root, self.directory, uri, self.directory / "libvirtd.log")
+        self.machine: Machine
+        if args.hosts == "qemu":
+            self.machine = QemuMachine(HostSpec.load(self.directory).host())
+        else:
+            uri = layout.chassis_libvirt_uri(self.paths)
+            self.machine = TestDriverMachine(
+                self.paths.libvirt_root, self.directory, uri, self.directory / "libvirtd.log"
+            )
         self.recorder: DomainRecorder | None = None
         self.writer = JournalWriter(self.paths.journal, args.name)
         self.fifo, self.timer = self._watchdog(config.fencing.watchdog)
@@ -128,7 +138,7 @@ class Chassis:
             chassis_pid=os.getpid(),
             pvcd_pid=None,
             libvirtd_pid=None,
-            libvirt_uri=uri,
+            libvirt_uri=self.machine.uri,
             power="off",
             bmc="up",
             link="up",
@@ -140,9 +150,9 @@ class Chassis:
             watchdog_resets=0,
             journal=str(self.paths.journal),
         )
-        self.relay = Relay(args.relay_port, args.zookeeper)
+        self.relay = Relay(args.listen_address, args.relay_port, args.zookeeper)
         ipmi = config.fencing.ipmi
-        self.bmc = SimulatedBmc(self, {ipmi.user: ipmi.password}, args.bmc_port)
+        self.bmc = SimulatedBmc(self, {ipmi.user: ipmi.password}, args.bmc_port, args.listen_address)
         self.stopping = threading.Event()
 
     def _watchdog(self, config: Watchdog | None) -> tuple[watchdog.Fifo | None, watchdog.WatchdogTimer | None]:
@@ -167,49 +177,31 @@ class Chassis:
     # -- power ---------------------------------------------------------------
 
     def power_on(self) -> bool:
-        """Start an empty host: its libvirtd first, then pvcd. False if libvirtd would not start."""
+        """Start an empty host: its hypervisor first, then pvcd. False if the hypervisor would not start."""
         with self.lock:
             if self.state.power == "on":
                 return True
             try:
-                conn = self.libvirtd.start()
-                self._empty_host(conn)
+                conn = self.machine.start()
             except (LibvirtdError, libvirt.libvirtError) as exc:
-                self.libvirtd.kill()
+                self.machine.kill()
                 log.error("Cannot power on: %s", exc)
                 return False
             self.recorder = DomainRecorder(conn, self.writer)
-            self.writer.write(journal.POWER_ON, detail=f"libvirtd pid {self.libvirtd.pid}")
+            self.writer.write(journal.POWER_ON, detail=f"libvirtd pid {self.machine.pid}")
             self.recorder.attach()
             env = dict(os.environ, PVCD_CONFIG_FILE=str(self.config), PYTHONUNBUFFERED="1")
-            with open(self.log, "ab") as pvcd_log:
-                # From the node directory: a `pvcd` folder in the caller's working
-                # directory must not shadow the installed package.
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", "pvcd.main"],
-                    stdout=pvcd_log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    cwd=self.directory,
-                )
+            # From the node directory: a `pvcd` folder in the caller's working
+            # directory must not shadow the installed package.
+            self.process = self.machine.spawn([sys.executable, "-m", "pvcd.main"], env, self.log, self.directory)
             self.state.power = "on"
             self.state.pvcd_pid = self.process.pid
-            self.state.libvirtd_pid = self.libvirtd.pid
+            self.state.libvirtd_pid = self.machine.pid
             self._save()
             log.info(
-                "Powered on: libvirtd pid %s at %s, pvcd pid %s", self.libvirtd.pid, self.libvirtd.uri, self.process.pid
+                "Powered on: libvirtd pid %s at %s, pvcd pid %s", self.machine.pid, self.machine.uri, self.process.pid
             )
             return True
-
-    @staticmethod
-    def _empty_host(conn: libvirt.virConnect) -> None:
-        """libvirt's default test host starts with a running domain `test`; a real host powers on with none."""
-        for domain in conn.listAllDomains():
-            if domain.isActive():
-                domain.destroy()
-            if domain.isPersistent():
-                domain.undefine()
 
     def power_off(self, reason: str) -> None:
         """Power loss: pvcd, then libvirtd and every VM of the host, killed; the journal says which died."""
@@ -217,7 +209,7 @@ class Chassis:
             if self.state.power == "off":
                 return
             self._kill_pvcd()
-            self.libvirtd.kill()
+            self.machine.kill()
             gone = time.monotonic()
             stopped = self.recorder.detach(reason, gone) if self.recorder else []
             self.recorder = None
@@ -255,10 +247,10 @@ class Chassis:
                 self.process = None
                 self.state.pvcd_pid = None
                 self._save()
-            status = self.libvirtd.exited()
+            status = self.machine.exited()
             if status is not None and self.state.power == "on":
-                pid = self.libvirtd.pid
-                self.libvirtd.kill()
+                pid = self.machine.pid
+                self.machine.kill()
                 gone = time.monotonic()
                 stopped = self.recorder.detach(journal.LIBVIRTD_EXIT, gone) if self.recorder else []
                 self.recorder = None
@@ -271,7 +263,7 @@ class Chassis:
                     pid,
                     status,
                     ", ".join(stopped) or "none",
-                    self.libvirtd.log,
+                    self.machine.log,
                 )
 
     # -- watchdog ------------------------------------------------------------
@@ -361,7 +353,7 @@ class Chassis:
         if self.fifo is not None:
             threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
         if not self.power_on():
-            raise ChassisError(f"the host did not power on; see {self.libvirtd.log}")
+            raise ChassisError(f"the host did not power on; see {self.machine.log}")
         control_path = self.directory / CONTROL_SOCKET
         control_path.unlink(missing_ok=True)
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -398,7 +390,7 @@ class Chassis:
                     self.process.wait()
             self.process = None
             if self.state.power == "on":
-                self.libvirtd.stop()
+                self.machine.stop()
                 gone = time.monotonic()
                 if self.recorder is not None:
                     self.recorder.detach("shutdown", gone)
@@ -416,8 +408,8 @@ class Chassis:
 class SimulatedBmc(pyghmi_bmc.Bmc):
     """pyghmi's BMC simulator wired to the chassis' power."""
 
-    def __init__(self, chassis: Chassis, users: dict[str, str], port: int) -> None:
-        super().__init__(users, port=port, address="127.0.0.1")
+    def __init__(self, chassis: Chassis, users: dict[str, str], port: int, address: str = "127.0.0.1") -> None:
+        super().__init__(users, port=port, address=address)
         self.chassis = chassis
 
     def _down(self) -> bool:
@@ -462,10 +454,10 @@ class SimulatedBmc(pyghmi_bmc.Bmc):
 class Relay:
     """A TCP relay to ZooKeeper that can black-hole its traffic."""
 
-    def __init__(self, port: int, upstream: str) -> None:
+    def __init__(self, address: str, port: int, upstream: str) -> None:
         host, _, upstream_port = upstream.rpartition(":")
         self.upstream = (host, int(upstream_port))
-        self.listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.listener = socket.create_server((address, port), reuse_port=False)
         self.cut = threading.Event()
         self.lock = threading.Lock()
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -549,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zookeeper", required=True, help="HOST:PORT of the real ZooKeeper")
     parser.add_argument("--relay-port", type=int, required=True)
     parser.add_argument("--bmc-port", type=int, required=True)
+    parser.add_argument(
+        "--hosts", choices=("test", "qemu"), default="test", help="the node's hypervisor (see machines.py)"
+    )
+    parser.add_argument(
+        "--listen-address", default="127.0.0.1", help="where the relay and the BMC listen (default 127.0.0.1)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         stream=sys.stdout, level=logging.INFO, format=f"%(asctime)s chassis {args.name}: %(levelname)s %(message)s"

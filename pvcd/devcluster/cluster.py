@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from pvcd.config import ConfigError, parse_config
-from pvcd.devcluster import chassis, layout, libvirt_host
+from pvcd.devcluster import chassis, layout, libvirt_host, qemu_cluster, qemu_host
 from pvcd.devcluster.processes import free_port, pid_alive, pid_cmdline, stop_pid
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import nodes
@@ -34,6 +34,8 @@ from pvcd.zk.store import Store, StoreError
 
 NODE_STOP_TIMEOUT = 15.0
 CHASSIS_START_TIMEOUT = 20.0
+QEMU_CHASSIS_START_TIMEOUT = 60.0
+"""A QEMU host's first libvirtd probes QEMU (~2-4 s), more on a loaded machine."""
 FAULTS = (
     "crash",
     "daemon-crash",
@@ -67,6 +69,8 @@ class NodeRecord:
     chassis_pid: int | None
     bmc_port: int
     relay_port: int
+    host: dict[str, Any] | None = None
+    """A QEMU host's names (`qemu_cluster.plan_node`), for `down`; None on the test driver."""
 
     @classmethod
     def laid_out(cls, name: str, paths: layout.NodePaths, bmc_port: int, relay_port: int) -> NodeRecord:
@@ -98,6 +102,15 @@ class ClusterRecord:
     keepalive_interval: int
     fence_intervals: int
     nodes: list[NodeRecord] = field(default_factory=list)
+    hosts: str = "test"
+    """`test` (libvirt's test driver) or `qemu` (real QEMU hosts, `qemu_cluster.py`)."""
+    network: dict[str, Any] | None = None
+    """A QEMU cluster's bridges (`qemu_cluster.Network`), for `down`."""
+
+    @property
+    def listen_address(self) -> str:
+        """Where the chassis' relays and BMCs listen."""
+        return qemu_cluster.Network(**self.network).root_address if self.network else "127.0.0.1"
 
     def node(self, name: str) -> NodeRecord:
         for record in self.nodes:
@@ -148,7 +161,7 @@ def node_pid(node: NodeRecord) -> int | None:
     return pid if pid and pid_alive(pid) else None
 
 
-def start_chassis(node: NodeRecord, zookeeper: str) -> None:
+def start_chassis(node: NodeRecord, record: ClusterRecord) -> None:
     """Start the node's chassis, which powers the node on; wait for its pvcd and its control socket.
 
     From the node directory: a `pvcd` folder in the caller's working directory
@@ -172,11 +185,15 @@ def start_chassis(node: NodeRecord, zookeeper: str) -> None:
                 "--log",
                 node.log,
                 "--zookeeper",
-                zookeeper,
+                record.zookeeper,
                 "--relay-port",
                 str(node.relay_port),
                 "--bmc-port",
                 str(node.bmc_port),
+                "--hosts",
+                record.hosts,
+                "--listen-address",
+                record.listen_address,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -185,7 +202,7 @@ def start_chassis(node: NodeRecord, zookeeper: str) -> None:
             cwd=directory,
         )
     node.chassis_pid = process.pid
-    deadline = time.monotonic() + CHASSIS_START_TIMEOUT
+    deadline = time.monotonic() + (QEMU_CHASSIS_START_TIMEOUT if node.host else CHASSIS_START_TIMEOUT)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ClusterError(f"chassis of {node.name} exited; see {directory / 'chassis.log'}")
@@ -207,7 +224,10 @@ def stop_chassis(node: NodeRecord, timeout: float = NODE_STOP_TIMEOUT) -> None:
     if pid and pid_alive(pid) and node.config in " ".join(_env_of(pid)):
         stop_pid(pid, timeout=timeout)
     libvirtd = state.get("libvirtd_pid")
-    if libvirtd:
+    if node.host is not None:
+        # Whatever a dead chassis left of the host: every process in its namespace.
+        qemu_host.kill_namespace(node.host["netns"])
+    elif libvirtd:
         paths = layout.NodePaths(node.name, Path(node.directory))
         libvirt_host.stop_orphan(libvirtd, libvirt_host.Libvirtd.config_path(paths.libvirt_root))
     node.chassis_pid = None
@@ -240,10 +260,19 @@ def fault(record: ClusterRecord, name: str, kind: str) -> dict[str, Any]:
     return answer
 
 
-def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
-    """Start ZooKeeper and `count` nodes; return once the record is written."""
+def up(workdir: Path, count: int, timing: layout.Timing, hosts: str = "test") -> ClusterRecord:
+    """Start ZooKeeper and `count` nodes; return once the record is written.
+
+    `hosts`: `test` (each node's hypervisor is libvirt's test driver) or
+    `qemu` (each node a real QEMU host in its own namespaces; needs root).
+    """
     if count < 1:
         raise ClusterError(f"--nodes must be at least 1, got {count}")
+    if hosts == "qemu":
+        try:
+            qemu_cluster.require_root()
+        except qemu_cluster.QemuClusterError as exc:
+            raise ClusterError(str(exc)) from exc
     workdir = workdir.resolve()
     problem = layout.node_paths(workdir, layout.node_names(count)[-1]).socket_problem()
     if problem:
@@ -255,6 +284,8 @@ def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
             existing.zookeeper_pid and pid_alive(existing.zookeeper_pid)
         ):
             raise ClusterError(f"a local cluster is already running in {workdir}; run 'pvc-devcluster down' first")
+        if existing.network is not None:
+            down(workdir)  # a crashed launcher's namespaces and bridges
     server = ZooKeeperServer.create(workdir / "zookeeper")
     try:
         server.start()
@@ -267,32 +298,62 @@ def up(workdir: Path, count: int, timing: layout.Timing) -> ClusterRecord:
         zookeeper_dir=str(server.directory),
         keepalive_interval=timing.keepalive_interval,
         fence_intervals=timing.fence_intervals,
+        hosts=hosts,
     )
-    names = layout.node_names(count)
-    for name in names:
+    try:
+        _lay_out(record, layout.node_names(count), timing)
+        for node in record.nodes:
+            start_chassis(node, record)
+    except (ClusterError, RuntimeError, OSError) as exc:
+        # Nothing of a cluster that did not start may keep running.
+        save(record)
+        down(workdir)
+        raise exc if isinstance(exc, ClusterError) else ClusterError(f"the cluster did not start: {exc}") from exc
+    save(record)
+    return record
+
+
+def _lay_out(record: ClusterRecord, names: list[str], timing: layout.Timing) -> None:
+    """Every node's directory and pvcd.yaml and, on a QEMU cluster, its bridges and hosts (off).
+
+    The record is saved before each thing is created, so that `down` finds it
+    whatever fails next."""
+    workdir = Path(record.workdir)
+    network = qemu_cluster.Network.choose() if record.hosts == "qemu" else None
+    if network is not None:
+        record.network = network.to_json()
+        save(record)
+        network.create()
+    addresses: dict[str, str] = {}
+    for index, name in enumerate(names, start=1):
         paths = layout.node_paths(workdir, name)
         paths.directory.mkdir(parents=True, exist_ok=True)
         # A new cluster's ground truth starts empty: an earlier run's hosts are gone.
         paths.journal.unlink(missing_ok=True)
         relay_port, bmc_port = free_port(), free_port()
         document = layout.node_config(name, paths, names, relay_port, timing, bmc_port, in_chassis=True)
+        if network is not None:
+            document = qemu_cluster.node_document(document, network, index, relay_port)
         try:
-            parse_config(document)
+            config = parse_config(document)
         except ConfigError as exc:
-            server.stop()
             raise ClusterError(f"the node configuration would be invalid: {exc.problems[0]}") from exc
+        if network is not None:
+            assert config.networking is not None and config.networking.cluster.address is not None
+            addresses[name] = str(config.networking.cluster.address)
         paths.config.write_text(yaml.safe_dump(document, sort_keys=False))
         record.nodes.append(NodeRecord.laid_out(name, paths, bmc_port, relay_port))
-    try:
-        for node in record.nodes:
-            start_chassis(node, server.address)
-    except ClusterError:
-        # Nothing of a cluster that did not start may keep running.
+    if network is None:
+        return
+    peers = {name: address.split("/")[0] for name, address in addresses.items()}
+    for node in record.nodes:
+        paths = layout.node_paths(workdir, node.name)
+        spec = qemu_cluster.host_spec(workdir, paths, network, addresses[node.name], peers)
+        spec.save(paths.directory)
+        node.host = qemu_cluster.plan_node(spec)
+        node.libvirt_uri = spec.host().uri
         save(record)
-        down(workdir)
-        raise
-    save(record)
-    return record
+        qemu_cluster.build_node(spec, network, node.host)
 
 
 def wait_until_running(record: ClusterRecord, timeout: float) -> list[str]:
@@ -324,6 +385,10 @@ def down(workdir: Path) -> ClusterRecord:
     record = load(workdir.resolve())
     for node in record.nodes:
         stop_chassis(node)
+        if node.host is not None:
+            qemu_cluster.remove_node(node.host)
+    if record.network is not None:
+        qemu_cluster.Network(**record.network).remove()
     if record.zookeeper_pid:
         port = int(record.zookeeper.rsplit(":", 1)[1])
         server = ZooKeeperServer(Path(record.zookeeper_dir), port, record.zookeeper_pid)

@@ -1,8 +1,11 @@
 """Ground truth of what ran where: the chassis journals and their analysis (pure).
 
 Each chassis appends one JSON object per line to its node's `journal.jsonl`
-for every domain start and stop on its host, and for power and watchdog
-events (`recorder.py` writes them):
+whenever a domain of its host starts or stops running guest code, and for
+power and watchdog events (`recorder.py` writes them). A paused domain does
+not run: a live migration's target holds the guest paused until the
+switch-over, after the source has paused it for good, so a live migration is
+one run ending on the source and the next beginning on the target.
 
     {"t": 5123.004711, "wall": "2024-06-01T10:00:00.123456+00:00", "host": "hv1",
      "event": "start", "vm": "vm1", "via": "event"}

@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-watchdog", action="store_true", help="give the nodes no watchdog device")
     up.add_argument(
+        "--hosts",
+        choices=("test", "qemu"),
+        default="test",
+        help="test: each node's hypervisor is libvirt's test driver (default, fast, no root); qemu: each node is a "
+        "real QEMU host in its own network, mount and UTS namespaces, on bridges for the upstream, cluster and "
+        "storage networks (root)",
+    )
+    up.add_argument(
         "--detach", action="store_true", help="return once the cluster runs instead of staying in the foreground"
     )
     for name, text in (("status", "show what runs"), ("down", "stop everything the launcher started")):
@@ -143,13 +151,14 @@ def _up(args: argparse.Namespace) -> int:
         watchdog=not args.no_watchdog,
         watchdog_timeout=args.watchdog_timeout,
     )
-    record = cluster.up(args.workdir, args.nodes, timing)
+    record = cluster.up(args.workdir, args.nodes, timing, hosts=args.hosts)
     late = cluster.wait_until_running(record, START_TIMEOUT)
     if late:
         cluster.down(args.workdir)
         logs = ", ".join(record.node(n).log for n in late)
         raise cluster.ClusterError(f"nodes {', '.join(late)} did not reach state run; see {logs}")
-    print(f"Local cluster of {len(record.nodes)} nodes running; ZooKeeper at {record.zookeeper}")
+    kind = "real QEMU hosts" if record.hosts == "qemu" else "test-driver hosts"
+    print(f"Local cluster of {len(record.nodes)} {kind} running; ZooKeeper at {record.zookeeper}")
     print(f"  pvc --zookeeper {record.zookeeper} node list")
     if args.detach:
         print(f"  pvc-devcluster down --workdir {record.workdir}")

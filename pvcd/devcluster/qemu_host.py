@@ -184,6 +184,7 @@ class QemuHost:
         address: str | ipaddress.IPv4Interface,
         peers: Mapping[str, str] | None = None,
         capabilities_cache: Path | None = None,
+        veth: str | None = None,
     ) -> None:
         """`address` is the cluster address with its prefix ("10.1.0.11/24"); `peers` (name -> address)
         go into the host's /etc/hosts; `capabilities_cache` is a directory shared by the hosts of this
@@ -196,7 +197,7 @@ class QemuHost:
         self.peers = dict(peers or {})
         self.capabilities_cache = capabilities_cache
         # A new peer name each time: a deleted namespace's veth pair goes away asynchronously.
-        self.veth = f"pq{secrets.token_hex(4)}"
+        self.veth = veth or f"pq{secrets.token_hex(4)}"
         self.holder: subprocess.Popen[str] | None = None
         """The `sleep` holding the mount and UTS namespaces while the host is on."""
         self.libvirtd: subprocess.Popen[bytes] | None = None
@@ -241,6 +242,8 @@ class QemuHost:
         """
         for name in PRIVATE_DIRS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
+        # The guests' log directory, which Debian's libvirt-daemon-system package creates.
+        (self.root / "log" / "qemu").mkdir(exist_ok=True)
         for target in PRIVATE_DIRS.values():
             # Mount points only; Debian's libvirt-daemon-system would create them.
             Path(target).mkdir(parents=True, exist_ok=True)
@@ -401,14 +404,19 @@ class QemuHost:
             connection.close()
 
     def run(
-        self, argv: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a process of the host (its `pvcd`) in its namespaces; `power_off` kills it.
 
-        Its stdout and stderr are appended to `log` (discarded without one).
+        Its stdout and stderr are appended to `log` (discarded without one),
+        and it runs in `cwd` (a path it sees in the host's mount namespace).
         The returned process's PID is the program's own (nsenter execs it).
         """
-        command = [*self._nsenter(), *argv]
+        command = [*self._nsenter(), *([f"--wd={cwd}"] if cwd is not None else []), *argv]
         output = open(log, "ab") if log is not None else None
         try:
             process = subprocess.Popen(

@@ -1,6 +1,7 @@
 """The chassis' journal writer, and the watch on its libvirtd that feeds it.
 
-`DomainRecorder` journals every domain start and stop of one libvirtd from
+`DomainRecorder` journals when each domain of one libvirtd starts and stops
+running guest code (a paused domain does not: see `_on_lifecycle`) from
 libvirt's lifecycle events on the chassis' own connection: an event reaches
 the chassis within a millisecond of the change (measured: -0.2..+0.4 ms from
 the moment the call that caused it returned in another process). A poll of the
@@ -94,15 +95,22 @@ class DomainRecorder:
         self._poll()
         self.poller.start()
 
-    def _on_lifecycle(self, _conn: Any, domain: libvirt.virDomain, event: int, _detail: int, _opaque: Any) -> None:
+    def _on_lifecycle(self, _conn: Any, domain: libvirt.virDomain, event: int, detail: int, _opaque: Any) -> None:
+        """A domain runs from its start or resume until it is paused or stops.
+
+        During a live migration both hosts have the domain active, but only one
+        runs it: the target's is started paused (STARTED, detail MIGRATED) and
+        resumed at the switch-over, after the source paused its own for good.
+        """
         name = domain.name()
         with self.lock:
             if self.detached.is_set():
                 return
             self.events_seen += 1
-            if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            incoming = event == libvirt.VIR_DOMAIN_EVENT_STARTED and detail == libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED
+            if event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED) and not incoming:
                 self._started(name, "event")
-            elif event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED):
                 self._stopped(name, "event")
 
     def _started(self, name: str, via: str) -> None:
@@ -119,7 +127,7 @@ class DomainRecorder:
         with self.lock:
             seen_before = self.events_seen
         try:
-            active = {domain.name() for domain in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+            active = {domain.name() for domain in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)}
         except libvirt.libvirtError as exc:
             if not self.detached.is_set():
                 log.warning("Cannot list the domains of the host's libvirtd (%s); the next poll retries", exc)
