@@ -23,6 +23,7 @@ DEBIAN_PACKAGES=(
   libpq-dev            # headers for building psycopg2
   iproute2
   iputils-ping
+  nftables             # the real-host tests cut a host's libvirtd off to make a live migration fail
   # Building and checking the Debian packages (tests/deploy): the build
   # dependencies of debian/control, systemd-analyze, and the runtime Depends of
   # the packages so that `dpkg -i` succeeds (the tests install them in a

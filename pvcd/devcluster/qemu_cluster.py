@@ -47,6 +47,8 @@ STORAGE_HOST_BASE = 100
 NODE_MTU = 1500
 SESSION_TIMEOUT = 6.0
 """A little above the test-driver cluster's: QEMU guests load the 2 cores."""
+SHUTDOWN_TIMEOUT = 10
+"""`hypervisor.shutdown_timeout`: the test guests ignore ACPI shutdown, so every shutdown ends in a destroy."""
 
 
 class QemuClusterError(Exception):
@@ -176,7 +178,7 @@ def node_document(document: dict[str, Any], network: Network, index: int, relay_
         },
     }
     pvc["system"]["fencing"]["ipmi"]["host"] = network.root_address
-    pvc["system"]["hypervisor"]["libvirt_uri"] = "qemu:///system"
+    pvc["system"]["hypervisor"] = {"libvirt_uri": "qemu:///system", "shutdown_timeout": SHUTDOWN_TIMEOUT}
     return document
 
 

@@ -10,7 +10,9 @@ from the source's last value, after a restart it begins again at 1.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -21,7 +23,9 @@ from harness import Cluster
 
 from helpers import wait_for
 from pvcd.devcluster import guest_image
+from pvcd.devcluster.main import main as devcluster_main
 from pvcd.devcluster.processes import pid_alive, pid_cmdline
+from pvcd.devcluster.qemu_host import namespace_pids
 
 QEMU = ("--hosts", "qemu")
 IMAGE_CACHE = Path("/var/cache/pvcd-tests/guest-image")
@@ -211,3 +215,78 @@ def mac(cluster: Cluster, node: str) -> str:
         ["ip", "-n", netns(cluster, node), "-o", "link", "show", "eth0"], capture_output=True, text=True, check=True
     )
     return result.stdout.split("link/ether ")[1].split()[0]
+
+
+def cut_libvirtd_off(cluster: Cluster, node: str) -> None:
+    """Refuse connections to the node's libvirtd from other hosts, as a libvirtd that is down would."""
+    rules = (
+        "add table inet pvctest\n"
+        "add chain inet pvctest input { type filter hook input priority 0 ; }\n"
+        "add rule inet pvctest input tcp dport 16509 reject with tcp reset\n"
+    )
+    subprocess.run(["ip", "netns", "exec", netns(cluster, node), "nft", "-f", "-"], input=rules, text=True, check=True)
+
+
+def test_a_live_migration_the_target_refuses_falls_back_to_a_shutdown_move(make_cluster: MakeCluster, image) -> None:
+    cluster = make_cluster(3, *QEMU)
+    define_guests(cluster, image, "hv1", ["r1"])
+    cut_libvirtd_off(cluster, "hv2")
+
+    cluster.pvc("vm", "migrate", "r1", "--target", "hv2", "--wait", "--wait-timeout", str(MOVE_TIMEOUT))
+    assert cluster.running_where()["r1"] == ["hv2"]
+    first = wait_for(lambda: counters(cluster, "hv2", "r1"), BOOT_TIMEOUT, what="r1 booting on hv2")[0]
+    assert first <= 3, f"r1 was not restarted on hv2 (first value {first}): the refused migration cannot have moved it"
+    info = cluster.json("vm", "info", "r1")
+    assert info["last_migration"] is None and info["actual"]["state"] == "running"
+    assert "live migration of VM r1 to qemu+tcp://" in cluster.log("hv1") and "falling back" in cluster.log("hv1")
+    cluster.assert_clean()
+
+
+def test_the_watchdog_resets_a_real_host_whose_daemon_died(make_cluster: MakeCluster, image) -> None:
+    cluster = make_cluster(3, *QEMU)
+    define_guests(cluster, image, "hv3", ["w1"])
+    (guest,) = qemu_pids(cluster, "hv3")
+
+    cluster.fault("hv3", "daemon-crash")
+    wait_for(
+        lambda: any(e["event"] == "watchdog-reset" for e in cluster.journal("hv3")),
+        30,
+        what="hv3's watchdog to reset the host",
+    )
+    wait_for(lambda: not pid_alive(guest), 10, what="w1's QEMU to die with the reset")
+    stops = [e for e in cluster.journal("hv3") if e["event"] == "stop" and e["vm"] == "w1"]
+    assert [e["via"] for e in stops] == ["watchdog"]
+    wait_for(lambda: cluster.running_where().get("w1") in (["hv1"], ["hv2"]), MOVE_TIMEOUT, what="w1 running elsewhere")
+    cluster.assert_clean()
+
+
+def test_down_removes_every_namespace_link_and_process_after_the_chassis_died(make_cluster: MakeCluster, image):
+    cluster = make_cluster(2, *QEMU)
+    define_guests(cluster, image, "hv2", ["o1"])
+    tag = cluster.record["network"]["tag"]
+    processes = [pid for node in ("hv1", "hv2") for pid in namespace_pids(netns(cluster, node))]
+    assert qemu_pids(cluster, "hv2") and processes
+    # The launcher and every chassis gone at once: pvcd, libvirtd and QEMU are orphans in their namespaces.
+    for node in ("hv1", "hv2"):
+        os.kill(cluster.node_record(node)["chassis_pid"], signal.SIGKILL)
+
+    result = cluster.down()
+    assert result.returncode == 0, result.stderr
+    assert [pid for pid in processes if pid_alive(pid)] == []
+    assert f"pvq{tag}" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"pvq{tag}" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert str(cluster.workdir) not in Path("/proc/self/mountinfo").read_text()
+    assert not (cluster.workdir / "nodes" / "hv2" / "host").exists()
+
+
+def test_without_root_qemu_hosts_are_refused_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    # As another user the checkout itself may be unreadable (CI clones into a 0700 directory),
+    # so the launcher is run here with the effective user ID it would see as an ordinary user.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert devcluster_main(["up", "--hosts", "qemu", "--workdir", str(tmp_path / "c")]) == 1
+    error = capsys.readouterr().err
+    assert (
+        error
+        == "pvc-devcluster: --hosts qemu needs root: it creates network namespaces, bridges, a libvirtd per host\n"
+    )
+    assert not (tmp_path / "c").exists()
