@@ -96,7 +96,9 @@ case "$ACTION" in
       "$VENV/bin/pvc-devcluster" down --workdir "$DEMO_DIR" >/dev/null 2>&1 || true
     fi
     rm -rf "$DEMO_DIR"
-    "$VENV/bin/pvc-devcluster" up --nodes 3 --workdir "$DEMO_DIR" --keepalive-interval 1 --detach
+    # PVCD_DEMO_HOSTS=qemu: real QEMU hosts in namespaces instead of libvirt's test driver.
+    "$VENV/bin/pvc-devcluster" up --nodes 3 --workdir "$DEMO_DIR" --keepalive-interval 1 --detach \
+      --hosts "${PVCD_DEMO_HOSTS:-test}"
     ZK=$("$VENV/bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['zookeeper'])" "$DEMO_DIR/cluster.json")
     "$VENV/bin/pvc" --zookeeper "$ZK" node list
     echo

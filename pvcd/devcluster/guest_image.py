@@ -81,6 +81,11 @@ BUSYBOX_PACKAGE = "busybox-static"
 CMDLINE = "console=ttyS0 quiet"
 """`quiet` keeps the kernel's boot messages out of the serial log, which then holds little but counter lines."""
 
+DEFAULT_CACHE = Path("/var/cache/pvcd-devcluster/guest-image")
+"""Kept between runs: the kernel is fetched from Debian once per machine."""
+HOST_SERIAL_LOG = "/var/log/libvirt/qemu/{name}-serial.log"
+"""Where a guest's serial port is written on the host running it: each QEMU host has its own
+/var/log/libvirt, so after a live migration the target's file carries on where the source's stopped."""
 COUNTER_INTERVAL = 0.2
 """Seconds between counter lines: several a second, so a ~20 ms migration downtime cannot hide a restart."""
 
@@ -163,6 +168,10 @@ def domain_xml(name: str, uuid: str, image: GuestImage, serial_log: Path, memory
     ET.SubElement(devices, "controller", type="usb", model="none")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
+
+
+def host_serial_log(name: str) -> Path:
+    return Path(HOST_SERIAL_LOG.format(name=name))
 
 
 def read_counter(serial_log: Path) -> int | None:

@@ -7,11 +7,13 @@ import json
 import signal
 import sys
 import threading
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pvcd.devcluster import check, cluster, layout
+from pvcd.cluster.vm_records import InvalidVm, check_vm_name
+from pvcd.devcluster import check, cluster, guest_image, layout
 from pvcd.devcluster.processes import pid_alive
 from pvcd.zk.store import quiet_kazoo
 
@@ -80,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     checker.add_argument("--workdir", type=Path, required=True)
     checker.add_argument("--format", choices=("pretty", "json"), default="pretty")
+    guest = sub.add_parser(
+        "guest-xml",
+        help="print the domain XML of a tiny QEMU test guest for a --hosts qemu cluster (builds its kernel and "
+        "initramfs once); its serial port counts in NODE_DIR/host/log/qemu/NAME-serial.log on the host running it",
+    )
+    guest.add_argument("name", help="the VM's name")
     fault = sub.add_parser("fault", help="inject a fault into one node, or several at the same moment")
     fault.add_argument("--workdir", type=Path, required=True)
     fault.add_argument("node", help="a node name, or several separated by commas (hv2,hv3) to hit them together")
@@ -181,11 +189,28 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report["clean"] else 1
 
 
+def _guest_xml(name: str) -> int:
+    try:
+        check_vm_name(name)
+    except InvalidVm as exc:
+        print(f"pvc-devcluster: {exc}", file=sys.stderr)
+        return 2
+    try:
+        image = guest_image.build(guest_image.DEFAULT_CACHE)
+    except guest_image.GuestImageError as exc:
+        print(f"pvc-devcluster: cannot build the guest image: {exc}", file=sys.stderr)
+        return 1
+    print(guest_image.domain_xml(name, str(uuid.uuid4()), image, guest_image.host_serial_log(name)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet_kazoo()
     if args.command == "check":
         return _check(args)
+    if args.command == "guest-xml":
+        return _guest_xml(args.name)
     try:
         if args.command == "up":
             return _up(args)

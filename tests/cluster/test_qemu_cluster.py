@@ -14,24 +14,19 @@ import os
 import re
 import signal
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 from conftest import MakeCluster
 from harness import Cluster
 
-from helpers import wait_for
+from helpers import bin_path, wait_for
 from pvcd.devcluster import guest_image
 from pvcd.devcluster.main import main as devcluster_main
 from pvcd.devcluster.processes import pid_alive, pid_cmdline
 from pvcd.devcluster.qemu_host import namespace_pids
 
 QEMU = ("--hosts", "qemu")
-IMAGE_CACHE = Path("/var/cache/pvcd-tests/guest-image")
-"""Kept between runs: the kernel is fetched from Debian once per machine."""
-SERIAL = "/var/log/libvirt/qemu/{name}-serial.log"
-"""Where a guest's serial port is written, inside the host running it (each host has its own)."""
 BOOT_TIMEOUT = 60
 MOVE_TIMEOUT = 120
 _LINE = re.compile(r"^counter (\d+)\r?$", re.MULTILINE)
@@ -39,12 +34,12 @@ _LINE = re.compile(r"^counter (\d+)\r?$", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def image() -> guest_image.GuestImage:
-    return guest_image.build(IMAGE_CACHE)
+    return guest_image.build(guest_image.DEFAULT_CACHE)
 
 
 def serial_log(cluster: Cluster, node: str, name: str) -> Path:
     """The guest's serial log on `node`, seen from outside the host."""
-    inside = Path(SERIAL.format(name=name)).relative_to("/var/log/libvirt")
+    inside = guest_image.host_serial_log(name).relative_to("/var/log/libvirt")
     return Path(cluster.node_record(node)["directory"]) / "host" / "log" / inside
 
 
@@ -56,9 +51,13 @@ def counters(cluster: Cluster, node: str, name: str) -> list[int]:
 
 def define_guests(cluster: Cluster, image: guest_image.GuestImage, node: str, names: list[str]) -> None:
     for name in names:
-        xml = cluster.workdir / f"{name}.xml"
-        xml.write_text(guest_image.domain_xml(name, str(uuid.uuid4()), image, Path(SERIAL.format(name=name))))
-        cluster.pvc("vm", "define", str(xml), "--node", node)
+        # As an operator would: the guest's XML from `pvc-devcluster guest-xml` (its image is `image`).
+        xml = subprocess.run(
+            [bin_path("pvc-devcluster"), "guest-xml", name], capture_output=True, text=True, check=True
+        ).stdout
+        assert f"<kernel>{image.kernel}</kernel>" in xml
+        (cluster.workdir / f"{name}.xml").write_text(xml)
+        cluster.pvc("vm", "define", str(cluster.workdir / f"{name}.xml"), "--node", node)
         cluster.pvc("vm", "start", name)
     for name in names:
         wait_for(lambda name=name: counters(cluster, node, name), BOOT_TIMEOUT, what=f"guest {name} counting on {node}")
@@ -290,3 +289,10 @@ def test_without_root_qemu_hosts_are_refused_in_one_line(tmp_path, monkeypatch, 
         == "pvc-devcluster: --hosts qemu needs root: it creates network namespaces, bridges, a libvirtd per host\n"
     )
     assert not (tmp_path / "c").exists()
+
+
+def test_a_guest_name_a_vm_cannot_have_is_refused_in_one_line(capsys) -> None:
+    assert devcluster_main(["guest-xml", "no spaces"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("pvc-devcluster: VM name 'no spaces' cannot be used")
+    assert captured.err.count("\n") == 1
