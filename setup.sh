@@ -47,6 +47,7 @@ DEBIAN_PACKAGES=(
   dnsmasq
   pdns-server
   pdns-backend-pgsql
+  postgresql           # the DNS aggregator's database, which the network tests start
 )
 
 case "$ACTION" in

@@ -150,7 +150,7 @@ class Chassis:
             watchdog_resets=0,
             journal=str(self.paths.journal),
         )
-        self.relay = Relay(args.listen_address, args.relay_port, args.zookeeper)
+        self.relay = Relay(args.relay_port, args.zookeeper, args.listen_address)
         ipmi = config.fencing.ipmi
         self.bmc = SimulatedBmc(self, {ipmi.user: ipmi.password}, args.bmc_port, args.listen_address)
         self.stopping = threading.Event()
@@ -454,7 +454,7 @@ class SimulatedBmc(pyghmi_bmc.Bmc):
 class Relay:
     """A TCP relay to ZooKeeper that can black-hole its traffic."""
 
-    def __init__(self, address: str, port: int, upstream: str) -> None:
+    def __init__(self, port: int, upstream: str, address: str = "127.0.0.1") -> None:
         host, _, upstream_port = upstream.rpartition(":")
         self.upstream = (host, int(upstream_port))
         self.listener = socket.create_server((address, port), reuse_port=False)

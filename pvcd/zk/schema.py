@@ -140,3 +140,30 @@ def node_fence(name: str) -> str:
 def node_ipmi(name: str) -> str:
     """The node's BMC address and credentials, published for the fencer only."""
     return f"{node(name)}/ipmi"
+
+
+NETWORKS = f"{ROOT}/networks"
+"""Client networks, one child per VNI (`pvcd.cluster.client_networks`)."""
+
+
+def network(vni: int) -> str:
+    """A client network's record; created, changed and removed by `pvc network`."""
+    return f"{NETWORKS}/{vni}"
+
+
+def network_reservations(vni: int) -> str:
+    """The network's DHCP reservations, one child per MAC (`pvc network dhcp add|remove`)."""
+    return f"{network(vni)}/reservations"
+
+
+def network_reservation(vni: int, mac: str) -> str:
+    return f"{network_reservations(vni)}/{mac}"
+
+
+def network_leases(vni: int) -> str:
+    """The network's DHCP leases, one child per MAC, written by the primary's dnsmasq lease script."""
+    return f"{network(vni)}/leases"
+
+
+def network_lease(vni: int, mac: str) -> str:
+    return f"{network_leases(vni)}/{mac}"

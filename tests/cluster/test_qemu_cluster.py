@@ -63,14 +63,13 @@ def define_guests(cluster: Cluster, image: guest_image.GuestImage, node: str, na
         wait_for(lambda name=name: counters(cluster, node, name), BOOT_TIMEOUT, what=f"guest {name} counting on {node}")
 
 
-def carried_on(cluster: Cluster, source: str, target: str, name: str) -> tuple[int, int]:
-    """The source's last value and the first the target printed after it; the counter never went back."""
+def carried_on(cluster: Cluster, source: str, target: str, name: str, earlier: int = 0) -> tuple[int, int]:
+    """The source's last value and the first the target printed after it; the counter never went back.
+
+    `earlier`: how many values the target's log held before this move (from an earlier stay there).
+    """
     before = counters(cluster, source, name)[-1]
-    after = wait_for(
-        lambda: [value for value in counters(cluster, target, name) if value > before][:1],
-        30,
-        what=f"{name} on {target}",
-    )[0]
+    after = wait_for(lambda: counters(cluster, target, name)[earlier:], 30, what=f"{name} counting on {target}")[0]
     # A line cut in two by the switch-over is lost: at most a few values are skipped, none restarts.
     assert before < after <= before + 5, f"{name}: {before} on {source}, then {after} on {target}"
     return before, after
@@ -99,17 +98,15 @@ def test_live_migration_carries_the_guest_on_and_unmigrate_brings_it_back(make_c
     assert stats["time_ms"] > 0 and stats["downtime_ms"] is not None and stats["data_bytes"] > 0
     assert "Last live migration: hv1 -> hv2: took" in cluster.pvc("vm", "info", "g1").stdout
 
-    returned_at = len(counters(cluster, "hv1", "g1"))
+    earlier = len(counters(cluster, "hv1", "g1"))
     cluster.pvc("vm", "unmigrate", "g1", "--wait", "--wait-timeout", str(MOVE_TIMEOUT))
     assert cluster.running_where()["g1"] == ["hv1"]
-    last_on_hv2 = counters(cluster, "hv2", "g1")[-1]
-    back = wait_for(lambda: counters(cluster, "hv1", "g1")[returned_at:], 30, what="g1 counting on hv1 again")
-    assert last_on_hv2 < back[0] <= last_on_hv2 + 5, f"g1: {last_on_hv2} on hv2, then {back[0]} on hv1"
+    carried_on(cluster, "hv2", "hv1", "g1", earlier)
     assert cluster.json("vm", "info", "g1")["last_migration"]["target"] == "hv1"
     cluster.assert_clean()
 
 
-def test_flush_live_migrates_every_guest_and_none_restarts(make_cluster: MakeCluster, image) -> None:
+def test_flush_and_ready_live_migrate_every_guest_and_none_restarts(make_cluster: MakeCluster, image) -> None:
     cluster = make_cluster(3, *QEMU)
     names = ["f1", "f2", "f3"]
     define_guests(cluster, image, "hv1", names)
@@ -121,6 +118,12 @@ def test_flush_live_migrates_every_guest_and_none_restarts(make_cluster: MakeClu
     for name in names:
         carried_on(cluster, "hv1", where[name][0], name)
         assert cluster.json("vm", "info", name)["last_migration"]["source"] == "hv1"
+
+    earlier = {name: len(counters(cluster, "hv1", name)) for name in names}
+    cluster.pvc("node", "ready", "hv1", "--wait")
+    assert all(cluster.running_where()[name] == ["hv1"] for name in names)
+    for name in names:
+        carried_on(cluster, where[name][0], "hv1", name, earlier[name])
     # The journals of the three hosts (each libvirtd's own domain events): never two hosts at once.
     cluster.assert_clean()
 
@@ -253,8 +256,6 @@ def test_the_watchdog_resets_a_real_host_whose_daemon_died(make_cluster: MakeClu
         what="hv3's watchdog to reset the host",
     )
     wait_for(lambda: not pid_alive(guest), 10, what="w1's QEMU to die with the reset")
-    stops = [e for e in cluster.journal("hv3") if e["event"] == "stop" and e["vm"] == "w1"]
-    assert [e["via"] for e in stops] == ["watchdog"]
     wait_for(lambda: cluster.running_where().get("w1") in (["hv1"], ["hv2"]), MOVE_TIMEOUT, what="w1 running elsewhere")
     cluster.assert_clean()
 
