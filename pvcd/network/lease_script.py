@@ -1,0 +1,189 @@
+"""dnsmasq's lease script: records each DHCP lease change of a managed network in ZooKeeper.
+
+dnsmasq runs it (through the wrapper `pvcd.network.dhcp.script_file` writes)
+as `add|old|del MAC ADDRESS [HOSTNAME]`, with the lease's expiry in
+DNSMASQ_LEASE_EXPIRES, one call at a time, as root. `add` and `old` create or
+replace /pvc/networks/VNI/leases/MAC; `del` removes it if it is still for that
+address. Other actions (`tftp`, `arp`, ...) are ignored.
+
+It must be quick, because dnsmasq queues every later lease change behind it:
+
+- the `old` events dnsmasq sends for every lease it reads at start and on
+  SIGHUP change nothing; a file per MAC under `--recorded` holds the lease as
+  last written, and an event equal to it ends here, before kazoo is imported;
+- ZooKeeper is given `connect_timeout` seconds, not a session's patience.
+
+A failure is one line on stderr (dnsmasq logs it) and exit status 1; nothing
+else is printed, and never anything of the configuration file (it holds
+passwords). ZooKeeper's hosts come from `--zookeeper`, or else from the node's
+configuration (PVCD_CONFIG_FILE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvcd.cluster.client_networks import InvalidNetwork, Lease, check_hostname, check_mac
+
+RECORD_ACTIONS = ("add", "old")
+REMOVE_ACTION = "del"
+CONNECT_TIMEOUT = 5.0
+"""Seconds to reach ZooKeeper: long enough for a server that is busy, short enough that a
+cluster without quorum does not hold dnsmasq's later lease changes for a session's length."""
+
+
+class LeaseScriptError(Exception):
+    """The call could not be carried out; the message is the one line dnsmasq logs."""
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """What a call of the script asks for: record the lease (`remove` False) or remove it."""
+
+    lease: Lease
+    remove: bool = False
+
+
+def parse_event(argv: Sequence[str], environ: Mapping[str, str], now: float) -> LeaseEvent | None:
+    """The change dnsmasq reports, or None for an action that is not a lease change.
+
+    The expiry is DNSMASQ_LEASE_EXPIRES (seconds since the epoch, 0 for an
+    infinite lease), or `now` plus DNSMASQ_TIME_REMAINING where dnsmasq was
+    built without a trusted clock. A host name that DNS could not carry is
+    dropped, not refused: the lease itself is still right."""
+    if not argv or argv[0] not in (*RECORD_ACTIONS, REMOVE_ACTION):
+        return None
+    if len(argv) < 3:
+        raise LeaseScriptError(f"{argv[0]}: expected MAC ADDRESS [HOSTNAME], got {len(argv) - 1} arguments")
+    action, mac_text, address_text = argv[0], argv[1], argv[2]
+    try:
+        mac = check_mac(mac_text)
+    except InvalidNetwork as exc:
+        raise LeaseScriptError(f"{action}: {exc}") from None
+    try:
+        address = ipaddress.IPv4Address(address_text)
+    except ValueError:
+        raise LeaseScriptError(f"{action} {mac}: {address_text[:40]!r} is not an IPv4 address") from None
+    if action == REMOVE_ACTION:
+        return LeaseEvent(Lease(mac, address, None, 0), remove=True)
+    try:
+        hostname = check_hostname(argv[3]) if len(argv) > 3 else None
+    except InvalidNetwork:
+        hostname = None
+    return LeaseEvent(Lease(mac, address, hostname, _expiry(action, mac, environ, now)))
+
+
+def _expiry(action: str, mac: str, environ: Mapping[str, str], now: float) -> int:
+    expires = environ.get("DNSMASQ_LEASE_EXPIRES")
+    remaining = environ.get("DNSMASQ_TIME_REMAINING")
+    try:
+        if expires:
+            return int(expires)
+        if remaining:
+            return int(now) + int(remaining)
+    except ValueError:
+        pass
+    raise LeaseScriptError(f"{action} {mac}: dnsmasq gave no usable lease expiry")
+
+
+def _recorded_path(recorded: Path | None, mac: str) -> Path | None:
+    from pvcd.network.dhcp import recorded_name
+
+    return recorded / recorded_name(mac) if recorded is not None else None
+
+
+def _zookeeper_hosts(given: str | None) -> tuple[str, float]:
+    """ZooKeeper's hosts and connect timeout: as given, or from the node's configuration."""
+    if given:
+        return given, CONNECT_TIMEOUT
+    from pvcd.config import ConfigError, config_path_from_env, load_config
+
+    path = config_path_from_env()
+    try:
+        config = load_config(path)
+    except ConfigError:
+        raise LeaseScriptError(f"configuration {path} is not usable (see pvcd --check-config)") from None
+    return config.zookeeper_hosts, min(CONNECT_TIMEOUT, config.cluster.zookeeper.connect_timeout)
+
+
+def apply(event: LeaseEvent, vni: int, zookeeper: str | None, recorded: Path | None) -> str | None:
+    """Carry the event out; a note for stderr when it did nothing of use (network gone), else None."""
+    from pvcd.zk.base import encode
+
+    lease = event.lease
+    mark = _recorded_path(recorded, lease.mac)
+    value = encode(lease.to_json())
+    if not event.remove and mark is not None:
+        try:
+            if mark.read_bytes() == value:
+                return None
+        except OSError:
+            pass
+    from pvcd.network.dhcp import record_lease, remove_lease
+    from pvcd.zk.base import StoreError
+    from pvcd.zk.store import ZooKeeperStore, quiet_kazoo
+
+    hosts, timeout = _zookeeper_hosts(zookeeper)
+    quiet_kazoo()
+    store = ZooKeeperStore(hosts, session_timeout=10.0, connect_timeout=timeout)
+    try:
+        store.start()
+    except StoreError as exc:
+        raise LeaseScriptError(str(exc)) from None
+    try:
+        if event.remove:
+            remove_lease(store, vni, lease.mac, lease.ipv4)
+            if mark is not None:
+                mark.unlink(missing_ok=True)
+            return None
+        if not record_lease(store, vni, lease, timeout=timeout):
+            return f"network {vni} no longer exists: lease of {lease.ipv4} to {lease.mac} not recorded"
+        if mark is not None:
+            mark.parent.mkdir(mode=0o700, exist_ok=True)
+            mark.write_bytes(value)
+        return None
+    except StoreError as exc:
+        raise LeaseScriptError(str(exc)) from None
+    finally:
+        store.stop()
+
+
+def _arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="pvcd.network.lease_script", description="Record a dnsmasq lease change in ZooKeeper."
+    )
+    parser.add_argument("--vni", type=int, required=True, help="the managed network's VNI")
+    parser.add_argument("--zookeeper", help="ZooKeeper hosts (default: from PVCD_CONFIG_FILE)")
+    parser.add_argument("--recorded", type=Path, help="directory of the leases as last recorded")
+    return parser.parse_known_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one call; 0 when done or nothing to do, 1 after one line on stderr."""
+    options, rest = _arguments(sys.argv[1:] if argv is None else argv)
+    what = " ".join(rest[:3]) or "(no action)"
+    try:
+        event = parse_event(rest, os.environ if environ is None else environ, time.time())
+        if event is None:
+            return 0
+        note = apply(event, options.vni, options.zookeeper, options.recorded)
+    except LeaseScriptError as exc:
+        print(f"pvcd lease script, network {options.vni}: {what}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"pvcd lease script, network {options.vni}: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if note is not None:
+        print(f"pvcd lease script: {note}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
