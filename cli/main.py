@@ -16,6 +16,7 @@ from cli.coordinator import claim_owner
 from cli.coordinator import register as register_coordinator_commands
 from cli.fencing import register as register_fencing_commands
 from cli.inputs import Seconds, node_name
+from cli.network import register as register_network_commands
 from cli.output import format_option, key_values, table, to_json
 from cli.views import cluster_summary, node_summary
 from cli.vm import register as register_vm_commands
@@ -192,6 +193,7 @@ def cluster() -> None:
 
 register_fencing_commands(cluster, node)
 register_vm_commands(pvc, node)
+register_network_commands(pvc)
 
 
 @cluster.command("status")

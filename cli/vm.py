@@ -1,16 +1,18 @@
 """`pvc vm ...` and `pvc node flush|ready`.
 
 Every command checks its input completely before it writes anything: a
-malformed XML, an unknown VM or node, a target outside the VM's node_limit or
-without the memory for it is one line on stderr, exit status 1, and ZooKeeper
-untouched. Writes are single version-checked transactions; if a node changed
-the VM in between, the command reads it again and re-checks (a few times).
+malformed XML, an interface naming a client network that does not exist, an
+unknown VM or node, a target outside the VM's node_limit or without the
+memory for it is one line on stderr, exit status 1, and ZooKeeper untouched.
+Writes are single version-checked transactions; if a node changed the VM in
+between, the command reads it again and re-checks (a few times).
 
 `register(pvc, node)` attaches the commands to the top-level groups.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import uuid
@@ -23,6 +25,7 @@ from cli.connection import CliError, Target, connect, resolve_target
 from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
 from pvcd.cluster import vm_records as records
+from pvcd.cluster.client_networks import InvalidNetwork, networks_of_domain, plug_interfaces
 from pvcd.cluster.vm_records import (
     IN_PROGRESS,
     SHOULD_RUN,
@@ -192,6 +195,33 @@ def _read_domain_file(path: str) -> str:
     except UnicodeDecodeError as exc:
         offset = exc.start + len(data) - len(exc.object)  # the decoder does not count a byte-order mark
         raise CliError(f"{records.shown(path)}: not UTF-8 text (byte {data[offset]:#04x} at offset {offset})") from exc
+
+
+def _plugged(spec: records.DomainSpec) -> records.DomainSpec:
+    """The domain with each interface that names a client network by VNI plugged into the network's bridge
+    (`client_networks.plug_interfaces`): no node's libvirt knows a network called '100', only pvcd's bridge."""
+    xml, _ = plug_interfaces(spec.xml)
+    if xml == spec.xml:
+        return spec
+    records.check_domain_xml_size(len(xml.encode("utf-8", "surrogatepass")))
+    return dataclasses.replace(spec, xml=xml)
+
+
+def _check_networks(store: Store, spec: records.DomainSpec) -> None:
+    """Refuse a VM whose interface names a client network that does not exist: its node could build no
+    bridge for it, and the VM would fail only when started. Only the networks named are read."""
+    from pvcd.zk import networks
+
+    for vni in sorted(networks_of_domain(spec.xml)):
+        try:
+            found = networks.read_network(store, vni)
+        except InvalidNetwork as exc:
+            raise CliError(f"VM {spec.name}: {exc}") from exc
+        if found is None:
+            raise CliError(
+                f"VM {spec.name}: an interface names network {vni}, which is not a client network"
+                " (see 'pvc network list')"
+            )
 
 
 def _memory_total(view: NodeView) -> int | None:
@@ -371,16 +401,17 @@ def vm_define(
 ) -> None:
     """Define a VM from a libvirt domain XML (FILE.xml, or - for standard input; it starts stopped)."""
     try:
-        spec = records.parse_domain_xml(_read_domain_file(xml_file))
+        spec = _plugged(records.parse_domain_xml(_read_domain_file(xml_file)))
         if node_selector is not None:
             check_selector(node_selector)
-    except (InvalidVm, ValueError) as exc:
+    except (InvalidVm, InvalidNetwork, ValueError) as exc:
         raise CliError(str(exc)) from exc
     # Each node once: a repeated name adds nothing but size to the record.
     limit = tuple(dict.fromkeys(node_name(n.strip()) for n in (node_limit or "").split(",") if n.strip()))
     if node is not None:
         node_name(node)
     with connect(_target(ctx)) as store:
+        _check_networks(store, spec)
         if node is None:
             node_views, all_vms, late = _for_placement(store)
         else:
