@@ -495,13 +495,15 @@ class NodeDaemon:
         re-reads versions, and a fence declared meanwhile must not pass for one it knew.
         """
         fence = Fence.from_record(record)
-        if acknowledges(fence, self.acknowledged_fence):
-            return
-        if fence is None:
+        if fence is None and self.acknowledged_fence is not None:
+            # Checked before `acknowledges`, for which no fence is nothing new: this node was fenced,
+            # and until it hears that the fence is over it would never be primary again.
             log.warning("The fence %s of node %s was cleared by an operator", self.acknowledged_fence, self.name)
             self.acknowledged_fence = None
             if self.coordinator is not None:
                 self.coordinator.set_unfit("fenced", None)
+            return
+        if fence is None or acknowledges(fence, self.acknowledged_fence):
             return
         self._self_fence(
             f"primary {record.get('by')} fenced it (fence {fence.id}, step {fence.step}) while it was silent: "

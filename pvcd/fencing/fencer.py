@@ -29,6 +29,7 @@ from pvcd.fencing.outcome import FenceOutcome
 from pvcd.supervisor import Supervisor
 from pvcd.zk import schema
 from pvcd.zk.base import Store, StoreError, VersionConflict
+from pvcd.zk.faults import set_fault
 
 log = logging.getLogger("pvcd.fencing")
 
@@ -223,15 +224,8 @@ class Fencer:
     def _record_storm(self, dead: tuple[str, ...], reason: str) -> None:
         if dead == self._storm_logged:
             return
-        value: dict[str, Any] = {}
-        if dead:
-            value = {"storm": {"dead": list(dead), "reason": reason, "since_ms": self.store.server_time_ms()}}
-        found = self.store.get(schema.FAULTS)
-        if found is None:
-            self.store.ensure_path(schema.CLUSTER)
-            self.store.create(schema.FAULTS, value)
-        else:
-            self.store.set(schema.FAULTS, value, found.version)
+        fault = {"dead": list(dead), "reason": reason, "since_ms": self.store.server_time_ms()} if dead else None
+        set_fault(self.store, "storm", fault)
         if dead:
             log.error("Storm guard: not fencing anyone: %s (nodes: %s)", reason, ", ".join(dead))
         else:

@@ -77,6 +77,10 @@ def test_crash_is_fenced_and_its_vms_recovered(make_cluster):
     ]
     assert sorted(vm for vm, _, _ in starts) == vms and all(t > power_off for _, _, t in starts)
     cluster.assert_clean()
+    # Readied, the fenced coordinator takes VMs again and may be primary again.
+    cluster.pvc("node", "ready", victim, "--wait")
+    cluster.pvc("node", "primary", victim)
+    wait_for(lambda: cluster.primary() == victim, 30, what=f"the readied {victim} to become primary")
     # The BMC passwords the fencer used appear in no log and no output.
     outputs = (
         [cluster.log(name) for name in cluster.nodes()]
