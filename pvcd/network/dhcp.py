@@ -6,8 +6,10 @@ pieces, from pure to I/O:
 
 - `dnsmasq_command`, `hosts_file`, `lease_file`, `script_file`: what dnsmasq is
   started with, pure (the clock is an argument);
-- `read_leases`, `read_reservations`, `record_lease`, `remove_lease`: the
-  network's leases and reservations in the store (`pvcd.zk.schema`);
+- the network's leases and reservations are read and written through
+  `pvcd.zk.networks` only (`list_leases` and `list_reservations` here,
+  `record_lease` and `delete_lease` in the lease script): its writes keep the
+  counters that reservation changes and network removals check;
 - `DhcpServer`: one dnsmasq process, a primary-only service
   (`pvcd.coordinator.services`): `start`, `stop`, plus `check` (restart a
   dnsmasq that died, and say so) and `sync_reservations`.
@@ -67,18 +69,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvcd.cluster.client_networks import ClientNetwork, InvalidNetwork, Lease, Reservation
-from pvcd.zk import schema
-from pvcd.zk.base import (
-    AlreadyExists,
-    NotFound,
-    Store,
-    StoreError,
-    Unreadable,
-    VersionConflict,
-    as_empty,
-    encode,
-)
+from pvcd.cluster.client_networks import ClientNetwork, Lease, Reservation
+from pvcd.zk import networks
+from pvcd.zk.base import Store, StoreError, encode
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +83,6 @@ START_TIMEOUT = 2.0
 """How long `start` waits for dnsmasq to write its pid file (it does within milliseconds)."""
 STOP_TIMEOUT = 2.0
 """How long dnsmasq gets to exit on SIGTERM before SIGKILL."""
-WRITE_ATTEMPTS = 5
-"""Tries of a lease write that raced with another writer of the same lease."""
 
 
 class DhcpError(Exception):
@@ -261,109 +252,6 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit status {returncode}"
-
-
-# -- the store ----------------------------------------------------------------------
-
-
-def read_leases(store: Store, vni: int) -> dict[str, Lease]:
-    """The network's leases by MAC; a record that is not a lease is logged and left out."""
-    parent = schema.network_leases(vni)
-    names = store.children(parent)
-    found: dict[str, Lease] = {}
-    for name, answer in zip(names, store.get_many([f"{parent}/{name}" for name in names]), strict=True):
-        value = as_empty(answer)
-        if value is None:
-            continue
-        try:
-            lease = Lease.from_json(value.value)
-        except InvalidNetwork as exc:
-            log.warning("Lease %s of network %d ignored: %s", name, vni, exc)
-            continue
-        found[lease.mac] = lease
-    return found
-
-
-def read_reservations(store: Store, vni: int) -> dict[str, Reservation]:
-    """The network's reservations by MAC; a record that is not a reservation is logged and left out."""
-    parent = schema.network_reservations(vni)
-    names = store.children(parent)
-    found: dict[str, Reservation] = {}
-    for name, answer in zip(names, store.get_many([f"{parent}/{name}" for name in names]), strict=True):
-        value = as_empty(answer)
-        if value is None:
-            continue
-        try:
-            reservation = Reservation.from_json(value.value)
-        except InvalidNetwork as exc:
-            log.warning("Reservation %s of network %d ignored: %s", name, vni, exc)
-            continue
-        found[reservation.mac] = reservation
-    return found
-
-
-def record_lease(store: Store, vni: int, lease: Lease, timeout: float | None = None) -> bool:
-    """Create or replace the lease at /pvc/networks/VNI/leases/MAC; False when the network is gone.
-
-    Each write checks, in the same transaction, that the network still exists,
-    so a lease script running late never brings a removed network's path back."""
-    network_path = schema.network(vni)
-    parent = schema.network_leases(vni)
-    path = schema.network_lease(vni, lease.mac)
-    value = lease.to_json()
-    for _attempt in range(WRITE_ATTEMPTS):
-        try:
-            found = store.get(path)
-            version = None if found is None else found.version
-            if found is not None and found.value == value:
-                return True
-        except Unreadable as exc:
-            version = exc.version
-        transaction = store.transaction().check(network_path, -1)
-        if version is None:
-            if not store.exists(parent):
-                transaction.create(parent, None)
-            transaction.create(path, value)
-        else:
-            transaction.set(path, value, version)
-        try:
-            transaction.commit(timeout)
-            return True
-        except NotFound:
-            if not store.exists(network_path):
-                return False
-        except (AlreadyExists, VersionConflict):
-            pass
-    raise StoreError(f"{path}: changed by others {WRITE_ATTEMPTS} times while being written")
-
-
-def remove_lease(store: Store, vni: int, mac: str, ipv4: ipaddress.IPv4Address) -> bool:
-    """Delete the MAC's lease if it is still for `ipv4`; True when one was deleted.
-
-    dnsmasq may report a client's move to another address (a new reservation)
-    as `add` of the new one before `del` of the old: the old address's `del`
-    must not remove the new lease."""
-    path = schema.network_lease(vni, mac)
-    for _attempt in range(WRITE_ATTEMPTS):
-        try:
-            found = store.get(path)
-        except Unreadable as exc:
-            found_version, found_address = exc.version, None
-        else:
-            if found is None:
-                return False
-            found_version = found.version
-            found_address = found.value.get("ipv4") if isinstance(found.value, dict) else None
-        if found_address is not None and found_address != str(ipv4):
-            return False
-        try:
-            store.delete(path, found_version)
-            return True
-        except NotFound:
-            return False
-        except VersionConflict:
-            pass
-    raise StoreError(f"{path}: changed by others {WRITE_ATTEMPTS} times while being removed")
 
 
 # -- the process ----------------------------------------------------------------------
@@ -550,7 +438,7 @@ class DhcpServer:
         request gets the reserved address."""
         with self._lock:
             if reservations is None:
-                reservations = read_reservations(self._store, self.network.vni).values()
+                reservations = networks.list_reservations(self._store, self.network.vni).values()
             self.files.run_dir.mkdir(parents=True, exist_ok=True)
             changed = _write(self.files.hosts, hosts_file(self.network, reservations))
             if changed and self.running():
@@ -583,8 +471,8 @@ class DhcpServer:
         vni = self.network.vni
         if self._user is None:
             _check_searchable(self.files.run_dir)
-        leases = read_leases(self._store, vni)
-        reservations = read_reservations(self._store, vni)
+        leases = networks.list_leases(self._store, vni)
+        reservations = networks.list_reservations(self._store, vni)
         files = self.files
         files.run_dir.mkdir(parents=True, exist_ok=True)
         files.run_dir.chmod(0o755)

@@ -3,15 +3,24 @@
 dnsmasq runs it (through the wrapper `pvcd.network.dhcp.script_file` writes)
 as `add|old|del MAC ADDRESS [HOSTNAME]`, with the lease's expiry in
 DNSMASQ_LEASE_EXPIRES, one call at a time, as root. `add` and `old` create or
-replace /pvc/networks/VNI/leases/MAC; `del` removes it if it is still for that
-address. Other actions (`tftp`, `arp`, ...) are ignored.
+replace /pvc/networks/VNI/leases/MAC (`pvcd.zk.networks.record_lease`); `del`
+removes it if it is still for that address (`pvcd.zk.networks.delete_lease`).
+Those writes set the network's lease counter, so a reservation added or a
+network removed meanwhile is refused and checked again instead of missing the
+lease. A lease of a network that no longer exists is not recorded (its path is
+not brought back): one line on stderr says so, and the exit status is 0.
+Other actions (`tftp`, `arp`, ...) are ignored.
 
 It must be quick, because dnsmasq queues every later lease change behind it:
 
 - the `old` events dnsmasq sends for every lease it reads at start and on
   SIGHUP change nothing; a file per MAC under `--recorded` holds the lease as
   last written, and an event equal to it ends here, before kazoo is imported;
-- ZooKeeper is given `connect_timeout` seconds, not a session's patience.
+- ZooKeeper is given `connect_timeout` seconds to connect, not a session's
+  patience, and then as many again for the reads and writes of the change:
+  `pvcd.zk.networks` takes no timeout (and kazoo's calls wait for an answer
+  for as long as the connection looks alive), so they run in a daemon thread
+  the script stops waiting for (`within`), failing with one line.
 
 A failure is one line on stderr (dnsmasq logs it) and exit status 1; nothing
 else is printed, and never anything of the configuration file (it holds
@@ -25,22 +34,34 @@ import argparse
 import ipaddress
 import os
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pvcd.cluster.client_networks import InvalidNetwork, Lease, check_hostname, check_mac
+
+if TYPE_CHECKING:
+    from pvcd.zk.base import Store
 
 RECORD_ACTIONS = ("add", "old")
 REMOVE_ACTION = "del"
 CONNECT_TIMEOUT = 5.0
-"""Seconds to reach ZooKeeper: long enough for a server that is busy, short enough that a
-cluster without quorum does not hold dnsmasq's later lease changes for a session's length."""
+"""Seconds to reach ZooKeeper, and then again for the change's reads and writes: long enough for a server
+that is busy, short enough that a cluster without quorum does not hold dnsmasq's later lease changes for a
+session's length."""
+
+T = TypeVar("T")
 
 
 class LeaseScriptError(Exception):
     """The call could not be carried out; the message is the one line dnsmasq logs."""
+
+
+class NoAnswer(LeaseScriptError):
+    """The store's reads and writes did not finish in time (`within`)."""
 
 
 @dataclass(frozen=True)
@@ -113,20 +134,70 @@ def _zookeeper_hosts(given: str | None) -> tuple[str, float]:
     return config.zookeeper_hosts, min(CONNECT_TIMEOUT, config.cluster.zookeeper.connect_timeout)
 
 
-def apply(event: LeaseEvent, vni: int, zookeeper: str | None, recorded: Path | None) -> str | None:
-    """Carry the event out; a note for stderr when it did nothing of use (network gone), else None."""
+def within(seconds: float, work: Callable[[], T]) -> T:
+    """`work()`'s answer (or its exception), run in a daemon thread; `NoAnswer` when it has not finished within
+    `seconds`. The thread is then left behind: the script's process ends right after, daemon threads and all."""
+    answers: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            answers.append(work())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="lease-script-store", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if errors:
+        raise errors[0]
+    if answers:
+        return answers[0]
+    raise NoAnswer(f"ZooKeeper did not answer within {seconds:g}s")
+
+
+def record(store: Store, event: LeaseEvent, vni: int, recorded: Path | None) -> str | None:
+    """Carry the event out on a connected store (`pvcd.zk.networks`), and keep `recorded` in step; a note for
+    stderr when it did nothing of use (the network is gone), else None. `StoreError` when the store failed."""
+    from pvcd.zk import networks
     from pvcd.zk.base import encode
 
     lease = event.lease
     mark = _recorded_path(recorded, lease.mac)
-    value = encode(lease.to_json())
+    try:
+        if event.remove:
+            networks.delete_lease(store, vni, lease.mac, lease.ipv4)
+        else:
+            networks.record_lease(store, vni, lease)
+    except networks.UnknownNetwork:
+        if mark is not None:
+            mark.unlink(missing_ok=True)
+        if event.remove:
+            return None
+        return f"network {vni} no longer exists: lease of {lease.ipv4} to {lease.mac} not recorded"
+    if mark is not None:
+        if event.remove:
+            mark.unlink(missing_ok=True)
+        else:
+            mark.parent.mkdir(mode=0o700, exist_ok=True)
+            mark.write_bytes(encode(lease.to_json()))
+    return None
+
+
+def apply(event: LeaseEvent, vni: int, zookeeper: str | None, recorded: Path | None) -> str | None:
+    """Carry the event out, connecting to ZooKeeper only when `recorded` does not show it done already; a note
+    for stderr when it did nothing of use (network gone), else None.
+
+    Connecting takes at most the connect timeout (`_zookeeper_hosts`), and `record` as long again (`within`)."""
+    from pvcd.zk.base import encode
+
+    mark = _recorded_path(recorded, event.lease.mac)
     if not event.remove and mark is not None:
         try:
-            if mark.read_bytes() == value:
+            if mark.read_bytes() == encode(event.lease.to_json()):
                 return None
         except OSError:
             pass
-    from pvcd.network.dhcp import record_lease, remove_lease
     from pvcd.zk.base import StoreError
     from pvcd.zk.store import ZooKeeperStore, quiet_kazoo
 
@@ -137,22 +208,18 @@ def apply(event: LeaseEvent, vni: int, zookeeper: str | None, recorded: Path | N
         store.start()
     except StoreError as exc:
         raise LeaseScriptError(str(exc)) from None
+    close = True
     try:
-        if event.remove:
-            remove_lease(store, vni, lease.mac, lease.ipv4)
-            if mark is not None:
-                mark.unlink(missing_ok=True)
-            return None
-        if not record_lease(store, vni, lease, timeout=timeout):
-            return f"network {vni} no longer exists: lease of {lease.ipv4} to {lease.mac} not recorded"
-        if mark is not None:
-            mark.parent.mkdir(mode=0o700, exist_ok=True)
-            mark.write_bytes(value)
-        return None
+        return within(timeout, lambda: record(store, event, vni, recorded))
+    except NoAnswer:
+        # Closing the session would wait for the same silent server: the process ends instead.
+        close = False
+        raise
     except StoreError as exc:
         raise LeaseScriptError(str(exc)) from None
     finally:
-        store.stop()
+        if close:
+            store.stop()
 
 
 def _arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -427,7 +427,11 @@ def _lease_write(store: Store, vni: int, what: str, write: Callable[[int, dict[s
 
 def record_lease(store: Store, vni: int, lease: Lease) -> bool:
     """Create or replace the lease of `lease.mac` (the DHCP server's lease script); False when it was
-    recorded already as it is (a server that restarts reports every lease again)."""
+    recorded already as it is (a server that restarts reports every lease again).
+
+    `UnknownNetwork` when the network's leases parent does not exist: a lease script running late never brings
+    a removed network's path back. Like every function here it takes no timeout (the lease script bounds its
+    calls itself, `pvcd.network.lease_script.within`)."""
     path = schema.network_lease(vni, lease.mac)
 
     def write(counter: int, leases: dict[str, tuple[Lease, int]]) -> bool:
@@ -453,7 +457,8 @@ def delete_lease(store: Store, vni: int, mac: str, ipv4: ipaddress.IPv4Address |
     """Delete the lease of `mac` (a damaged one too); False when there is none.
 
     With `ipv4`, only while the lease is still for that address: dnsmasq may report a client's move to a new
-    address as the new lease before the old one's release, which must not delete the new lease."""
+    address as the new lease before the old one's release, which must not delete the new lease.
+    `UnknownNetwork` when the network's leases parent does not exist."""
     mac = check_mac(mac)
     path = schema.network_lease(vni, mac)
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import put_value, wait_for
+from helpers import wait_for
 from pvcd.cluster.client_networks import ClientNetwork, Dhcp, Lease, Reservation, modified, parse_network
 from pvcd.devcluster.netlab import Lab, sh
 from pvcd.devcluster.processes import pid_alive, stop_pid
-from pvcd.network.dhcp import DhcpServer, read_leases
-from pvcd.zk import schema
+from pvcd.network.dhcp import DhcpServer
+from pvcd.zk import networks
 from pvcd.zk.base import Store
 from pvcd.zk.store import ZooKeeperStore
 
@@ -146,8 +146,13 @@ class Primary:
     run_dirs: list[Path] = field(default_factory=list)
 
     def add_network(self, network: ClientNetwork) -> None:
-        """The network in ZooKeeper, and its bridge with the gateway in the namespace."""
-        put_value(self.store, schema.network(network.vni), network.to_json())
+        """The network in ZooKeeper, as `pvc network add` stores it (with the counters its lease writes set),
+        and its bridge with the gateway in the namespace."""
+        networks.create(self.store, network)
+        self.add_bridge(network)
+
+    def add_bridge(self, network: ClientNetwork) -> None:
+        """The network's bridge with the gateway in the namespace."""
         assert network.ipv4 is not None
         sh("ip", "-n", self.netns, "link", "add", network.bridge, "type", "bridge")
         sh("ip", "-n", self.netns, "link", "set", network.bridge, "up")
@@ -217,7 +222,7 @@ def primary(nodes: Lab, tmp_path: Path) -> Iterator[Primary]:
 
 
 def lease_of(store: Store, vni: int, mac: str) -> Callable[[], Lease | None]:
-    return lambda: read_leases(store, vni).get(mac)
+    return lambda: networks.list_leases(store, vni).get(mac)
 
 
 def hosts_reads(server: DhcpServer) -> int:
@@ -251,11 +256,7 @@ def test_lease_reservation_restart_and_handover(primary: Primary) -> None:
 
     # A reservation of another address: the client's next request (a renewal, refused) gets it.
     reserved = network.dhcp.start if first != network.dhcp.start else network.dhcp.start + 1
-    put_value(
-        primary.store,
-        schema.network_reservation(100, client.mac),
-        Reservation(client.mac, reserved, "web1").to_json(),
-    )
+    networks.add_reservation(primary.store, 100, Reservation(client.mac, reserved, "web1"))
     reads = hosts_reads(server)
     assert server.sync_reservations()
     # SIGHUP is asynchronous: a renewal sent before dnsmasq re-read the file would keep the old address.
@@ -291,7 +292,7 @@ def test_lease_reservation_restart_and_handover(primary: Primary) -> None:
     # Handover: the reservation is gone, this server stops, a server that never saw the client starts
     # from ZooKeeper. Without the lease it would offer the first address again (dnsmasq picks a new
     # client's address by hashing its MAC); with it, a fresh request gets the leased address.
-    primary.store.delete(schema.network_reservation(100, client.mac))
+    networks.remove_reservation(primary.store, 100, client.mac)
     server.sync_reservations()
     client.stop()
     server.stop()
@@ -311,25 +312,27 @@ def test_lease_reservation_restart_and_handover(primary: Primary) -> None:
 
 
 def test_one_dnsmasq_per_network_each_on_its_own_bridge(primary: Primary) -> None:
-    networks = [managed_network(101), managed_network(102)]
+    managed = [managed_network(101), managed_network(102)]
     clients = []
-    for network in networks:
+    for network in managed:
         primary.add_network(network)
         primary.server(network).start()
         clients.append(primary.client(network, f"client{network.vni}").start())
     assert all(server.running() for server in primary.servers)
-    for network, client in zip(networks, clients, strict=True):
+    for network, client in zip(managed, clients, strict=True):
         address = ipaddress.IPv4Address(client.wait("bound").ip)
         assert network.ipv4 is not None and address in network.ipv4.network
         lease = wait_for(lease_of(primary.store, network.vni, client.mac), 15, what=f"the lease on {network.vni}")
         assert (lease.ipv4, lease.hostname) == (address, client.hostname)
     # Each lease only under its own network.
-    assert [sorted(read_leases(primary.store, n.vni)) for n in networks] == [[c.mac] for c in clients]
+    assert [sorted(networks.list_leases(primary.store, n.vni)) for n in managed] == [[c.mac] for c in clients]
+    # The script's lease writes keep the counters: the network goes with its lease in one transaction.
+    assert networks.remove(primary.store, 101) == networks.Removed(101, 0, 1)
 
 
 def test_a_failed_start_is_reported_and_retried_and_a_leftover_is_stopped(primary: Primary) -> None:
     network = managed_network(103)
-    put_value(primary.store, schema.network(network.vni), network.to_json())
+    networks.create(primary.store, network)
     server = primary.server(network)
     # No bridge yet: dnsmasq refuses to start; start says so instead of raising (the registry must still
     # call stop at relinquish), and the check tries again.
@@ -338,7 +341,7 @@ def test_a_failed_start_is_reported_and_retried_and_a_leftover_is_stopped(primar
     assert server.problem is not None and "unknown interface vmbr103" in server.problem
     failed = server.check()
     assert failed is not None and "not restarted" in failed
-    primary.add_network(network)
+    primary.add_bridge(network)
     restarted = server.check()
     assert restarted is not None and restarted.endswith("restarted (restart 1 since this node became primary)")
     assert server.running()

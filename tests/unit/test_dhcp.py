@@ -1,9 +1,10 @@
 """DHCP's pure parts: dnsmasq's command line and files, the lease script's reading of dnsmasq's call,
-and the lease writes on the in-memory store (tests/netns/test_dhcp.py runs them for real)."""
+and its lease writes (`pvcd.zk.networks`) on the in-memory store (tests/netns/test_dhcp.py runs them for real)."""
 
 from __future__ import annotations
 
 import ipaddress
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,16 +19,13 @@ from pvcd.network.dhcp import (
     dnsmasq_command,
     hosts_file,
     lease_file,
-    read_leases,
-    record_lease,
     recorded_name,
-    remove_lease,
     script_file,
 )
-from pvcd.network.lease_script import LeaseEvent, LeaseScriptError, parse_event
-from pvcd.zk import schema
-from pvcd.zk.base import encode
-from pvcd.zk.memory import MemoryStore
+from pvcd.network.lease_script import LeaseEvent, LeaseScriptError, NoAnswer, parse_event, record, within
+from pvcd.zk import networks, schema
+from pvcd.zk.base import VersionConflict, Versioned, encode
+from pvcd.zk.memory import MemoryServer, MemoryStore
 
 NETWORK = parse_network(
     100,
@@ -170,44 +168,164 @@ def test_calls_that_cannot_be_recorded_say_why(argv, environ, message):
         parse_event(argv, environ, 0)
 
 
-def network_store(vni: int = 100) -> MemoryStore:
-    store = MemoryStore()
+def network_store(server: MemoryServer | None = None) -> MemoryStore:
+    """A store holding NETWORK as `pvc network add` creates it (its lease and reservation counters too)."""
+    store = MemoryStore(server)
     store.start()
-    store.ensure_path(schema.NETWORKS)
-    store.create(schema.network(vni), {"vni": vni})
+    networks.create(store, NETWORK)
     return store
 
 
-def test_record_creates_the_leases_parent_then_replaces_the_lease():
-    store = network_store()
-    assert record_lease(store, 100, lease())
-    assert store.get(schema.network_lease(100, MAC)).value == lease().to_json()
-    assert record_lease(store, 100, lease(expiry=9000, hostname=None))
-    assert read_leases(store, 100) == {MAC: lease(expiry=9000, hostname=None)}
+def leases_counter(store: MemoryStore, vni: int = 100) -> int:
+    found = store.get(schema.network_leases(vni))
+    assert found is not None
+    return found.version
 
 
-def test_a_late_lease_of_a_removed_network_does_not_bring_its_path_back():
+def test_the_script_records_then_replaces_the_lease_and_keeps_its_replay_file(tmp_path):
     store = network_store()
-    store.delete_tree(schema.network(100))
-    assert record_lease(store, 100, lease()) is False
+    assert record(store, LeaseEvent(lease()), 100, tmp_path / "recorded") is None
+    assert networks.list_leases(store, 100) == {MAC: lease()}
+    assert (tmp_path / "recorded" / recorded_name(MAC)).read_bytes() == encode(lease().to_json())
+    renewed = lease(expiry=9000, hostname=None)
+    assert record(store, LeaseEvent(renewed), 100, tmp_path / "recorded") is None
+    assert networks.list_leases(store, 100) == {MAC: renewed}
+    assert (tmp_path / "recorded" / recorded_name(MAC)).read_bytes() == encode(renewed.to_json())
+
+
+def test_every_lease_write_sets_the_counter_reservations_and_removals_check():
+    """The script writes through pvcd.zk.networks: a reservation or removal that read the leases before it
+    is refused (and read again) instead of missing the lease."""
+    store = network_store()
+    before = leases_counter(store)
+    record(store, LeaseEvent(lease()), 100, None)
+    assert leases_counter(store) == before + 1
+    stale = (
+        store.transaction().check(schema.network_leases(100), before).create(schema.network_reservation(100, MAC), {})
+    )
+    with pytest.raises(VersionConflict):
+        stale.commit()
+    record(store, LeaseEvent(lease(expiry=0, hostname=None), remove=True), 100, None)
+    assert leases_counter(store) == before + 2
+    record(store, LeaseEvent(lease()), 100, None)
+    assert networks.remove(store, 100) == networks.Removed(100, 0, 1)
+
+
+def test_a_late_lease_of_a_removed_network_does_not_bring_its_path_back(tmp_path):
+    store = network_store()
+    mark = tmp_path / recorded_name(MAC)
+    mark.write_bytes(b"stale")
+    networks.remove(store, 100)
+    assert record(store, LeaseEvent(lease()), 100, tmp_path) == (
+        f"network 100 no longer exists: lease of 10.100.0.150 to {MAC} not recorded"
+    )
+    assert not store.exists(schema.network(100))
+    assert not mark.exists()
+    assert record(store, LeaseEvent(lease(expiry=0, hostname=None), remove=True), 100, tmp_path) is None
     assert not store.exists(schema.network(100))
 
 
-def test_del_of_an_old_address_leaves_the_macs_new_lease():
+def test_del_of_an_old_address_leaves_the_macs_new_lease(tmp_path):
     store = network_store()
-    record_lease(store, 100, lease(address="10.100.0.170"))
-    assert remove_lease(store, 100, MAC, ipaddress.IPv4Address("10.100.0.150")) is False
-    assert read_leases(store, 100) == {MAC: lease(address="10.100.0.170")}
-    assert remove_lease(store, 100, MAC, ipaddress.IPv4Address("10.100.0.170")) is True
-    assert read_leases(store, 100) == {}
-    assert remove_lease(store, 100, MAC, ipaddress.IPv4Address("10.100.0.170")) is False
+    moved = lease(address="10.100.0.170")
+    record(store, LeaseEvent(moved), 100, tmp_path)
+    record(store, LeaseEvent(lease(hostname=None, expiry=0), remove=True), 100, tmp_path)
+    assert networks.list_leases(store, 100) == {MAC: moved}
+    record(store, LeaseEvent(lease(address="10.100.0.170", hostname=None, expiry=0), remove=True), 100, tmp_path)
+    assert networks.list_leases(store, 100) == {}
+    assert not (tmp_path / recorded_name(MAC)).exists()
+    assert record(store, LeaseEvent(moved, remove=True), 100, tmp_path) is None
 
 
 def test_leases_that_are_not_leases_are_left_out():
     store = network_store()
-    record_lease(store, 100, lease())
+    networks.record_lease(store, 100, lease())
     store.create(schema.network_lease(100, "garbage"), {"mac": "nope"})
-    assert read_leases(store, 100) == {MAC: lease()}
+    assert networks.list_leases(store, 100) == {MAC: lease()}
+
+
+def test_the_server_starts_from_the_stores_leases_and_reservations(tmp_path):
+    """What a new primary's dnsmasq is given, read through pvcd.zk.networks (damaged records left out)."""
+    store = network_store()
+    networks.record_lease(store, 100, lease(expiry=5000))
+    networks.record_lease(store, 100, lease("52:54:00:00:00:09", "10.100.0.109", None, 10))  # expired at 1000
+    networks.add_reservation(store, 100, Reservation("52:54:00:00:00:01", ipaddress.IPv4Address("10.100.0.110")))
+    store.create(schema.network_reservation(100, "garbage"), {"mac": "nope"})
+    server = DhcpServer(
+        NETWORK, store, tmp_path / "run", None, user="nobody", dnsmasq="/nonexistent/dnsmasq", clock=lambda: 1000
+    )
+    server.start()
+    assert server.problem is not None and not server.running()  # no dnsmasq here: the files are what is tested
+    assert server.files.leases.read_text() == f"5000 {MAC} 10.100.0.150 web1 *\n"
+    assert server.files.hosts.read_text() == "52:54:00:00:00:01,10.100.0.110\n"
+    assert sorted(path.name for path in server.files.recorded.iterdir()) == [
+        recorded_name("52:54:00:00:00:09"),
+        recorded_name(MAC),
+    ]
+    server.stop()
+
+
+def test_the_script_reports_a_gone_networks_lease_in_one_line_and_succeeds(tmp_path, capsys, monkeypatch):
+    """What dnsmasq runs, end to end on the in-memory store: a lease recorded; then a lease of the network,
+    removed meanwhile, not recorded, said in one line, exit status 0 (dnsmasq has nothing to retry)."""
+    server = MemoryServer()
+    store = network_store(server)
+    monkeypatch.setattr("pvcd.zk.store.ZooKeeperStore", lambda hosts, **_: MemoryStore(server))
+    argv = ["--vni", "100", "--recorded", str(tmp_path), "--zookeeper", "zk:2181"]
+    environ = {"DNSMASQ_LEASE_EXPIRES": "2000"}
+    assert lease_script.main([*argv, "add", MAC, "10.100.0.150", "web1"], environ) == 0
+    assert capsys.readouterr() == ("", "")
+    assert networks.list_leases(store, 100) == {MAC: lease()}
+    networks.remove(store, 100)
+    assert lease_script.main([*argv, "add", MAC, "10.100.0.160", "web1"], environ) == 0
+    assert capsys.readouterr() == (
+        "",
+        f"pvcd lease script: network 100 no longer exists: lease of 10.100.0.160 to {MAC} not recorded\n",
+    )
+    assert not store.exists(schema.network(100))
+
+
+class Silent(MemoryStore):
+    """A store whose server stopped answering reads (kazoo would wait for as long as the connection looks alive)."""
+
+    def __init__(self, server: MemoryServer) -> None:
+        super().__init__(server)
+        self.answer = threading.Event()
+        self.stopped = False
+
+    def get(self, path: str) -> Versioned | None:
+        self.answer.wait(10)
+        return super().get(path)
+
+    def stop(self) -> None:
+        self.stopped = True
+        super().stop()
+
+
+def test_the_scripts_store_calls_are_bounded(tmp_path, capsys, monkeypatch):
+    """pvcd.zk.networks takes no timeout: the script waits the connect timeout again for the change, then fails
+    in one line, without waiting on the silent server to close the session either."""
+    server = MemoryServer()
+    network_store(server)
+    silent = Silent(server)
+    monkeypatch.setattr("pvcd.zk.store.ZooKeeperStore", lambda hosts, **_: silent)
+    monkeypatch.setattr(lease_script, "CONNECT_TIMEOUT", 0.2)
+    argv = ["--vni", "100", "--recorded", str(tmp_path), "--zookeeper", "zk:2181", "add", MAC, "10.100.0.150"]
+    try:
+        assert lease_script.main(argv, {"DNSMASQ_LEASE_EXPIRES": "2000"}) == 1
+        assert capsys.readouterr() == (
+            "",
+            f"pvcd lease script, network 100: add {MAC} 10.100.0.150: ZooKeeper did not answer within 0.2s\n",
+        )
+        assert not silent.stopped
+        assert not (tmp_path / recorded_name(MAC)).exists()
+    finally:
+        silent.answer.set()
+    with pytest.raises(NoAnswer, match=r"^ZooKeeper did not answer within 0.1s$"):
+        within(0.1, lambda: threading.Event().wait(2))
+    assert within(5, lambda: 42) == 42
+    with pytest.raises(KeyError):
+        within(5, lambda: {}["missing"])
 
 
 def test_an_event_equal_to_the_recorded_lease_needs_no_zookeeper(tmp_path, capsys):
