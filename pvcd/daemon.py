@@ -41,6 +41,7 @@ from pvcd.keepalive import (
     keepalive_log_line,
 )
 from pvcd.network.addresses import apply_node_networking
+from pvcd.network.manager import NetworkManager
 from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
 from pvcd.supervisor import Supervisor, timed
 from pvcd.vm.domains import Domains
@@ -146,6 +147,12 @@ class NodeDaemon:
             )
             self.coordinator.services.register(self.fencer)
             self.coordinator.services.register(StatesPublisher(self.store, cluster, self.supervisor))
+        self.networks: NetworkManager | None = None
+        if config.functions.enable_networking and config.networking is not None:
+            self.networks = NetworkManager(config, self.store, self.supervisor, self.stop_event)
+            if self.coordinator is not None and self.networks.primary is not None:
+                self.coordinator.hold_gateways(lambda: self.networks.current if self.networks else [])
+                self.coordinator.services.register(self.networks.primary)
         # When the node last delivered a keepalive (monotonic): the self-fence clock.
         self.last_delivered = time.monotonic()
 
@@ -198,6 +205,8 @@ class NodeDaemon:
                 self.cluster.start()
             if self.cluster_states is not None:
                 self.cluster_states.start()
+            if self.networks is not None:
+                self.networks.start()
             if self.coordinator is not None:
                 self.coordinator.start()
             if self.hypervisor is not None:
@@ -586,6 +595,8 @@ class NodeDaemon:
             self.vm_reconciler.stop(1.0)
         if self.coordinator is not None:
             self.coordinator.stop(COORDINATOR_STOP_TIMEOUT)
+        if self.networks is not None:
+            self.networks.stop()
         if self.cluster is not None:
             self.cluster.stop(1.0)
         writer = threading.Thread(target=self._final_states, name="shutdown-states", daemon=True)

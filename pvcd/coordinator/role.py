@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from pvcd.cluster.client_networks import ClientNetwork
 from pvcd.config import Config
 from pvcd.coordinator.decide import (
     Observation,
@@ -37,6 +38,7 @@ from pvcd.coordinator.decide import (
 from pvcd.coordinator.election import Election, ElectionUnavailable
 from pvcd.coordinator.services import ServiceRegistry
 from pvcd.network.addresses import FloatingIPs, LeaseLost, floating_addresses
+from pvcd.network.client_interfaces import Gateways
 from pvcd.states import CoordinatorState, coordinator_transition
 from pvcd.supervisor import Supervisor
 from pvcd.zk.base import Store
@@ -115,6 +117,14 @@ class CoordinatorRole:
         self._thread: threading.Thread | None = None
         # One bound method for every watch, so kazoo keeps one watcher per path.
         self._watch = self._on_watch
+        self._gateways: Gateways | None = None
+        self._client_networks: Callable[[], Iterable[ClientNetwork]] = list
+
+    def hold_gateways(self, client_networks: Callable[[], Iterable[ClientNetwork]]) -> None:
+        """As primary, also hold the managed client networks' gateways (`client_networks()` as they are now),
+        under the same lease as the floating IPs. Call before `start`."""
+        self._gateways = Gateways()
+        self._client_networks = client_networks
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -156,6 +166,8 @@ class CoordinatorRole:
                 )
         if self._floating is not None:
             self._floating.close()
+        if self._gateways is not None:
+            self._gateways.close()
         self._publisher.stop(timeout=0.5)
 
     def set_unfit(self, cause: str, reason: str | None) -> None:
@@ -323,6 +335,13 @@ class CoordinatorRole:
                 self._relinquish(str(exc), expected=False)
                 return
             self._floating.announce()
+        if self._gateways is not None:
+            try:
+                self._gateways.hold(self._client_networks(), self._lifetime)
+            except LeaseLost as exc:
+                self._relinquish(str(exc), expected=False)
+                return
+            self._gateways.announce()
         self.services.start_all(self.timing.service_budget)
         self._set_state(CoordinatorState.PRIMARY)
         addresses = ", ".join(str(a) for a in self._floating.addresses) if self._floating else "not managed"
@@ -335,10 +354,11 @@ class CoordinatorRole:
         )
 
     def _hold(self) -> None:
-        if self._floating is None:
-            return
         try:
-            self._floating.hold(self._lifetime)
+            if self._floating is not None:
+                self._floating.hold(self._lifetime)
+            if self._gateways is not None:
+                self._gateways.hold(self._client_networks(), self._lifetime)
         except LeaseLost as exc:
             self._relinquish(str(exc), expected=False)
 
@@ -351,6 +371,8 @@ class CoordinatorRole:
         )
         self._set_state(CoordinatorState.RELINQUISH)
         self.services.stop_all(self.timing.service_budget)
+        if self._gateways is not None:
+            self._gateways.release()
         if self._floating is not None:
             self._floating.release()
         self._set_state(CoordinatorState.SECONDARY)
