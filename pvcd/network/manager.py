@@ -14,7 +14,8 @@ dnsmasq per managed network with DHCP (`dhcp.py`) and the DNS aggregator
 every pass reconciles them with the networks, reservations and leases in
 ZooKeeper: servers of removed networks stop, a dnsmasq or PowerDNS that died
 is restarted, and what failed is recorded as a cluster fault
-(`dhcp-VNI`, `dns`) that `pvc cluster status` shows until it is healthy again.
+(`dhcp-VNI`, `dns`) that `pvc cluster status` shows until a check finds it healthy again. A
+node whose devices or default route cannot be set records `networks-NODE` the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 from pvcd.cluster.client_networks import VXLAN_OVERHEAD, ClientNetwork, NetworkType
 from pvcd.config import Config
 from pvcd.network import client_interfaces
-from pvcd.network.dhcp import DhcpServer
+from pvcd.network.dhcp import DhcpServer, stop_leftovers
 from pvcd.network.dns import DnsAggregator, DnsError, PdnsServer
 from pvcd.network.dns_records import NetworkHosts, NodeHosts, default_nameserver, desired_zones
 from pvcd.supervisor import Supervisor
@@ -92,6 +93,18 @@ class PrimaryNetworkServices:
         self._schema_ready = False
         self._dns_started = False
         self._lock = threading.Lock()
+        self.stop_leftovers()
+
+    def stop_leftovers(self) -> None:
+        """Stop the dnsmasq and PowerDNS an earlier pvcd of this node left running (by their pid files).
+
+        Under systemd a pvcd that dies takes them with it (its cgroup is
+        killed), but one run otherwise would leave them running while another
+        node is primary, and a pvcd that restarts as secondary never starts a
+        server of that run directory, so nothing else would stop them. A new
+        daemon has started none yet: whatever the pid files name is a leftover."""
+        stop_leftovers(self.run_root / "dhcp")
+        self.pdns.stop()
 
     def start(self) -> None:
         with self._lock:
@@ -140,7 +153,7 @@ class PrimaryNetworkServices:
             else:
                 server.update_network(network)
                 server.sync_reservations(reservations.values())
-            problem = server.check() or server.problem
+            problem = server.check()
             set_fault(self.store, f"dhcp-{vni}", {"reason": problem} if problem else None)
             stored_networks.drop_expired_leases(self.store, vni, int(time.time()))
         return NetworkHosts(network, tuple(leases.values()), tuple(reservations.values()))
@@ -176,7 +189,7 @@ class PrimaryNetworkServices:
         except DnsError as exc:
             problem = f"DNS records not updated: {exc}"
             log.error("DNS aggregator: %s", problem)
-        problem = self.pdns.check() or self.pdns.problem or problem
+        problem = self.pdns.check() or problem
         set_fault(self.store, "dns", {"reason": problem} if problem else None)
 
 
@@ -200,6 +213,7 @@ class NetworkManager:
         self._lock = threading.Lock()
         self._networks: dict[int, ClientNetwork] = {}
         self._watched: set[int] = set()
+        self._problems: list[str] = []
         self.primary: PrimaryNetworkServices | None = None
         if config.is_coordinator and config.cluster.networks is not None:
             run_root = Path(config.directories.dynamic_directory) / "networks"
@@ -217,9 +231,6 @@ class NetworkManager:
                 "Node %s has no cluster address: client networks cannot be built here (the VXLANs need one)",
                 self.node,
             )
-        route = client_interfaces.default_route(self.config)
-        if route is not None:
-            self.interfaces.set_default_route(route)
         self.store.watch_children(schema.NETWORKS, self._changed)
         self.store.watch_children(schema.NODES, self._changed)
         self.supervisor.spawn("client-networks", self._pass, self.stop_event, 0.0)
@@ -227,6 +238,30 @@ class NetworkManager:
     def stop(self) -> None:
         self._wake.set()
         self.interfaces.close()
+
+    def _default_route(self) -> str | None:
+        """The upstream gateway as default route; what failed (the upstream device may have no address on the
+        gateway's network yet), retried every pass rather than stopping the daemon."""
+        route = client_interfaces.default_route(self.config)
+        if route is None:
+            return None
+        try:
+            self.interfaces.set_default_route(route)
+        except client_interfaces.InterfaceError as exc:
+            return str(exc)
+        return None
+
+    def _report(self, errors: list[str]) -> None:
+        """This node's network problems as a cluster fault (`networks-NODE`), logged when they change."""
+        route = self._default_route()
+        problems = [*errors, *([route] if route else [])]
+        if problems != self._problems:
+            for problem in problems:
+                log.error("Client networks on node %s: %s", self.node, problem)
+            if not problems:
+                log.info("Client networks on node %s are as configured again", self.node)
+            self._problems = problems
+        set_fault(self.store, f"networks-{self.node}", {"reason": "; ".join(problems)} if problems else None)
 
     def _changed(self, _value: Any) -> bool:
         self._wake.set()
@@ -262,11 +297,13 @@ class NetworkManager:
         with self._lock:
             self._networks = networks
         self._watch(set(networks))
+        errors: list[str] = []
         if self.local is not None:
             peers = [address for found in addresses.values() if (address := _ipv4(found.get("cluster"))) is not None]
             desired = client_interfaces.desired_devices(
                 networks.values(), self.cluster_device, self.cluster_mtu, self.local, peers, self.bridge_device
             )
-            self.interfaces.apply(desired)
+            errors = [str(error) for error in self.interfaces.apply(desired).errors]
+        self._report(errors)
         if self.primary is not None:
             self.primary.reconcile(networks, addresses)
