@@ -7,13 +7,15 @@ with zombies (children nobody reaped yet).
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+from pvcd.processes import pid_alive, pid_cmdline, stop_pid
+
+__all__ = ["free_port", "pid_alive", "pid_cmdline", "stop_pid", "wait_until"]
 
 PORT_FLOOR = 10000
 """The lowest port handed out; the highest is just below the kernel's ephemeral range."""
@@ -52,57 +54,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    _reap(pid)
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def pid_cmdline(pid: int) -> list[str]:
-    """The command line of a process, empty when it is gone."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
-    except OSError:
-        return []
-
-
-def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
-    """Send `sig`, wait up to `timeout`, then SIGKILL. True if it had to be killed."""
-    if not pid_alive(pid):
-        return False
-    try:
-        os.kill(pid, sig)
-        if sig != signal.SIGKILL:
-            os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return False
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    while pid_alive(pid):
-        time.sleep(0.05)
-    return True
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

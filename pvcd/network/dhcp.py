@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvcd.cluster.client_networks import ClientNetwork, Lease, Reservation
+from pvcd.processes import describe_exit, pid_cmdline
 from pvcd.zk import networks
 from pvcd.zk.base import Store, StoreError, encode
 
@@ -244,16 +245,6 @@ def recorded_name(mac: str) -> str:
     return mac.replace(":", "-")
 
 
-def describe_exit(returncode: int) -> str:
-    """A process's exit status in words."""
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
-
-
 # -- the process ----------------------------------------------------------------------
 
 
@@ -279,14 +270,6 @@ def _check_searchable(run_dir: Path) -> None:
             raise DhcpError(
                 f"dnsmasq runs as nobody and cannot reach {run_dir}: {directory} is not searchable by others"
             )
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as stream:
-            return [part.decode(errors="replace") for part in stream.read().split(b"\0") if part]
-    except OSError:
-        return []
 
 
 def _last_line(path: Path) -> str:
@@ -505,7 +488,7 @@ class DhcpServer:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 said = _last_line(self.files.log)
-                raise DhcpError(f"dnsmasq exited at start ({describe_exit(process.returncode)}): {said}")
+                raise DhcpError(f"dnsmasq {describe_exit(process.returncode)} at start: {said}")
             try:
                 if int(self.files.pid.read_text().strip() or 0) == process.pid:
                     return
@@ -538,22 +521,41 @@ class DhcpServer:
 
     def _stop_leftover(self) -> None:
         """Stop a dnsmasq of this run directory that an earlier pvcd left behind (found by its pid file)."""
-        try:
-            pid = int(self.files.pid.read_text().strip())
-        except (OSError, ValueError):
-            return
-        if self._process is not None and pid == self._process.pid:
-            return
-        if f"--dhcp-leasefile={self.files.leases}" not in _cmdline(pid):
-            return
-        log.warning("Stopping dnsmasq PID %d left behind for network %d", pid, self.network.vni)
+        own = self._process.pid if self._process is not None else None
+        stop_leftover(self.files, f"network {self.network.vni}", own)
+
+
+def stop_leftover(files: DhcpFiles, what: str, own: int | None = None) -> None:
+    """Stop the dnsmasq that `files`' pid file names, if it is one of this run directory and not `own`."""
+    try:
+        pid = int(files.pid.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if pid == own:
+        return
+    if f"--dhcp-leasefile={files.leases}" in pid_cmdline(pid):
+        log.warning("Stopping dnsmasq PID %d left behind for %s", pid, what)
         try:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
-            while _cmdline(pid) and time.monotonic() < deadline:
+            while pid_cmdline(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _cmdline(pid):
+            if pid_cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self._remove_pid_file(pid)
+    try:
+        if int(files.pid.read_text().strip()) == pid:
+            files.pid.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def stop_leftovers(root: Path) -> None:
+    """Stop every dnsmasq an earlier pvcd left running in the run directories under `root` (one per VNI)."""
+    try:
+        run_dirs = sorted(path for path in root.iterdir() if path.is_dir())
+    except OSError:
+        return
+    for run_dir in run_dirs:
+        stop_leftover(DhcpFiles(run_dir), f"network {run_dir.name}")

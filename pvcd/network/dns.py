@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import pwd
-import signal
 import subprocess
 import threading
 import time
@@ -41,6 +40,7 @@ import psycopg2.extras
 
 from pvcd.config import DnsDatabase
 from pvcd.network.dns_records import Diff, Record, StoredZone, Zone, diff
+from pvcd.processes import describe_exit, pid_alive, pid_cmdline, stop_pid
 
 log = logging.getLogger(__name__)
 
@@ -259,48 +259,6 @@ def _pgpass_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (a leftover is not our child to reap)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _command(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
-    except OSError:
-        return []
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    """SIGTERM a process that is not our child, SIGKILL it if it is still there after `timeout`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not _alive(pid):
-            return
-
-
-def _describe_exit(returncode: int) -> str:
-    """A process's exit status in words."""
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with status {returncode}"
-
-
 def _write_private(path: Path, text: str, owner: pwd.struct_passwd | None) -> None:
     """Write `text` to a file only its owner can read, whatever mode a previous file had."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -443,10 +401,11 @@ class PdnsServer:
             pid = int(self.pid_path.read_text().strip())
         except (OSError, ValueError):
             return
-        command = _command(pid)
-        if _alive(pid) and command and command[0].endswith(PDNS_SERVER) and f"--config-dir={self.run_dir}" in command:
+        command = pid_cmdline(pid)
+        ours = bool(command) and command[0].endswith(PDNS_SERVER) and f"--config-dir={self.run_dir}" in command
+        if pid_alive(pid) and ours:
             log.warning("Stopping PowerDNS (PID %d) left behind by an earlier pvcd", pid)
-            _terminate(pid, STOP_TIMEOUT)
+            stop_pid(pid, timeout=STOP_TIMEOUT)
         self.pid_path.unlink(missing_ok=True)
 
     def _probe(self) -> bool:
@@ -485,7 +444,7 @@ class PdnsServer:
         while True:
             status = self._process.poll()
             if status is not None:
-                raise DnsError(f"pdns_server {_describe_exit(status)}: {self._last_log_line()}")
+                raise DnsError(f"pdns_server {describe_exit(status)}: {self._last_log_line()}")
             if self._probe():
                 log.info("PowerDNS (PID %d) answers on %s port %d", self._process.pid, self.address, self.port)
                 return
@@ -555,7 +514,7 @@ class PdnsServer:
             if not self._wanted or (self._process is not None and self._process.poll() is None):
                 return None
             if self._process is not None and self._process.returncode is not None:
-                reason = f"pdns_server {_describe_exit(self._process.returncode)}: {self._last_log_line()}"
+                reason = f"pdns_server {describe_exit(self._process.returncode)}: {self._last_log_line()}"
             else:
                 reason = self.problem or "pdns_server was not running"
             self._process = None

@@ -15,7 +15,6 @@ from pvcd.network.dhcp import (
     DhcpError,
     DhcpFiles,
     DhcpServer,
-    describe_exit,
     dnsmasq_command,
     hosts_file,
     lease_file,
@@ -23,6 +22,7 @@ from pvcd.network.dhcp import (
     script_file,
 )
 from pvcd.network.lease_script import LeaseEvent, LeaseScriptError, NoAnswer, parse_event, record, within
+from pvcd.processes import describe_exit
 from pvcd.zk import networks, schema
 from pvcd.zk.base import VersionConflict, Versioned, encode
 from pvcd.zk.memory import MemoryServer, MemoryStore
@@ -372,4 +372,4 @@ def test_a_run_directory_nobody_can_reach_is_refused_before_dnsmasq_starts(tmp_p
 
 def test_exit_statuses_in_words():
     assert describe_exit(-9) == "killed by SIGKILL"
-    assert describe_exit(2) == "exit status 2"
+    assert describe_exit(2) == "exited with status 2"
