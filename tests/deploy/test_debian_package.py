@@ -114,7 +114,7 @@ def test_daemon_package_contents(debs: dict[str, Path]) -> None:
     for unit in ("pvcd.service", "pvc.target", "pvc-flush.service"):
         assert entries[f"/lib/systemd/system/{unit}"].startswith("-rw-r--r--")
     assert entries[SAMPLE].startswith("-rw-r--r--")
-    for doc in ("install.md", "configuration.md", "operations.md"):
+    for doc in ("install.md", "configuration.md", "operations.md", "networking.md", "networking.svg"):
         assert f"/usr/share/doc/pvc-daemon/{doc}" in entries  # where the units' Documentation= points
     assert not [e for e in entries if e.startswith(SITE)]
     everything = [e for deb in debs.values() for e in deb_entries(deb)]
