@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from pyroute2 import IPRoute
 
+from pvcd.config import DnsDatabase
 from pvcd.devcluster import layout
 from pvcd.devcluster.processes import stop_pid, wait_until
 from pvcd.devcluster.zookeeper import ZooKeeperServer
@@ -55,6 +56,19 @@ def sh(*args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip()}")
     return result.stdout
+
+
+def namespace_processes(netns: str) -> dict[int, list[str]]:
+    """The processes in network namespace `netns` (`ip netns pids`): PID → argv (empty once gone)."""
+    result = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, timeout=30)
+    found: dict[int, list[str]] = {}
+    for pid in (int(word) for word in result.stdout.split()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                found[pid] = [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
+        except OSError:
+            continue
+    return found
 
 
 def _free_subnet_base() -> int:
@@ -124,8 +138,16 @@ class NodeNamespace:
             stop_pid(self.process.pid, sig=signal.SIGKILL, timeout=5)
             self.process.wait(timeout=5)
 
+    def processes(self) -> dict[int, list[str]]:
+        """Every process in the namespace (its `pvcd`, what that started, what it left behind): PID → argv."""
+        return namespace_processes(self.netns)
+
     def destroy(self) -> None:
+        """Stop the node's `pvcd`, then whatever is left in its namespace (a dnsmasq or PowerDNS of a
+        killed pvcd outlives it, as systemd's cgroup would not let it), each by its PID; remove the namespace."""
         self.stop()
+        for pid in namespace_processes(self.netns):
+            stop_pid(pid, timeout=5)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
 
 
@@ -134,6 +156,11 @@ class Lab:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.dns_database: DnsDatabase | None = None
+        """The DNS aggregator's database the nodes are configured with (a placeholder when None)."""
+        self.run_root: Path | None = None
+        """Parent of the nodes' dynamic directories when set (dnsmasq and PowerDNS drop root and must
+        reach their files there: pytest's tmp_path is 0700); else each node's directory in `workdir`."""
         self.tag = secrets.token_hex(2)
         self.bridge = f"pvbr{self.tag}"
         base = _free_subnet_base()
@@ -220,9 +247,20 @@ class Lab:
             }
             for network in NETWORKS
         }
+        database = self.dns_database or DnsDatabase("localhost", 5432, "pvcdns", "pvcdns", "x")
         pvc["coordinator"] = {
-            "dns": {"database": {"host": "localhost", "port": 5432, "name": "pvcdns", "user": "pvcdns", "pass": "x"}}
+            "dns": {
+                "database": {
+                    "host": database.host,
+                    "port": database.port,
+                    "name": database.name,
+                    "user": database.user,
+                    "pass": database.password,
+                }
+            }
         }
+        if self.run_root is not None:
+            pvc["system"]["configuration"]["directories"]["dynamic_directory"] = str(self.run_root / name)
         pvc["system"]["configuration"]["networking"] = {
             "upstream": {"device": "eth0", "mtu": NODE_MTU, "address": None},
             "cluster": {"device": "eth0", "mtu": NODE_MTU, "address": "by-id"},

@@ -86,6 +86,9 @@ class PostgresServer:
     port: int
     address: str = "127.0.0.1"
     pid: int | None = None
+    clients: str | None = None
+    """A network (CIDR) whose hosts may also connect over TCP with a password, beyond initdb's
+    loopback-only rules: the node namespaces of a network lab reach the server on the lab's bridge."""
 
     @property
     def data_dir(self) -> Path:
@@ -100,13 +103,15 @@ class PostgresServer:
         return self.directory / "postgres.log"
 
     @classmethod
-    def create(cls, directory: Path, port: int | None = None, address: str = "127.0.0.1") -> PostgresServer:
+    def create(
+        cls, directory: Path, port: int | None = None, address: str = "127.0.0.1", clients: str | None = None
+    ) -> PostgresServer:
         """A server in `directory`, which the `postgres` user must be able to reach when we are root.
 
         The directory is handed to that user: the data and socket directories
         must belong to the server's user, and initdb wants an empty one."""
         directory.mkdir(parents=True, exist_ok=True)
-        server = cls(directory=directory, port=port or free_port(), address=address)
+        server = cls(directory=directory, port=port or free_port(), address=address, clients=clients)
         server.socket_dir.mkdir(mode=0o700, exist_ok=True)
         owner = _run_as()
         if owner is not None:
@@ -142,6 +147,16 @@ class PostgresServer:
         if result.returncode != 0:
             raise RuntimeError(f"initdb exited with status {result.returncode}; see {self.log_path}")
 
+    def _allow_clients(self) -> None:
+        """Let `clients` connect over TCP with a password (pg_hba.conf is read at start)."""
+        if self.clients is None:
+            return
+        hba = self.data_dir / "pg_hba.conf"
+        rule = f"host all all {self.clients} scram-sha-256"
+        text = hba.read_text()
+        if rule not in text.splitlines():
+            hba.write_text(text.rstrip("\n") + "\n" + rule + "\n")
+
     def start(self) -> None:
         """Start the server (creating its cluster the first time) and wait until it accepts connections."""
         if self.pid is not None and pid_alive(self.pid):
@@ -150,6 +165,7 @@ class PostgresServer:
         if bindir is None:
             raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
         self._initdb(bindir)
+        self._allow_clients()
         settings = dict(
             SERVER_SETTINGS,
             listen_addresses=self.address,
