@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dhcp_client import DhcpClient
 from pyroute2 import IPRoute
 
 from helpers import bin_path, wait_for
-from pvcd.devcluster.netlab import NODE_MTU, SESSION_TIMEOUT, Lab, namespace_processes, sh
+from pvcd.devcluster.netlab import NODE_MTU, SESSION_TIMEOUT, Lab, namespace_processes
 from pvcd.devcluster.postgres import PostgresServer, postgres_available
-from pvcd.devcluster.processes import stop_pid, wait_until
+from pvcd.devcluster.processes import wait_until
 
 NODES = ("hv1", "hv2", "hv3")
 VNI = 100
@@ -51,17 +52,6 @@ DOMAIN = f"net{VNI}.test"
 OVERLAY_MTU = NODE_MTU - 50
 HOSTNAME = "client1"
 DNS_PASSWORD = "dns secret"
-
-UDHCPC_SCRIPT = """#!/bin/sh
-case "$1" in
-  deconfig) ip -4 addr flush dev "$interface" ;;
-  bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/$mask" dev "$interface"
-    [ -n "$router" ] && ip route replace default via "$router" dev "$interface" ;;
-esac
-printf '%s\\t%s\\t%s\\t%s\\t%s\\n' "$1" "${ip:-}" "${router:-}" "${dns:-}" "${domain:-}" >> EVENTS
-"""
 
 RESOLVE = """
 import sys
@@ -99,54 +89,9 @@ def postgres(lab: Lab) -> Iterator[PostgresServer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@dataclass
-class Client:
-    """A namespace plugged into a node's `vmbrVNI`, running `busybox udhcpc` in the foreground."""
-
-    netns: str
-    mac: str
-    hostname: str
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-    events_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.events_path = self.workdir / f"{self.hostname}.events"
-
-    def start(self) -> Client:
-        script = self.workdir / f"{self.hostname}.sh"
-        script.write_text(UDHCPC_SCRIPT.replace("EVENTS", str(self.events_path)))
-        script.chmod(0o755)
-        with open(self.workdir / f"{self.hostname}.log", "ab") as log:
-            self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, "busybox", "udhcpc", "-f", "-i", "eth0", "-s", str(script)]
-                + ["-x", f"hostname:{self.hostname}", "-t", "10", "-T", "1", "-A", "1"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def events(self) -> list[list[str]]:
-        try:
-            return [line.split("\t") for line in self.events_path.read_text().splitlines()]
-        except FileNotFoundError:
-            return []
-
-    def wait(self, kind: str, after: int = 0, timeout: float = 30) -> list[str]:
-        """The first `kind` event (bound, renew) after the first `after` events: [kind, ip, router, dns, domain]."""
-        return wait_for(
-            lambda: next((event for event in self.events()[after:] if event[0] == kind), None),
-            timeout,
-            what=f"{self.hostname}: a DHCP {kind} event",
-        )
-
-    def renew(self) -> int:
-        """Ask udhcpc to renew now (SIGUSR1, a unicast request to the server); the events before, for `wait`."""
-        count = len(self.events())
-        assert self.process is not None
-        self.process.send_signal(signal.SIGUSR1)
-        return count
+class Client(DhcpClient):
+    """A namespace plugged into a node's `vmbrVNI`, running `busybox udhcpc` in the foreground, that pings
+    and asks names too."""
 
     def ping(self, address: str) -> bool:
         result = subprocess.run(
@@ -165,11 +110,6 @@ class Client:
             timeout=15,
         )
         return result.stdout.strip() or result.stderr.strip()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_pid(self.process.pid, timeout=5)
-            self.process.wait(timeout=5)
 
 
 @dataclass
@@ -212,26 +152,17 @@ class Cluster:
         return holder
 
     def client(self, node: str, vni: int, hostname: str) -> Client:
-        """A client namespace whose veth peer is a port of `vmbrVNI` in node `node`'s namespace."""
-        netns = f"pvct-{self.lab.tag}-{hostname}"
-        mac = "52:54:00:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(3))
-        client = Client(netns, mac, hostname, self.workdir)
+        """A client namespace whose veth peer is a port of `vmbrVNI` in node `node`'s namespace; the script
+        routes through the gateway (for DNS on the upstream floating IP)."""
+        client = Client(
+            f"pvct-{self.lab.tag}-{hostname}", hostname, self.workdir, options=("-t", "10"), default_route=True
+        )
         self.clients.append(client)
-        node_netns = self.lab.nodes[node].netns
-        peer = f"pv{secrets.token_hex(4)}"
-        sh("ip", "netns", "add", netns)
-        sh("ip", "-n", node_netns, "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        sh("ip", "-n", node_netns, "link", "set", "dev", peer, "mtu", str(OVERLAY_MTU))
-        sh("ip", "-n", node_netns, "link", "set", "dev", peer, "master", f"vmbr{vni}")
-        sh("ip", "-n", node_netns, "link", "set", "dev", peer, "up")
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
-        sh("ip", "-n", netns, "link", "set", "eth0", "address", mac, "mtu", str(OVERLAY_MTU), "up")
-        return client
+        return client.plug(self.lab.nodes[node].netns, f"vmbr{vni}", mtu=OVERLAY_MTU)
 
     def cleanup(self) -> None:
         for client in self.clients:
-            client.stop()
-            subprocess.run(["ip", "netns", "del", client.netns], capture_output=True)
+            client.remove()
 
 
 @pytest.fixture
@@ -392,10 +323,10 @@ def test_devices_dhcp_dns_and_gateway_through_handover_and_crash(cluster: Cluste
     host = next(name for name in NODES if name != first)
     client = cluster.client(host, VNI, HOSTNAME).start()
     bound = client.wait("bound")
-    leased = ipaddress.IPv4Address(bound[1])
+    leased = ipaddress.IPv4Address(bound.ip)
     upstream_floating = lab.floating_ips()["upstream"]
     assert leased in ipaddress.ip_network(f"192.168.{VNI}.0/24") and leased.packed[-1] in range(100, 200)
-    assert bound[2:] == [f"192.168.{VNI}.1", upstream_floating, DOMAIN]
+    assert (bound.router, bound.dns, bound.domain) == (f"192.168.{VNI}.1", upstream_floating, DOMAIN)
 
     def lease_listed() -> bool:
         entries = cluster.pvc("network", "dhcp", "list", str(VNI))
@@ -416,7 +347,7 @@ def test_devices_dhcp_dns_and_gateway_through_handover_and_crash(cluster: Cluste
         """The client renews the same address (from whichever dnsmasq now answers), pings the gateway, and
         its name resolves."""
         before = client.renew()
-        assert client.wait("renew", after=before)[1] == str(leased)
+        assert client.wait("renew", after=before).ip == str(leased)
         wait_for(lambda: client.ping(f"192.168.{VNI}.1"), 10, what=f"the gateway to answer after the {why}")
         wait_for(
             lambda: client.resolve(upstream_floating, name) == str(leased),

@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from dhcp_client import DhcpClient
 
 from helpers import wait_for
 from pvcd.cluster.client_networks import ClientNetwork, Dhcp, Lease, Reservation, modified, parse_network
 from pvcd.devcluster.netlab import Lab, sh
-from pvcd.devcluster.processes import pid_alive, stop_pid
+from pvcd.devcluster.processes import pid_alive
 from pvcd.network.dhcp import DhcpServer
 from pvcd.zk import networks
 from pvcd.zk.base import Store
@@ -40,14 +39,6 @@ from pvcd.zk.store import ZooKeeperStore
 AGGREGATOR = ipaddress.IPv4Address("10.9.9.9")
 """The DNS aggregator's address the clients are told (nothing answers there: DNS is not tested here)."""
 MTU = 1450
-
-UDHCPC_SCRIPT = """#!/bin/sh
-case "$1" in
-  deconfig) ip -4 addr flush dev "$interface" ;;
-  bound|renew) ip -4 addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
-esac
-printf '%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n' "$1" "${ip:-}" "${router:-}" "${dns:-}" "${domain:-}" "${mtu:-}" >> EVENTS
-"""
 
 
 def managed_network(vni: int) -> ClientNetwork:
@@ -64,76 +55,6 @@ def managed_network(vni: int) -> ClientNetwork:
 
 
 @dataclass
-class Event:
-    kind: str
-    ip: str
-    router: str
-    dns: str
-    domain: str
-    mtu: str
-
-
-@dataclass
-class Client:
-    """A namespace on the primary's bridge with a long-running `busybox udhcpc`."""
-
-    netns: str
-    mac: str
-    hostname: str
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-    events_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.events_path = self.workdir / f"{self.hostname}.events"
-
-    def start(self) -> Client:
-        """A new udhcpc: a fresh DISCOVER, asking for no address in particular."""
-        script = self.workdir / f"{self.hostname}.sh"
-        script.write_text(UDHCPC_SCRIPT.replace("EVENTS", str(self.events_path)))
-        script.chmod(0o755)
-        with open(self.workdir / f"{self.hostname}.log", "ab") as log:
-            self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, "busybox", "udhcpc", "-f", "-i", "eth0", "-s", str(script)]
-                + ["-x", f"hostname:{self.hostname}", "-O", "mtu", "-t", "5", "-T", "1", "-A", "1"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def events(self) -> list[Event]:
-        try:
-            lines = self.events_path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        return [Event(*line.split("\t")) for line in lines]
-
-    def wait(self, kind: str, ip: str | None = None, after: int = 0, timeout: float = 20) -> Event:
-        """The first `kind` event (for address `ip`) after the first `after` events."""
-
-        def found() -> Event | None:
-            return next(
-                (e for e in self.events()[after:] if e.kind == kind and ip in (None, e.ip)),
-                None,
-            )
-
-        return wait_for(found, timeout, what=f"{self.hostname}: a {kind} event{f' for {ip}' if ip else ''}")
-
-    def renew(self) -> int:
-        """Ask udhcpc to renew now (SIGUSR1); the number of events before, for `wait`."""
-        count = len(self.events())
-        assert self.process is not None
-        self.process.send_signal(signal.SIGUSR1)
-        return count
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_pid(self.process.pid, timeout=5)
-            self.process.wait(timeout=5)
-
-
-@dataclass
 class Primary:
     """The lab node namespace that plays the primary: bridges with gateways, dnsmasq servers, clients."""
 
@@ -142,7 +63,7 @@ class Primary:
     store: Store
     workdir: Path
     servers: list[DhcpServer] = field(default_factory=list)
-    clients: list[Client] = field(default_factory=list)
+    clients: list[DhcpClient] = field(default_factory=list)
     run_dirs: list[Path] = field(default_factory=list)
 
     def add_network(self, network: ClientNetwork) -> None:
@@ -176,24 +97,15 @@ class Primary:
         self.servers.append(server)
         return server
 
-    def client(self, network: ClientNetwork, hostname: str) -> Client:
-        """A client namespace whose veth is on the network's bridge."""
-        netns = f"pvct-{self.lab.tag}-{hostname}"
-        mac = "52:54:00:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(3))
-        client = Client(netns, mac, hostname, self.workdir)
+    def client(self, network: ClientNetwork, hostname: str) -> DhcpClient:
+        """A client namespace whose veth is on the network's bridge; udhcpc asks for the MTU too."""
+        client = DhcpClient(f"pvct-{self.lab.tag}-{hostname}", hostname, self.workdir, options=("-O", "mtu", "-t", "5"))
         self.clients.append(client)
-        peer = f"pv{secrets.token_hex(4)}"
-        sh("ip", "netns", "add", netns)
-        sh("ip", "-n", self.netns, "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        sh("ip", "-n", self.netns, "link", "set", peer, "master", network.bridge, "up")
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
-        sh("ip", "-n", netns, "link", "set", "eth0", "address", mac, "up")
-        return client
+        return client.plug(self.netns, network.bridge)
 
     def cleanup(self) -> None:
         for client in self.clients:
-            client.stop()
-            subprocess.run(["ip", "netns", "del", client.netns], capture_output=True)
+            client.remove()
         for server in self.servers:
             pid = server.pid
             server.stop()
