@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dhcp_client import DhcpClient
 from pyroute2 import IPRoute
 
+from dhcp_client import DhcpClient
 from helpers import bin_path, wait_for
 from pvcd.devcluster.netlab import NODE_MTU, SESSION_TIMEOUT, Lab, namespace_processes
 from pvcd.devcluster.postgres import PostgresServer, postgres_available

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
-from dhcp_client import DhcpClient
 
+from dhcp_client import DhcpClient
 from helpers import wait_for
 from pvcd.cluster.client_networks import ClientNetwork, Dhcp, Lease, Reservation, modified, parse_network
 from pvcd.devcluster.netlab import Lab, sh
