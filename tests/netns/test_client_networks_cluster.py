@@ -343,6 +343,32 @@ def test_devices_dhcp_dns_and_gateway_through_handover_and_crash(cluster: Cluste
         what=f"{name} to resolve to {leased} through PowerDNS on {upstream_floating}",
     )
 
+    # The primary's dnsmasq dies: a check restarts it, and `pvc cluster status` shows why until the next
+    # check finds it running.
+    (killed,) = dnsmasq_pids(lab.nodes[first].netns, VNI)
+    os.kill(killed, signal.SIGKILL)
+
+    def faulted() -> Any:
+        answer = cluster.pvc("cluster", "status")
+        return answer if f"dhcp-{VNI}" in answer["faults"] else None
+
+    status = wait_for(
+        faulted,
+        15,
+        interval=0.2,
+        what=f"the dhcp-{VNI} fault in pvc cluster status",
+    )
+    reason = status["faults"][f"dhcp-{VNI}"]["reason"]
+    assert "killed by SIGKILL" in reason and "restarted" in reason and status["healthy"] is False, status
+    wait_for(
+        lambda: f"dhcp-{VNI}" not in cluster.pvc("cluster", "status")["faults"],
+        20,
+        what=f"the dhcp-{VNI} fault to clear once the new dnsmasq runs",
+    )
+    assert (
+        killed not in dnsmasq_pids(lab.nodes[first].netns, VNI) and len(dnsmasq_pids(lab.nodes[first].netns, VNI)) == 1
+    )
+
     def client_served(why: str) -> None:
         """The client renews the same address (from whichever dnsmasq now answers), pings the gateway, and
         its name resolves."""
