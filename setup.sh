@@ -48,6 +48,12 @@ DEBIAN_PACKAGES=(
   pdns-server
   pdns-backend-pgsql
   postgresql           # the DNS aggregator's database, which the network tests start
+  # A one-node Ceph (mon, mgr, memstore OSD on 127.0.0.1) that the storage tests
+  # start, and the ceph/rbd commands pvcd.storage drives.
+  ceph-mon
+  ceph-osd
+  ceph-mgr
+  ceph-common
 )
 
 case "$ACTION" in
