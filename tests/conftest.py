@@ -1,7 +1,9 @@
-"""Shared fixtures: a real ZooKeeper started by the suite, and node configurations.
+"""Shared fixtures: a real ZooKeeper and a real Ceph started by the suite, and node configurations.
 
 The ZooKeeper server is started once per session on a free 127.0.0.1 port and
-stopped by its PID at the end; each test gets an empty /pvc tree.
+stopped by its PID at the end; each test gets an empty /pvc tree. The one-node
+Ceph (mon, mgr, memstore OSD) is started once per session, the first time a
+test asks for it, and its daemons are stopped by their PIDs at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kazoo.client import KazooClient
 from helpers import DaemonProcess, node_document
 from pvcd.config import Config, parse_config
 from pvcd.devcluster import layout
+from pvcd.devcluster.ceph import CephCluster, ceph_available
 from pvcd.devcluster.zookeeper import ZooKeeperServer, zookeeper_available
 from pvcd.zk import schema
 
@@ -29,6 +32,19 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperSer
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    missing = ceph_available()
+    if missing is not None:
+        pytest.fail(f"{missing} is not installed: run the README's test command, which installs Ceph")
+    cluster = CephCluster.create(tmp_path_factory.mktemp("ceph"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
