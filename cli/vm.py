@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cli.ceph_options import ceph_options
 from cli.connection import CliError, Target, connect, resolve_target
 from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     # commands that use them: `pvc vm list` needs none of them (see cli.main).
     from pvcd.cluster.values import NodeView
     from pvcd.placement.planner import Plan
+    from pvcd.storage import Ceph
+    from pvcd.storage.values import Lock
     from pvcd.vm import flush
     from pvcd.zk.base import Store
 
@@ -112,6 +115,75 @@ def last_migration_text(stats: dict[str, Any] | None) -> str | None:
 def _actual(summary: dict[str, Any]) -> str:
     actual = summary["actual"]
     return f"{actual['state']} on {actual['node']}" if actual["node"] else actual["state"]
+
+
+def vm_volumes(view: VmView) -> list[records.RbdVolume]:
+    """The VM's RBD volumes from its stored domain XML; CliError if the XML does not parse."""
+    try:
+        return list(records.rbd_volumes(view.record.xml))
+    except InvalidVm as exc:
+        raise CliError(f"VM {view.name}: {exc}") from exc
+
+
+def lock_json(lock: Lock) -> dict[str, Any]:
+    return {"locker": lock.locker, "cookie": lock.cookie, "address": lock.address}
+
+
+def volumes_json(volumes: list[records.RbdVolume], locks: dict[records.RbdVolume, Any] | None = None) -> list[Any]:
+    """`volumes` of a VM's JSON: each with its locks, or `locks` null where Ceph was not asked
+    (every answer but `pvc vm info`) or did not answer (`locks_error` says why)."""
+    found = locks or {}
+    return [
+        {
+            "pool": volume.pool,
+            "volume": volume.volume,
+            "locks": found[volume] if isinstance(found.get(volume), list) else None,
+            "locks_error": found[volume] if isinstance(found.get(volume), str) else None,
+        }
+        for volume in volumes
+    ]
+
+
+def volume_lines(volumes: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """The volumes and their locks as `pvc vm info` shows them (pure): one line per volume,
+    or a single line when Ceph could not say anything about any of them."""
+    lines: list[tuple[str, Any]] = [("RBD volumes", ", ".join(f"{v['pool']}/{v['volume']}" for v in volumes) or "none")]
+    if not volumes:
+        return lines
+    errors = {v["locks_error"] for v in volumes}
+    if all(v["locks"] is None for v in volumes) and len(errors) == 1:
+        return [*lines, ("Locks", f"unknown: {errors.pop()}")]
+    for v in volumes:
+        if v["locks"] is None:
+            shown = f"unknown: {v['locks_error']}"
+        else:
+            shown = "; ".join(f"{lock['locker']} at {lock['address']}" for lock in v["locks"]) or "none"
+        lines.append((f"Locks {v['pool']}/{v['volume']}", shown))
+    return lines
+
+
+NO_ANSWER = "no answer from Ceph"
+"""What every CephError of a call that timed out or found no monitor says (pvcd.storage.ceph)."""
+
+
+def _read_locks(ceph: Ceph, volumes: list[records.RbdVolume]) -> dict[records.RbdVolume, Any]:
+    """Each volume's locks (a list), or why they are unknown (a string). Once Ceph has not
+    answered, the other volumes are not asked: each would only wait out its timeout again."""
+    from pvcd.storage import CephError
+
+    found: dict[records.RbdVolume, Any] = {}
+    silent: str | None = None
+    for volume in volumes:
+        if silent is not None:
+            found[volume] = silent
+            continue
+        try:
+            found[volume] = [lock_json(lock) for lock in ceph.locks(volume.pool, volume.volume)]
+        except CephError as exc:
+            found[volume] = f"Ceph: {exc}"
+            if NO_ANSWER in str(exc):
+                silent = found[volume]
+    return found
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -360,7 +432,7 @@ def _settled_after_move(view: VmView) -> bool:
 
 def _emit(view: VmView, output_format: str, message: str) -> None:
     if output_format == "json":
-        click.echo(to_json(vm_summary(view)))
+        click.echo(to_json({**vm_summary(view), "volumes": volumes_json(vm_volumes(view))}))
     else:
         click.echo(message)
 
@@ -500,12 +572,17 @@ def vm_list(ctx: click.Context, node: str | None, state: str | None, output_form
 
 @vm_group.command("info")
 @click.argument("name")
+@ceph_options
 @format_option
 @click.pass_context
-def vm_info(ctx: click.Context, name: str, output_format: str) -> None:
-    """One VM in detail."""
+def vm_info(ctx: click.Context, name: str, output_format: str, ceph: Ceph) -> None:
+    """One VM in detail, with its RBD volumes and who holds locks on them.
+
+    When Ceph does not answer, the locks are shown as unknown: the rest is still shown."""
     with connect(_target(ctx)) as store:
-        summary = vm_summary(_view(store, name))
+        view = _view(store, name)
+    volumes = vm_volumes(view)
+    summary = {**vm_summary(view), "volumes": volumes_json(volumes, _read_locks(ceph, volumes) if volumes else None)}
     if output_format == "json":
         click.echo(to_json(summary))
         return
@@ -535,6 +612,7 @@ def vm_info(ctx: click.Context, name: str, output_format: str) -> None:
                 ("Autostart", summary["node_autostart"]),
                 ("Migration method", summary["migration_method"]),
                 ("Last live migration", last_migration_text(summary["last_migration"])),
+                *volume_lines(summary["volumes"]),
             ]
         )
     )
@@ -747,6 +825,61 @@ def vm_remove(ctx: click.Context, name: str, output_format: str) -> None:
         click.echo(to_json({"removed": name, "uuid": view.record.uuid}))
     else:
         click.echo(f"Removed VM {name}")
+
+
+def _lock_holders(view: VmView) -> list[records.RbdVolume]:
+    """The volumes whose locks `flush-locks` may break; CliError while the VM may be running
+    (or is about to be started, or is moving), and for a VM without RBD volumes."""
+    if view.migration is not None or records.needs_handshake(view):
+        where = f" on {view.status.node}" if view.status.active else ""
+        raise CliError(
+            f"VM {view.name} is {view.record.state} ({view.status.state}{where}); its locks may be live: "
+            f"stop it first: pvc vm stop {view.name}"
+        )
+    volumes = vm_volumes(view)
+    if not volumes:
+        raise CliError(f"VM {view.name} has no RBD volumes: no locks to flush")
+    return volumes
+
+
+@vm_group.command("flush-locks")
+@click.argument("name")
+@ceph_options
+@format_option
+@click.pass_context
+def vm_flush_locks(ctx: click.Context, name: str, output_format: str, ceph: Ceph) -> None:
+    """Break the locks held on a stopped VM's RBD volumes (stale locks of a crashed or fenced node).
+
+    Refused while the VM runs, starts, stops or moves. Ceph blocklists each holder's
+    address when its lock is broken (rbd_blocklist_on_break_lock)."""
+    from pvcd.storage import CephError
+
+    with connect(_target(ctx)) as store:
+        view = _view(store, name)
+        volumes = _lock_holders(view)
+        try:
+            held = [(volume, ceph.locks(volume.pool, volume.volume)) for volume in volumes]
+        except CephError as exc:
+            raise CliError(f"VM {name}: nothing broken: {exc}") from exc
+        if any(locks for _, locks in held):
+            # A node may have started the VM while Ceph was asked: look again before breaking.
+            _lock_holders(_view(store, name))
+        broken: list[dict[str, Any]] = []
+        for volume, locks in held:
+            for lock in locks:
+                try:
+                    ceph.break_lock(volume.pool, volume.volume, lock)
+                except CephError as exc:
+                    before = ", ".join(f"{b['pool']}/{b['volume']} {b['locker']}" for b in broken) or "none"
+                    raise CliError(f"VM {name}: {exc} (broken before: {before})") from exc
+                broken.append({"pool": volume.pool, "volume": volume.volume, **lock_json(lock)})
+    if output_format == "json":
+        click.echo(to_json({"vm": name, "volumes": [str(v) for v in volumes], "broken": broken}))
+    elif broken:
+        held_by = "; ".join(f"{b['pool']}/{b['volume']} held by {b['locker']} at {b['address']}" for b in broken)
+        click.echo(f"VM {name}: broke {len(broken)} lock(s): {held_by}")
+    else:
+        click.echo(f"VM {name}: no locks held on {', '.join(str(v) for v in volumes)}")
 
 
 # -- node flush / ready ---------------------------------------------------------------

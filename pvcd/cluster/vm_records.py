@@ -187,6 +187,48 @@ def parse_domain_xml(text: str) -> DomainSpec:
     return DomainSpec(name=name, uuid=uuid, memory_mib=_memory_mib(root), vcpus=_vcpus(root), xml=text)
 
 
+@dataclass(frozen=True, order=True)
+class RbdVolume:
+    """An RBD volume a VM's domain XML uses as a disk: `pool/volume`."""
+
+    pool: str
+    volume: str
+
+    def __str__(self) -> str:
+        return f"{self.pool}/{self.volume}"
+
+
+def rbd_volumes(xml: str) -> tuple[RbdVolume, ...]:
+    """The RBD volumes the domain uses as disks, in the order of its `<disk>` elements, each once.
+
+    A disk counts when it is `<disk type='network'>` with `<source protocol='rbd' name='POOL/VOLUME'>`
+    (a cdrom as well as a disk). Left out: a source naming a snapshot (`POOL/VOLUME@SNAP`: read-only,
+    libvirt takes no lock on it, so it has none to show or break), a name with an RBD namespace
+    (`POOL/NAMESPACE/VOLUME`) or otherwise not two non-empty parts, and `type='volume'` disks of a
+    libvirt storage pool. A stored XML was checked when it was defined; one that does not parse
+    is an InvalidVm.
+    """
+    try:
+        root = ElementTree.fromstring(xml, parser=ElementTree.XMLParser(target=_NoDoctype()))
+    except ElementTree.ParseError as exc:
+        raise InvalidVm(f"malformed domain XML: {exc}") from exc
+    found: dict[RbdVolume, None] = {}
+    for disk in root.iterfind("devices/disk"):
+        if disk.get("type") != "network":
+            continue
+        source = disk.find("source")
+        if source is None or source.get("protocol") != "rbd":
+            continue
+        name = (source.get("name") or "").strip()
+        if "@" in name:
+            continue
+        pool, slash, volume = name.partition("/")
+        if not slash or not pool or not volume or "/" in volume:
+            continue
+        found[RbdVolume(pool, volume)] = None
+    return tuple(found)
+
+
 MAX_MEMORY_MIB = 2**32
 """4 PiB, the most an x86-64 host can address (52 bits): anything above is a typo."""
 MAX_VCPUS = 4096
