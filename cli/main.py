@@ -18,6 +18,7 @@ from cli.fencing import register as register_fencing_commands
 from cli.inputs import Seconds, node_name
 from cli.network import register as register_network_commands
 from cli.output import format_option, key_values, table, to_json
+from cli.storage import register as register_storage_commands
 from cli.views import cluster_summary, node_summary
 from cli.vm import register as register_vm_commands
 from pvcd.zk import schema
@@ -194,6 +195,7 @@ def cluster() -> None:
 register_fencing_commands(cluster, node)
 register_vm_commands(pvc, node)
 register_network_commands(pvc)
+register_storage_commands(pvc)
 
 
 @cluster.command("status")
