@@ -2,7 +2,8 @@
 
 These commands talk to Ceph directly, through `pvcd.storage.Ceph` (the `ceph`
 and `rbd` commands, each with a timeout), with the client identity of the
-`storage` group's options: pvcd does not record pools, volumes or snapshots
+`storage` group's options (the `--ceph-*` options of `cli.ceph_options`, which
+`pvc vm info` and `pvc vm flush-locks` take too): pvcd does not record pools, volumes or snapshots
 in ZooKeeper yet, so Ceph itself is the only place that knows them, and an
 operator command should not wait for a daemon's next refresh to see its own
 change. ZooKeeper is not needed.
@@ -16,7 +17,6 @@ rolling back a volume a client has open, a Ceph that does not answer within
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cli.ceph_options import (
+    DEFAULT_CONF,
+    DEFAULT_ID,
+    DEFAULT_KEYRING,
+    DEFAULT_TIMEOUT,
+    MAX_TIMEOUT,
+    _client_id,
+    ceph_client,
+)
 from cli.connection import CliError
 from cli.inputs import Seconds
 from cli.output import format_option, key_values, table, to_json
@@ -32,12 +41,6 @@ if TYPE_CHECKING:
     from pvcd.storage import Ceph
     from pvcd.storage.values import ClusterStatus, Osd, Pool, Snapshot, Volume
 
-DEFAULT_CONF = "/etc/ceph/ceph.conf"
-DEFAULT_KEYRING = "/etc/ceph/ceph.client.admin.keyring"
-DEFAULT_ID = "admin"
-DEFAULT_TIMEOUT = 10.0
-MAX_TIMEOUT = 3600.0
-CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NOT_FOUND = "(2) No such file or directory"
 
 
@@ -50,9 +53,7 @@ class CephSettings:
 
 
 def _ceph(ctx: click.Context) -> Ceph:
-    """The adapter for the `storage` group's client identity, after checking it can work at all."""
-    from pvcd.storage import Ceph
-
+    """The adapter for the `storage` group's client identity, after checking its files are there."""
     settings: CephSettings = ctx.obj["ceph"]
     for what, path, option in (
         ("configuration", settings.conf, "--ceph-conf or PVC_CEPH_CONF"),
@@ -60,9 +61,7 @@ def _ceph(ctx: click.Context) -> Ceph:
     ):
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise CliError(f"no readable Ceph {what} at {path}: use {option}")
-    if not CLIENT_ID.fullmatch(settings.client_id):
-        raise CliError(f"invalid Ceph client id {settings.client_id!r}: use letters, digits, '_', '.' or '-'")
-    return Ceph(conf=settings.conf, keyring=settings.keyring, client_id=settings.client_id, timeout=settings.timeout)
+    return ceph_client(settings.conf, settings.keyring, settings.client_id, settings.timeout)
 
 
 @contextmanager
@@ -254,6 +253,7 @@ def _volume(ceph: Ceph, pool: str, name: str) -> dict[str, Any]:
     envvar="PVC_CEPH_ID",
     default=DEFAULT_ID,
     show_default=True,
+    callback=_client_id,
     help="Ceph client id, client.ID (else $PVC_CEPH_ID)",
 )
 @click.option(
