@@ -19,22 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.ceph_options import (
-    DEFAULT_CONF,
-    DEFAULT_ID,
-    DEFAULT_KEYRING,
-    DEFAULT_TIMEOUT,
-    MAX_TIMEOUT,
-    _client_id,
-    ceph_client,
-)
+from cli.ceph_options import CephSettings, ceph_settings_options
 from cli.connection import CliError
-from cli.inputs import Seconds
 from cli.output import format_option, key_values, table, to_json
 
 if TYPE_CHECKING:
@@ -42,14 +32,6 @@ if TYPE_CHECKING:
     from pvcd.storage.values import ClusterStatus, Osd, Pool, Snapshot, Volume
 
 NOT_FOUND = "(2) No such file or directory"
-
-
-@dataclass(frozen=True)
-class CephSettings:
-    conf: str
-    keyring: str
-    client_id: str
-    timeout: float
 
 
 def _ceph(ctx: click.Context) -> Ceph:
@@ -61,7 +43,7 @@ def _ceph(ctx: click.Context) -> Ceph:
     ):
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise CliError(f"no readable Ceph {what} at {path}: use {option}")
-    return ceph_client(settings.conf, settings.keyring, settings.client_id, settings.timeout)
+    return settings.client()
 
 
 @contextmanager
@@ -232,45 +214,14 @@ def _volume(ceph: Ceph, pool: str, name: str) -> dict[str, Any]:
 
 
 @click.group("storage")
-@click.option(
-    "--ceph-conf",
-    envvar="PVC_CEPH_CONF",
-    default=DEFAULT_CONF,
-    show_default=True,
-    metavar="FILE",
-    help="ceph.conf of the cluster (else $PVC_CEPH_CONF)",
-)
-@click.option(
-    "--ceph-keyring",
-    envvar="PVC_CEPH_KEYRING",
-    default=DEFAULT_KEYRING,
-    show_default=True,
-    metavar="FILE",
-    help="keyring of the client (else $PVC_CEPH_KEYRING)",
-)
-@click.option(
-    "--ceph-id",
-    envvar="PVC_CEPH_ID",
-    default=DEFAULT_ID,
-    show_default=True,
-    callback=_client_id,
-    help="Ceph client id, client.ID (else $PVC_CEPH_ID)",
-)
-@click.option(
-    "--ceph-timeout",
-    envvar="PVC_CEPH_TIMEOUT",
-    type=Seconds(1, MAX_TIMEOUT),
-    default=DEFAULT_TIMEOUT,
-    show_default=True,
-    help="seconds each Ceph command may take (else $PVC_CEPH_TIMEOUT)",
-)
+@ceph_settings_options
 @click.pass_context
-def storage_group(ctx: click.Context, ceph_conf: str, ceph_keyring: str, ceph_id: str, ceph_timeout: float) -> None:
+def storage_group(ctx: click.Context, ceph_settings: CephSettings) -> None:
     """Ceph storage: status; osd list; pool, volume and snapshot add|remove|list|...
 
     Talks to Ceph directly (the ceph and rbd commands), not through ZooKeeper."""
     ctx.ensure_object(dict)
-    ctx.obj["ceph"] = CephSettings(ceph_conf, ceph_keyring, ceph_id, ceph_timeout)
+    ctx.obj["ceph"] = ceph_settings
 
 
 @storage_group.command("status")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import selectors
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 import cli.main as cli_main
+from ceph_helpers import LockHolder
 from pvcd.devcluster.ceph import MEMSTORE_BYTES, CephCluster
 from pvcd.storage import Ceph
 
@@ -29,8 +28,6 @@ TIMEOUT = 20.0
 """Seconds for one Ceph command: generous, a shared build machine can be slow."""
 POOL = "clivms"
 OTHER_POOL = "clicopies"
-DEBIAN_PYTHON = "/usr/bin/python3"
-HOLDER = Path(__file__).resolve().parent.parent / "ceph_lock_holder.py"
 
 STATUS_KEYS = {"fsid", "health", "checks", "osds", "mgr_available", "pgs", "bytes"}
 OSD_KEYS = {
@@ -372,38 +369,14 @@ def test_snapshots_and_clones(pvc: Run, ceph: Ceph, pools: tuple[str, str], tmp_
 # -- a volume in use ----------------------------------------------------------------
 
 
-class LockHolder:
-    """tests/ceph_lock_holder.py in Debian's python: a client that has a volume open, as a VM would."""
-
-    def __init__(self, cluster: CephCluster, pool: str, volume: str) -> None:
-        self.process = subprocess.Popen(
-            [DEBIAN_PYTHON, str(HOLDER), str(cluster.conf), str(cluster.keyring), pool, volume, "8"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(30):
-                pytest.fail("the lock holder said nothing within 30s")
-        answer = json.loads(self.process.stdout.readline() or "{}")
-        if not answer.get("ready"):
-            pytest.fail(f"the lock holder did not start: {answer}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-
 @pytest.fixture
 def holder(ceph_cluster: CephCluster, ceph: Ceph, pools: tuple[str, str]) -> Iterator[LockHolder]:
     ceph.create_volume(POOL, "busy", "8M")
     ceph.create_snapshot(POOL, "busy", "before")
     started = LockHolder(ceph_cluster, POOL, "busy")
+    if not started.ready.get("ready"):
+        started.stop()
+        pytest.fail(f"the lock holder did not start: {started.ready}")
     yield started
     started.stop()
 

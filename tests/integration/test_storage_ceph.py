@@ -5,19 +5,16 @@ answering making calls fail within their timeout."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import selectors
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from ceph_helpers import DEBIAN_PYTHON, LockHolder
 from helpers import wait_for
 from pvcd.devcluster.ceph import MEMSTORE_BYTES, CephCluster
 from pvcd.storage import Ceph, CephError
@@ -26,8 +23,6 @@ from pvcd.storage.values import Parent
 MiB = 1 << 20
 TIMEOUT = 20.0
 """Seconds for one call in these tests: generous, a shared build machine can be slow."""
-DEBIAN_PYTHON = "/usr/bin/python3"
-HOLDER = Path(__file__).resolve().parent.parent / "ceph_lock_holder.py"
 POOL = "vms"
 
 
@@ -52,45 +47,6 @@ def digest(ceph: Ceph, spec: str, directory: Path) -> str:
     target = directory / f"export-{time.monotonic_ns()}"
     rbd(ceph, "export", "--no-progress", spec, str(target))
     return hashlib.sha256(target.read_bytes()).hexdigest()
-
-
-class LockHolder:
-    """tests/ceph_lock_holder.py in Debian's python: a client holding a volume's exclusive lock."""
-
-    def __init__(self, cluster: CephCluster, pool: str, volume: str) -> None:
-        self.process = subprocess.Popen(
-            [DEBIAN_PYTHON, str(HOLDER), str(cluster.conf), str(cluster.keyring), pool, volume, "8"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        self.ready = self.read(30)
-
-    def read(self, timeout: float) -> dict[str, Any]:
-        """The holder's next line, failing the test if none comes within `timeout`."""
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                pytest.fail(f"the lock holder said nothing within {timeout}s")
-        line = self.process.stdout.readline()
-        if not line:
-            pytest.fail(f"the lock holder exited ({self.process.poll()}) without a word")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def write(self) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write("write\n")
-        self.process.stdin.flush()
-        return self.read(20)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
 
 
 @pytest.fixture

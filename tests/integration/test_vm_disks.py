@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import selectors
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 import cli.main as cli_main
+from ceph_helpers import LockHolder
 from pvcd.cluster.values import StateRecord
 from pvcd.cluster.vm_records import ActualState, VmState, VmStatus
 from pvcd.devcluster.ceph import CephCluster
@@ -29,8 +28,6 @@ from pvcd.zk import nodes, schema, vms
 from pvcd.zk.store import Store
 
 TIMEOUT = 20.0
-DEBIAN_PYTHON = "/usr/bin/python3"
-HOLDER = Path(__file__).resolve().parent.parent / "ceph_lock_holder.py"
 POOL = "vmdisks"
 READY = StateRecord("run", "secondary", "ready")
 
@@ -102,34 +99,6 @@ def set_status(store: Store, name: str, state: ActualState) -> None:
     view = vms.read_vm(store, name)
     assert view is not None
     vms.VmWrite(store, view).status(VmStatus(node="hv1", state=state)).commit()
-
-
-class LockHolder:
-    """tests/ceph_lock_holder.py in Debian's python: a client holding a volume's exclusive lock."""
-
-    def __init__(self, cluster: CephCluster, pool: str, volume: str) -> None:
-        self.process = subprocess.Popen(
-            [DEBIAN_PYTHON, str(HOLDER), str(cluster.conf), str(cluster.keyring), pool, volume, "8"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(30):
-                pytest.fail("the lock holder said nothing within 30s")
-        line = self.process.stdout.readline()
-        if not line:
-            pytest.fail(f"the lock holder exited ({self.process.poll()}) without a word")
-        self.ready: dict[str, Any] = json.loads(line)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
 
 
 @pytest.fixture
