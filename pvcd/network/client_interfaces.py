@@ -665,7 +665,7 @@ class ClientInterfaces:
         try:
             self._ipr.route(
                 "replace",
-                dst="0.0.0.0/0",
+                dst_len=0,  # the default route: no destination prefix
                 gateway=str(route.gateway),
                 oif=index,
                 table=MAIN_TABLE,
