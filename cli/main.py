@@ -184,7 +184,15 @@ def _fence_lines(fence: dict[str, Any], now_ms: int) -> list[tuple[str, Any]]:
             f"{fence['action']}; done: {bool(fence['recovered'])}"
             + ("; confirmed by an operator" if fence["confirmed_by_operator"] else ""),
         ),
+        ("Storage cut", _storage_cut_line(fence["storage"])),
     ]
+
+
+def _storage_cut_line(storage: dict[str, Any] | None) -> str:
+    """The fence's storage step: what was blocklisted and broken, or why not."""
+    if storage is None:
+        return "not reached yet"
+    return f"{storage.get('outcome')}: {storage.get('reason')}"
 
 
 @pvc.group()

@@ -34,6 +34,7 @@ def fence_summary(record: dict[str, Any]) -> dict[str, Any]:
         "recovered_vms": current.get("recovered_vms", {}),
         "unplaced_vms": current.get("unplaced_vms", {}),
         "confirmed_by_operator": bool(current.get("confirmed_by_operator")),
+        "storage": current.get("storage") if isinstance(current.get("storage"), dict) else None,
     }
 
 

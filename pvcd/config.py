@@ -53,6 +53,13 @@ WATCHDOG_TIMEOUT_RANGE = (2, 600)
 MIN_WATCHDOG_TIMEOUT_INTERVALS = 2
 """A watchdog must outlast two keepalive intervals, or one slow keepalive resets a healthy host."""
 MTU_RANGE = (576, 9216)
+DEFAULT_CEPH_CONFIG_FILE = "/etc/ceph/ceph.conf"
+DEFAULT_CEPH_KEYRING = "/etc/ceph/ceph.client.admin.keyring"
+DEFAULT_CEPH_CLIENT_ID = "admin"
+DEFAULT_CEPH_TIMEOUT = 10.0
+DEFAULT_BLOCKLIST_TIME = 86400
+BLOCKLIST_TIME_RANGE = (60, 31536000)
+"""Seconds a fenced node stays blocklisted unless readied first: at least a minute, at most a year."""
 
 AddressMode = Literal["none", "by-id", "static"]
 
@@ -218,6 +225,17 @@ class Hypervisor:
 
 
 @dataclass(frozen=True, slots=True)
+class Storage:
+    """How this node reaches the Ceph cluster (used only with `enable_storage`)."""
+
+    ceph_config_file: str = DEFAULT_CEPH_CONFIG_FILE
+    ceph_keyring: str = DEFAULT_CEPH_KEYRING
+    ceph_client_id: str = DEFAULT_CEPH_CLIENT_ID
+    ceph_timeout: float = DEFAULT_CEPH_TIMEOUT
+    blocklist_time: int = DEFAULT_BLOCKLIST_TIME
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: str
     functions: Functions
@@ -229,6 +247,7 @@ class Config:
     logging: Logging
     networking: NodeNetworking | None
     hypervisor: Hypervisor
+    storage: Storage = field(default_factory=Storage)
 
     @property
     def is_coordinator(self) -> bool:
@@ -485,6 +504,7 @@ def _read_document(raw: object, problems: list[str]) -> Config:
     networking = _node_networking(configuration.section("networking", networking_required), node, cluster.networks)
     configuration.finish()
     hypervisor = _hypervisor(system.section("hypervisor", None))
+    storage = _storage(system.section("storage", None))
     system.finish()
     pvc.finish()
     document.finish()
@@ -499,6 +519,7 @@ def _read_document(raw: object, problems: list[str]) -> Config:
         logging=logging,
         networking=networking,
         hypervisor=hypervisor,
+        storage=storage,
     )
 
 
@@ -784,6 +805,20 @@ def _hypervisor(section: _Section | None) -> Hypervisor:
     return hypervisor
 
 
+def _storage(section: _Section | None) -> Storage:
+    if section is None:
+        return Storage()
+    storage = Storage(
+        ceph_config_file=section.value("ceph_config_file", _absolute_path, DEFAULT_CEPH_CONFIG_FILE),
+        ceph_keyring=section.value("ceph_keyring", _absolute_path, DEFAULT_CEPH_KEYRING),
+        ceph_client_id=section.value("ceph_client_id", _ceph_client_id, DEFAULT_CEPH_CLIENT_ID),
+        ceph_timeout=section.value("ceph_timeout", _positive_seconds, DEFAULT_CEPH_TIMEOUT),
+        blocklist_time=section.value("blocklist_time", _int_in(BLOCKLIST_TIME_RANGE), DEFAULT_BLOCKLIST_TIME),
+    )
+    section.finish()
+    return storage
+
+
 # --- Value checks: return the parsed value or raise _Invalid ------------------
 
 
@@ -953,6 +988,12 @@ def _domain(value: object) -> str | None:
 def _absolute_path(value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise _expected("must be an absolute path", value)
+    return value
+
+
+def _ceph_client_id(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise _expected("must be a Ceph client name such as admin or pvcd (letters, digits, _ . -)", value)
     return value
 
 

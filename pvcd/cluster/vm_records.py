@@ -198,6 +198,23 @@ class RbdVolume:
         return f"{self.pool}/{self.volume}"
 
 
+def writable_disks_on_rbd(xml: str) -> bool:
+    """Is every disk the guest can write an RBD volume (so a Ceph blocklist stops all its writes)?
+
+    Read-only disks and cdroms are left out: a copy of the guest left running cannot change them."""
+    try:
+        root = ElementTree.fromstring(xml, parser=ElementTree.XMLParser(target=_NoDoctype()))
+    except ElementTree.ParseError as exc:
+        raise InvalidVm(f"malformed domain XML: {exc}") from exc
+    for disk in root.iterfind("devices/disk"):
+        if disk.get("device", "disk") == "cdrom" or disk.find("readonly") is not None:
+            continue
+        source = disk.find("source")
+        if disk.get("type") != "network" or source is None or source.get("protocol") != "rbd":
+            return False
+    return True
+
+
 def rbd_volumes(xml: str) -> tuple[RbdVolume, ...]:
     """The RBD volumes the domain uses as disks, in the order of its `<disk>` elements, each once.
 

@@ -43,6 +43,9 @@ class Timing:
     # with `watchdog_timeout` seconds, WATCHDOG_INTERVALS keepalive intervals when None.
     watchdog: bool = True
     watchdog_timeout: int | None = None
+    # A Ceph cluster the nodes use (storage on, with storage fencing): its ceph.conf and keyring.
+    ceph_conf: str | None = None
+    ceph_keyring: str | None = None
 
     @property
     def watchdog_seconds(self) -> int | None:
@@ -217,6 +220,14 @@ def node_config(
             },
         }
     }
+    if timing.ceph_conf is not None and timing.ceph_keyring is not None:
+        document["pvc"]["functions"]["enable_storage"] = True
+        document["pvc"]["system"]["configuration"]["logging"]["log_keepalive_storage_details"] = True
+        document["pvc"]["system"]["storage"] = {
+            "ceph_config_file": timing.ceph_conf,
+            "ceph_keyring": timing.ceph_keyring,
+            "ceph_client_id": "admin",
+        }
     watchdog = timing.watchdog_seconds
     if in_chassis and watchdog is not None:
         document["pvc"]["system"]["fencing"]["watchdog"] = {"device": str(paths.watchdog), "timeout": watchdog}

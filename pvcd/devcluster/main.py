@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-watchdog", action="store_true", help="give the nodes no watchdog device")
     up.add_argument(
+        "--ceph-conf",
+        type=Path,
+        metavar="PATH",
+        help="the ceph.conf of a running Ceph cluster: the nodes manage storage there (enable_storage, storage "
+        "fencing); needs --ceph-keyring",
+    )
+    up.add_argument("--ceph-keyring", type=Path, metavar="PATH", help="the client.admin keyring for --ceph-conf")
+    up.add_argument(
         "--hosts",
         choices=("test", "qemu"),
         default="test",
@@ -146,6 +154,11 @@ def _up(args: argparse.Namespace) -> int:
         raise cluster.ClusterError(f"--fence-intervals must be a non-negative integer, got {args.fence_intervals}")
     if args.watchdog_timeout is not None and args.no_watchdog:
         raise cluster.ClusterError("--watchdog-timeout and --no-watchdog exclude each other")
+    if (args.ceph_conf is None) != (args.ceph_keyring is None):
+        raise cluster.ClusterError("--ceph-conf and --ceph-keyring go together")
+    for option, path in (("--ceph-conf", args.ceph_conf), ("--ceph-keyring", args.ceph_keyring)):
+        if path is not None and not path.is_file():
+            raise cluster.ClusterError(f"{option} {path}: no such file")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -158,6 +171,8 @@ def _up(args: argparse.Namespace) -> int:
         session_timeout=args.session_timeout,
         watchdog=not args.no_watchdog,
         watchdog_timeout=args.watchdog_timeout,
+        ceph_conf=str(args.ceph_conf.resolve()) if args.ceph_conf is not None else None,
+        ceph_keyring=str(args.ceph_keyring.resolve()) if args.ceph_keyring is not None else None,
     )
     record = cluster.up(args.workdir, args.nodes, timing, hosts=args.hosts)
     late = cluster.wait_until_running(record, START_TIMEOUT)

@@ -22,10 +22,12 @@ from pvcd.cluster.cache import ClusterCache
 from pvcd.cluster.liveness import LivenessTracker, NodeStatus, Verdict, decide
 from pvcd.cluster.values import NodeView
 from pvcd.config import DEFAULT_IPMI_PORT, Config
-from pvcd.fencing import flow
+from pvcd.fencing import flow, storage_cut
 from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
 from pvcd.fencing.ipmi import IpmiDriver, IpmiError, IpmiTarget
 from pvcd.fencing.outcome import FenceOutcome
+from pvcd.fencing.storage_cut import StorageCut
+from pvcd.fencing.storage_fence import StorageFencer
 from pvcd.supervisor import Supervisor
 from pvcd.zk import schema
 from pvcd.zk.base import Store, StoreError, VersionConflict
@@ -78,15 +80,6 @@ def check_own_bmc(config: Config, driver: IpmiDriver | None = None) -> bool:
     return True
 
 
-def storage_fence(node: str) -> None:
-    """Cut the dead node off from shared storage before its VMs start elsewhere.
-
-    A hook: Ceph support will break the node's RBD locks and blocklist its
-    client address here. Without managed storage there is nothing to cut.
-    """
-    log.info("Storage fencing of node %s: no managed storage to cut off", node)
-
-
 def node_fencing(view: NodeView) -> NodeFencing | None:
     """The fencing settings the node published for itself at registration."""
     return NodeFencing.from_json(view.info.get("fencing"))
@@ -109,10 +102,11 @@ class Fencer:
         clock: Callable[[], float] = time.monotonic,
         run_loop: Callable[[str, Callable[[], None], threading.Event, float], None] | None = None,
         cluster: ClusterCache | None = None,
+        storage: StorageFencer | None = None,
     ) -> None:
         """`run_loop(name, body, stop_event, period)` runs the rounds: the daemon's supervisor.
         `cluster`: the daemon's cache, which every round reads instead of the store (by default
-        one of the fencer's own)."""
+        one of the fencer's own). `storage`: the storage step (None: storage is not managed)."""
         self.store = store
         self.cluster = cluster or ClusterCache(store, with_vms=False, node=config.node)
         self._own_cluster = cluster is None
@@ -120,6 +114,7 @@ class Fencer:
         self.me = config.node
         self.is_primary = is_primary
         self.recover = recover
+        self.storage = storage
         self.driver = driver or IpmiDriver()
         self.clock = clock
         self.policy = Policy(config.fencing.successful_fence, config.fencing.failed_fence)
@@ -188,7 +183,8 @@ class Fencer:
             log.warning("Nodes %s look dead but maintenance mode is on: not fencing", ", ".join(held_by_maintenance))
         self._maintenance_logged = held_by_maintenance
         due = self._due(views)
-        if not due and decision.verdict != Verdict.FENCE:
+        storage_due = self.storage.due(cluster) if self.storage is not None else []
+        if not due and not storage_due and decision.verdict != Verdict.FENCE:
             return
         with self._locked() as locked:
             if not locked:
@@ -197,6 +193,8 @@ class Fencer:
                 self._carry_on(name, by_name[name])
             if decision.verdict == Verdict.FENCE and decision.target is not None:
                 self._declare(by_name[decision.target])
+            if self.storage is not None and storage_due:
+                self.storage.tidy(storage_due)
 
     def _due(self, views: list[NodeView]) -> list[str]:
         """Nodes whose fence in ZooKeeper needs a step now, whoever started it."""
@@ -291,7 +289,7 @@ class Fencer:
             log.info("Not fencing node %s: its keepalive moved while the fence was being declared", node)
             return
         log.warning("Fencing node %s (fence %s): %s", node, record["id"], reason)
-        self._power_off(node, record, fencing)
+        self._cut_storage(node, record, fencing)
 
     def _carry_on(self, node: str, view: NodeView) -> None:
         """A step of a fence found in ZooKeeper: one this primary began, or one it inherited.
@@ -316,7 +314,9 @@ class Fencer:
                 record.get("by"),
             )
             record["resumed_by"] = self.me
-        if action is Next.POWER_OFF:
+        if action is Next.CUT_STORAGE:
+            self._cut_storage(node, record, node_fencing(view))
+        elif action is Next.POWER_OFF:
             self._power_off(node, record, node_fencing(view))
         elif action is Next.RECOVER:
             self._recover(node, record)
@@ -329,10 +329,32 @@ class Fencer:
         self.store.set(schema.node_fence(node), record, found.version)
         return record
 
+    def _cut_storage(self, node: str, record: dict[str, Any], fencing: NodeFencing | None) -> None:
+        """Cut the node off its VMs' disks before anything else: the storage step of the fence."""
+        if not self.is_primary():
+            return
+        if record.get("step") != Step.CUTTING_STORAGE:
+            record = self._write(node, dict(record, step=str(Step.CUTTING_STORAGE)))
+        if self.storage is None:
+            cut = storage_cut.skipped("storage is not managed here (enable_storage is False on the primary)")
+        else:
+            cut = self.storage.cut(node, str(record["id"]))
+        log.log(
+            logging.ERROR if cut.outcome is storage_cut.CutOutcome.FAILED else logging.WARNING,
+            "Fence %s of node %s: storage cut %s: %s",
+            record["id"],
+            node,
+            cut.outcome,
+            cut.reason,
+        )
+        record = self._write(node, dict(record, step=str(Step.POWERING_OFF), storage=cut.to_json()))
+        self._power_off(node, record, fencing)
+
     def _power_off(self, node: str, record: dict[str, Any], fencing: NodeFencing | None) -> None:
         if not self.is_primary():
             return
-        record = self._write(node, dict(record, step=str(Step.POWERING_OFF)))
+        if record.get("step") != Step.POWERING_OFF:
+            record = self._write(node, dict(record, step=str(Step.POWERING_OFF)))
         target = self._ipmi_target(node)
         steps: tuple[str, ...] = ()
         if target is None:
@@ -340,7 +362,7 @@ class Fencer:
         else:
             report = self.driver.fence(target)
             outcome, why, steps = report.verdict.outcome, report.verdict.reason, report.steps
-        after = flow.after_outcome(outcome, self.policy, fencing)
+        after = flow.after_outcome(outcome, self.policy, fencing, StorageCut.from_json(record.get("storage")))
         log.log(
             logging.WARNING if outcome == FenceOutcome.CONFIRMED else logging.ERROR,
             "Fence %s of node %s: %s (%s); %s",
@@ -375,7 +397,6 @@ class Fencer:
         if record.get("step") != Step.RECOVERING:
             log.warning("Recovering the VMs of node %s: %s", node, _why_now(record))
             record = self._write(node, dict(record, step=str(Step.RECOVERING)))
-        storage_fence(node)
         result = self.recover(node)
         for vm, target in sorted(result.moved.items()):
             log.warning("Recovered VM %s of fenced node %s on node %s", vm, node, target)

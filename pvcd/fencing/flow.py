@@ -8,10 +8,14 @@ fencer passes ZooKeeper's time in.
 
 Steps::
 
-    declared ─► powering-off ─┬─► recovering ─► recovered
-                              ├─► waiting-watchdog ─► recovering
-                              ├─► waiting-operator ─► recovering
-                              └─► held (no recovery by configuration)
+    declared ─► cutting-storage ─► powering-off ─┬─► recovering ─► recovered
+                                                 ├─► waiting-watchdog ─► recovering
+                                                 ├─► waiting-operator ─► recovering
+                                                 └─► held (no recovery by configuration)
+
+`cutting-storage` blocklists the node's Ceph clients and breaks their locks on its VMs' volumes
+(`storage_cut`); its result is written as the record's `storage` together with the next step.
+Without managed storage it records `skipped`.
 
 The BMC's verdict (`outcome`: confirmed, failed, ambiguous) is written in the
 same write as the step it leads to, so no record ever holds an outcome whose
@@ -22,7 +26,9 @@ Invariants, and why:
 - A VM of the fenced node is restarted elsewhere only once its host is known
   not to run it: the BMC confirmed the power off, an operator confirmed it, or
   the node's own armed watchdog has had time to reset the host since the last
-  keepalive ZooKeeper accepted from it. Nothing else (a self-fence thread
+  keepalive ZooKeeper accepted from it, or — with `failed_fence: migrate` and a BMC that failed —
+  the storage step proved every Ceph client of the node cut off and every disk of its VMs on
+  Ceph, so that a node still running cannot write any of them. Nothing else (a self-fence thread
   inside the very daemon that may be hung, an IPMI answer that proves nothing)
   allows it.
 - Resuming is always safe to repeat: powering off a node twice is harmless,
@@ -39,6 +45,7 @@ from enum import StrEnum
 from typing import Any, TypeGuard
 
 from pvcd.fencing.outcome import FenceOutcome
+from pvcd.fencing.storage_cut import CutOutcome, StorageCut
 
 MIGRATE = "migrate"
 IN_PROGRESS = "fencing"
@@ -49,6 +56,7 @@ WATCHDOG_MARGIN_INTERVALS = 1
 
 class Step(StrEnum):
     DECLARED = "declared"
+    CUTTING_STORAGE = "cutting-storage"
     POWERING_OFF = "powering-off"
     WAITING_WATCHDOG = "waiting-watchdog"
     WAITING_OPERATOR = "waiting-operator"
@@ -57,13 +65,14 @@ class Step(StrEnum):
     RECOVERED = "recovered"
 
 
-UNFINISHED = frozenset({Step.DECLARED, Step.POWERING_OFF, Step.RECOVERING})
+UNFINISHED = frozenset({Step.DECLARED, Step.CUTTING_STORAGE, Step.POWERING_OFF, Step.RECOVERING})
 """Steps a primary must carry on from at once, whoever started them."""
 
 
 class Next(StrEnum):
     """What the fencer does next for one fence."""
 
+    CUT_STORAGE = "cut-storage"
     POWER_OFF = "power-off"
     RECOVER = "recover"
     NOTHING = "nothing"
@@ -180,8 +189,10 @@ class AfterOutcome:
     reason: str
 
 
-def after_outcome(outcome: FenceOutcome, policy: Policy, node: NodeFencing | None) -> AfterOutcome:
-    """The step that follows the BMC's verdict."""
+def after_outcome(
+    outcome: FenceOutcome, policy: Policy, node: NodeFencing | None, storage: StorageCut | None = None
+) -> AfterOutcome:
+    """The step that follows the BMC's verdict (and, for a failed one, what the storage step proved)."""
     if outcome is FenceOutcome.CONFIRMED:
         if policy.successful_fence == MIGRATE:
             return AfterOutcome(Step.RECOVERING, "fenced", "power off confirmed; recovering its VMs")
@@ -198,6 +209,13 @@ def after_outcome(outcome: FenceOutcome, policy: Policy, node: NodeFencing | Non
             "fence-failed",
             "fence failed and failed_fence is None; "
             "run 'pvc node confirm-fenced' once you have checked the node is off",
+        )
+    if storage is not None and storage.outcome is CutOutcome.CONFIRMED and storage.whole:
+        return AfterOutcome(
+            Step.RECOVERING,
+            "fence-failed",
+            "fence failed, but every Ceph client of the node is blocklisted and all its VMs' disks are on Ceph, "
+            "so it can write none of them; recovering its VMs",
         )
     window = node.watchdog_window if node is not None else None
     if window is None:
@@ -224,7 +242,9 @@ def watchdog_expired(fence: Fence, node: NodeFencing | None, now_ms: int) -> boo
 
 def next_action(fence: Fence, node: NodeFencing | None, now_ms: int) -> Next:
     """What the primary does next for a fence it finds in ZooKeeper (its own, or one it inherited)."""
-    if fence.step in (Step.DECLARED, Step.POWERING_OFF):
+    if fence.step in (Step.DECLARED, Step.CUTTING_STORAGE):
+        return Next.CUT_STORAGE
+    if fence.step is Step.POWERING_OFF:
         return Next.POWER_OFF
     if fence.step is Step.RECOVERING:
         return Next.RECOVER

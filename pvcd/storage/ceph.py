@@ -56,8 +56,8 @@ VALUE_OPTIONS = frozenset({"--size", "--format", "--io-type", "--io-size", "--io
 """Options whose value does not help say which command failed (sizes, formats)."""
 NO_ANSWER = ("timed out", "ETIMEDOUT", "couldn't connect", "error connecting")
 """What the tools say when their own connect or mon timeout expired first."""
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\S+ [0-9a-f]+ +-?\d+ ")
-"""A Ceph library log line on stderr (`2026-11-27T12:08:23.104+0000 7efd... -1 msg`)."""
+LOG_PREFIX = re.compile(r"\d{4}-\d\d-\d\dT\S+ [0-9a-f]+ +-?\d+ ")
+"""The prefix of a Ceph library log line on stderr (`2026-11-27T12:08:23.104+0000 7efd... -1 msg`)."""
 
 
 T = TypeVar("T")
@@ -84,16 +84,49 @@ def _describe(tool: str, args: Sequence[str]) -> str:
 
 def _error_line(stderr: str, returncode: int) -> str:
     """The line of a failed command's stderr that says why: the tool's own `rbd: ...` or
-    `Error EXXX: ...` line, else the last message, without Ceph's log prefix."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in reversed(lines):
+    `Error EXXX: ...` line, else the last message, without Ceph's log prefix.
+
+    The tool and its library write to stderr independently, so a library log line can begin in
+    the middle of the tool's own line: each line is cut where a log prefix begins."""
+    tool_lines: list[str] = []
+    messages: list[str] = []
+    for line in stderr.splitlines():
+        own, *logged = LOG_PREFIX.split(line)
+        if own.strip():
+            tool_lines.append(own.strip())
+        messages += [message.strip() for message in logged if message.strip()]
+    for line in reversed(tool_lines):
         if line.startswith(("rbd: ", "Error ", "error ")):
             return line
-    for line in reversed(lines):
-        message = LOG_LINE.sub("", line)
-        if message:
-            return message
-    return f"exited with status {returncode}"
+    remaining = tool_lines + messages
+    return remaining[-1] if remaining else f"exited with status {returncode}"
+
+
+def run_bounded(command: Sequence[str], what: str, seconds: float) -> tuple[int, str, str]:
+    """Run `command` in a session of its own and return (status, stdout, stderr); CephError when it
+    cannot start or outlives `seconds` — then its whole process group is killed (and reaped), so
+    nothing keeps holding a Ceph connection behind the caller's back."""
+    try:
+        process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise CephError(f"{what}: cannot run {command[0]}: {exc.strerror}") from None
+    try:
+        stdout, stderr = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.communicate()
+        raise CephError(f"{what}: no answer from Ceph within {seconds:g}s") from None
+    return process.returncode, stdout, stderr
 
 
 @dataclass(frozen=True)
@@ -128,28 +161,9 @@ class Ceph:
             command += ["--connect-timeout", str(max(1, int(seconds)))]
         command += list(args)
         what = _describe(tool, args)
-        try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise CephError(f"{what}: cannot run {tool}: {exc.strerror}") from None
-        try:
-            stdout, stderr = process.communicate(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.communicate()
-            raise CephError(f"{what}: no answer from Ceph within {seconds:g}s") from None
-        if process.returncode != 0:
-            reason = _error_line(stderr, process.returncode)
+        returncode, stdout, stderr = run_bounded(command, what, seconds)
+        if returncode != 0:
+            reason = _error_line(stderr, returncode)
             if any(sign in reason for sign in NO_ANSWER):
                 reason = f"no answer from Ceph within {seconds:g}s ({reason})"
             raise CephError(f"{what}: {reason}")

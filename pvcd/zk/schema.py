@@ -142,6 +142,25 @@ def node_ipmi(name: str) -> str:
     return f"{node(name)}/ipmi"
 
 
+def node_storage(name: str) -> str:
+    """{"addresses": [Ceph client address, ...], "ips": [IP, ...], "learned_ms"}: how the Ceph
+    cluster sees this node's clients, as librados told the node itself; what the fencer cuts off."""
+    return f"{node(name)}/storage"
+
+
+STORAGE = f"{ROOT}/storage"
+STORAGE_STATUS = f"{STORAGE}/status"
+"""The Ceph cluster's health, usage, OSDs, pools and volumes as the primary last read them
+(with when and how long it took, or why it could not)."""
+STORAGE_FENCES = f"{STORAGE}/fences"
+
+
+def storage_fence(name: str) -> str:
+    """{"fence", "entries": [blocklisted address, ...], "until_ms"}: what a fence of the node
+    blocklisted; the primary removes the entries once the node is readied, then this znode."""
+    return f"{STORAGE_FENCES}/{validate_name(name)}"
+
+
 NETWORKS = f"{ROOT}/networks"
 """Client networks, one child per VNI (`pvcd.cluster.client_networks`)."""
 

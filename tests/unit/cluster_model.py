@@ -990,7 +990,7 @@ class Model:
         if record.get("by") != term.node and record.get("resumed_by") != term.node:
             record["resumed_by"] = term.node
             self.count("fence resumed")
-        if action is Next.POWER_OFF:
+        if action in (Next.CUT_STORAGE, Next.POWER_OFF):  # no storage here: its step is skipped
             yield from self._power_off_step(term, node, record, node_fencing(view))
         elif action is Next.RECOVER:
             yield from self._recover(term, node, record)

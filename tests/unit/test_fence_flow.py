@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pvcd.fencing.flow import (
+    UNFINISHED,
     Fence,
     Next,
     NodeFencing,
@@ -16,6 +17,7 @@ from pvcd.fencing.flow import (
     watchdog_expired,
 )
 from pvcd.fencing.outcome import FenceOutcome
+from pvcd.fencing.storage_cut import CutOutcome, StorageCut, failed
 
 WATCHDOG = NodeFencing(keepalive_interval=1, fence_intervals=3, watchdog_timeout=4)
 NO_WATCHDOG = NodeFencing(keepalive_interval=1, fence_intervals=3, watchdog_timeout=None)
@@ -59,7 +61,8 @@ def test_watchdog_window_counts_from_the_last_accepted_keepalive_on_zookeepers_c
 @pytest.mark.parametrize(
     "step,confirmed,now,expected",
     [
-        (Step.DECLARED, False, 0, Next.POWER_OFF),
+        (Step.DECLARED, False, 0, Next.CUT_STORAGE),
+        (Step.CUTTING_STORAGE, False, 0, Next.CUT_STORAGE),
         (Step.POWERING_OFF, False, 0, Next.POWER_OFF),
         (Step.RECOVERING, False, 0, Next.RECOVER),
         (Step.RECOVERED, True, 10**12, Next.NOTHING),
@@ -106,3 +109,37 @@ def test_a_node_knows_a_fence_by_its_id_not_by_a_record_version():
     assert acknowledges(current, "new")
     assert not acknowledges(current, "old")
     assert not acknowledges(current, None)
+
+
+WHOLE = StorageCut(CutOutcome.CONFIRMED, "cut", whole=True, entries=("10.0.3.12:0/0",))
+PARTIAL = StorageCut(CutOutcome.CONFIRMED, "cut", whole=False, entries=("10.0.3.12:0/77",))
+
+
+@pytest.mark.parametrize(
+    "outcome,policy,node,storage,step",
+    [
+        # The rule: failed_fence migrate + BMC failed + every client cut off and every disk on Ceph.
+        (FenceOutcome.FAILED, MIGRATE_ALL, NO_WATCHDOG, WHOLE, Step.RECOVERING),
+        (FenceOutcome.FAILED, MIGRATE_ALL, WATCHDOG, WHOLE, Step.RECOVERING),
+        # Only some clients cut (an IP shared with another node): the watchdog rule as before.
+        (FenceOutcome.FAILED, MIGRATE_ALL, WATCHDOG, PARTIAL, Step.WAITING_WATCHDOG),
+        (FenceOutcome.FAILED, MIGRATE_ALL, NO_WATCHDOG, PARTIAL, Step.WAITING_OPERATOR),
+        (FenceOutcome.FAILED, MIGRATE_ALL, WATCHDOG, failed("no answer from Ceph within 10s"), Step.WAITING_WATCHDOG),
+        # failed_fence None, or an ambiguous BMC, still wait for the operator whatever storage proved.
+        (FenceOutcome.FAILED, Policy("migrate", None), WATCHDOG, WHOLE, Step.WAITING_OPERATOR),
+        (FenceOutcome.AMBIGUOUS, MIGRATE_ALL, WATCHDOG, WHOLE, Step.WAITING_OPERATOR),
+        # A confirmed power off needs nothing from storage.
+        (FenceOutcome.CONFIRMED, MIGRATE_ALL, NO_WATCHDOG, failed("no answer"), Step.RECOVERING),
+    ],
+)
+def test_a_storage_cut_that_covers_the_node_lets_a_failed_fence_recover_at_once(outcome, policy, node, storage, step):
+    after = after_outcome(outcome, policy, node, storage)
+    assert after.step == step
+    if step is Step.RECOVERING and outcome is FenceOutcome.FAILED:
+        assert "blocklisted" in after.reason
+
+
+def test_the_storage_step_comes_first_and_is_resumed_by_any_primary():
+    assert next_action(fence(Step.DECLARED), WATCHDOG, 0) is Next.CUT_STORAGE
+    assert next_action(fence(Step.CUTTING_STORAGE), WATCHDOG, 0) is Next.CUT_STORAGE
+    assert Step.CUTTING_STORAGE in UNFINISHED

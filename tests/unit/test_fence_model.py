@@ -266,7 +266,7 @@ def test_a_node_fenced_while_cut_off_comes_back_fenced_with_no_vms() -> None:
     run_to(model, 2000)
     model.apply(("cut", 2))  # hv3: no watchdog; its BMC answers but does not power it off
     rounds_until(model, lambda: fence_step(model, "hv3") is not None)
-    while fence_step(model, "hv3") in (Step.DECLARED, Step.POWERING_OFF):
+    while fence_step(model, "hv3") in (Step.DECLARED, Step.CUTTING_STORAGE, Step.POWERING_OFF):
         model.apply(("fencer", 2))  # coin 2: the BMC does nothing and answers ambiguously
     assert fence_step(model, "hv3") is Step.WAITING_OPERATOR and model.hosts["hv3"].running == {"vm4"}
     model.apply(("cut", 2))
