@@ -54,6 +54,8 @@ DEBIAN_PACKAGES=(
   ceph-osd
   ceph-mgr
   ceph-common
+  python3-rados        # a node asks librados for its Ceph client address (storage fencing)
+  python3-rbd          # the storage tests' lock-holding client, a VM's QEMU on a dead node
 )
 
 case "$ACTION" in

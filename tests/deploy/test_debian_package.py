@@ -75,8 +75,8 @@ def test_daemon_package_relations(debs: dict[str, Path]) -> None:
     depends = deb_relations(deb, "Depends")
     assert depends["python3-pvcd"] == "= " + pvcd.__version__
     assert depends["pvc-client-cli"] == "= " + pvcd.__version__  # the flush unit runs `pvc`
-    for tool in ("dnsmasq", "pdns-server", "pdns-backend-pgsql"):
-        assert tool in depends
+    for tool in ("dnsmasq", "pdns-server", "pdns-backend-pgsql", "ceph-common", "python3-rados"):
+        assert tool in depends  # ceph-common: storage; python3-rados: a node's Ceph client address
     assert {"libvirt-daemon-system", "qemu-system-x86"} <= set(deb_relations(deb, "Recommends"))
     assert {"zookeeperd", "ipmitool"} <= set(deb_relations(deb, "Suggests"))
 
@@ -85,6 +85,7 @@ def test_client_package_relations(debs: dict[str, Path]) -> None:
     depends = deb_relations(debs["pvc-client-cli"], "Depends")
     assert depends["python3-pvcd"] == "= " + pvcd.__version__
     assert "python3-click" in depends
+    assert "ceph-common" in deb_relations(debs["pvc-client-cli"], "Recommends")  # pvc storage
     assert "pvc-daemon" not in depends  # an operator's workstation needs no daemon
 
 
