@@ -43,6 +43,7 @@ from pvcd.keepalive import (
 from pvcd.network.addresses import apply_node_networking
 from pvcd.network.manager import NetworkManager
 from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
+from pvcd.storage.status import StorageFollower, StorageStatus, ceph_of
 from pvcd.supervisor import Supervisor, timed
 from pvcd.vm.domains import Domains
 from pvcd.vm.flush import FlushRunner, initial_domain_state, read_report
@@ -147,6 +148,14 @@ class NodeDaemon:
             )
             self.coordinator.services.register(self.fencer)
             self.coordinator.services.register(StatesPublisher(self.store, cluster, self.supervisor))
+            if config.functions.enable_storage:
+                self.coordinator.services.register(
+                    StorageStatus(self.store, ceph_of(config.storage), self.interval, self.supervisor)
+                )
+        self.storage_status: StorageFollower | None = None
+        """With storage: the primary's last record of the Ceph cluster, for the keepalive's storage line."""
+        if config.functions.enable_storage and config.logging.log_keepalive_storage_details:
+            self.storage_status = StorageFollower(self.store)
         self.networks: NetworkManager | None = None
         if config.functions.enable_networking and config.networking is not None:
             self.networks = NetworkManager(config, self.store, self.supervisor, self.stop_event)
@@ -205,6 +214,8 @@ class NodeDaemon:
                 self.cluster.start()
             if self.cluster_states is not None:
                 self.cluster_states.start()
+            if self.storage_status is not None:
+                self.storage_status.start()
             if self.networks is not None:
                 self.networks.start()
             if self.coordinator is not None:
@@ -579,8 +590,8 @@ class NodeDaemon:
             else:
                 states = self.cluster_states.states if self.cluster_states is not None else {}
             keepalive_log.info(cluster_log_line(states))
-        if logging_config.log_keepalive_storage_details and self.config.functions.enable_storage:
-            keepalive_log.info("Storage details: no storage cluster is managed by this pvcd version yet")
+        if self.storage_status is not None:
+            keepalive_log.info(self.storage_status.log_line())
 
     # -- shutdown ------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from pvcd.config import (
     ConfigError,
     Coordinator,
     Hypervisor,
+    Storage,
     ZooKeeperSettings,
     config_path_from_env,
     load_config,
@@ -119,6 +120,12 @@ OPTIONAL = [
     "pvc.system.hypervisor",
     "pvc.system.hypervisor.libvirt_uri",
     "pvc.system.hypervisor.shutdown_timeout",
+    "pvc.system.storage",
+    "pvc.system.storage.ceph_config_file",
+    "pvc.system.storage.ceph_keyring",
+    "pvc.system.storage.ceph_client_id",
+    "pvc.system.storage.ceph_timeout",
+    "pvc.system.storage.blocklist_time",
     "pvc.system.fencing.ipmi.port",
     "pvc.system.fencing.storm_guard_share",
     "pvc.system.fencing.self_fence_command",
@@ -371,6 +378,17 @@ BAD_VALUES = [
     ("pvc.system.hypervisor.shutdown_timeout", 0, f"{POSITIVE}, got 0"),
     ("pvc.system.hypervisor.libvirt_uri", "", "must be a libvirt URI (e.g. qemu:///system), got ''"),
     ("pvc.system.hypervisor.libvirt_uri", "system", "must be a libvirt URI (e.g. qemu:///system), got 'system'"),
+    ("pvc.system.storage.ceph_config_file", "ceph.conf", "must be an absolute path, got 'ceph.conf'"),
+    ("pvc.system.storage.ceph_keyring", 5, "must be an absolute path, got 5"),
+    ("pvc.system.storage.ceph_timeout", 0, f"{SECONDS}, got 0"),
+    ("pvc.system.storage.blocklist_time", 59, "must be an integer from 60 to 31536000, got 59"),
+    ("pvc.system.storage.blocklist_time", 31536001, "must be an integer from 60 to 31536000, got 31536001"),
+    ("pvc.system.storage.blocklist_time", 600.0, "must be an integer from 60 to 31536000, got 600.0"),
+    (
+        "pvc.system.storage.ceph_client_id",
+        "client admin",
+        "must be a Ceph client name such as admin or pvcd (letters, digits, _ . -), got 'client admin'",
+    ),
     # paths and devices
     ("pvc.system.configuration.directories.dynamic_directory", "run/pvc", "must be an absolute path, got 'run/pvc'"),
     ("pvc.system.configuration.directories.log_directory", "", "must be an absolute path, got ''"),
@@ -1108,3 +1126,23 @@ def test_bad_watchdog_settings(key: str, value: object, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(edited((f"pvc.system.fencing.watchdog.{key}", value)))
     assert caught.value.problems == [problem]
+
+
+def test_storage_keys_and_their_defaults() -> None:
+    """`pvc.system.storage` (issue 13): the example's values, and the defaults of a Ceph admin node."""
+    assert parse_config(example()).storage == Storage(
+        "/etc/ceph/ceph.conf", "/etc/ceph/ceph.client.admin.keyring", "admin", 10.0, 86400
+    )
+    for empty in (DELETE, None, {}):
+        assert parse_config(edited(("pvc.system.storage", empty))).storage == Storage(
+            ceph_config_file="/etc/ceph/ceph.conf",
+            ceph_keyring="/etc/ceph/ceph.client.admin.keyring",
+            ceph_client_id="admin",
+            ceph_timeout=10.0,
+            blocklist_time=86400,
+        )
+    config = parse_config(edited(("pvc.system.storage", {"ceph_client_id": "pvcd", "ceph_timeout": 2.5})))
+    assert (config.storage.ceph_client_id, config.storage.ceph_timeout) == ("pvcd", 2.5)
+    assert problems(edited(("pvc.system.storage", {"ceph_conf": "/x"}))) == [
+        "pvc.system.storage.ceph_conf: unknown key"
+    ]
