@@ -16,6 +16,7 @@ one. A dead node is fenced.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -43,7 +44,9 @@ def keepalive_age_ms(view: NodeView, now_ms: int) -> int | None:
 def is_late(view: NodeView, now_ms: int) -> bool:
     """Late: no keepalive yet, or none for LATE_INTERVALS of its own interval (see the module)."""
     age = keepalive_age_ms(view, now_ms)
-    interval = view.keepalive.get("interval") or 0
+    interval = view.keepalive.get("interval")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval):
+        interval = 0  # a keepalive that does not say its interval: late as soon as it is not brand new
     return age is None or age > LATE_INTERVALS * interval * 1000
 
 

@@ -436,27 +436,28 @@ class VmRecord:
 
     @classmethod
     def from_json(cls, value: Any) -> VmRecord:
+        """The record as stored; InvalidVm, in one short line, for anything pvcd did not write."""
         if not isinstance(value, dict):
-            raise InvalidVm(f"VM record is not an object: {value!r}")
+            raise InvalidVm(f"VM record is not an object: {brief(value)}")
         try:
             return cls(
                 name=_text(value, "name"),
                 uuid=_text(value, "uuid"),
                 xml=_text(value, "xml"),
-                memory_mib=int(value["memory_mib"]),
-                vcpus=int(value["vcpus"]),
+                memory_mib=_positive(value, "memory_mib"),
+                vcpus=_positive(value, "vcpus"),
                 state=VmState(value["state"]),
                 node=_text(value, "node"),
-                reason=value.get("reason"),
-                lastnode=value.get("lastnode"),
-                node_limit=tuple(value.get("node_limit") or ()),
-                node_selector=value.get("node_selector"),
-                node_autostart=bool(value.get("node_autostart", False)),
+                reason=_optional_text(value, "reason"),
+                lastnode=_optional_text(value, "lastnode"),
+                node_limit=_texts(value, "node_limit"),
+                node_selector=_optional_text(value, "node_selector"),
+                node_autostart=_flag(value, "node_autostart"),
                 migration_method=MigrationMethod(value.get("migration_method", MigrationMethod.LIVE)),
                 last_migration=MigrationStats.from_json(value.get("last_migration")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidVm(f"VM record {value.get('name')!r} is not valid: {exc!r}") from exc
+            raise InvalidVm(f"VM record {brief(value.get('name'))} is not valid: {_problem(exc)}") from exc
 
     def with_state(self, state: VmState, reason: str | None = None) -> VmRecord:
         return dataclasses.replace(self, state=state, reason=reason)
@@ -479,6 +480,54 @@ def _text(value: dict[str, Any], key: str) -> str:
     if not isinstance(found, str) or not found:
         raise ValueError(f"{key} must be a non-empty string")
     return found
+
+
+def _optional_text(value: dict[str, Any], key: str) -> str | None:
+    found = value.get(key)
+    if found is not None and not isinstance(found, str):
+        raise ValueError(f"{key} must be a string or null, not {type(found).__name__}")
+    return found
+
+
+def _texts(value: dict[str, Any], key: str) -> tuple[str, ...]:
+    found = value.get(key) or []
+    if not isinstance(found, list) or not all(isinstance(item, str) and item for item in found):
+        raise ValueError(f"{key} must be a list of names")
+    return tuple(found)
+
+
+def _flag(value: dict[str, Any], key: str) -> bool:
+    found = value.get(key, False)
+    if not isinstance(found, bool):
+        raise ValueError(f"{key} must be true or false")
+    return found
+
+
+def _positive(value: dict[str, Any], key: str) -> int:
+    """A positive whole number (not a bool, a float, NaN or a string)."""
+    found = value[key]
+    if isinstance(found, bool) or not isinstance(found, int) or found <= 0:
+        raise ValueError(f"{key} must be a positive whole number, not {brief(found)}")
+    return found
+
+
+def brief(value: Any) -> str:
+    """Any value read from the store, as a short part of a one-line message."""
+    if isinstance(value, str):
+        return shown(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python prints
+        text = f"a {type(value).__name__} too large to show"
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
+
+
+def _problem(exc: BaseException) -> str:
+    """An exception about a stored value, in one short line (an Enum's error repeats the value whole)."""
+    if isinstance(exc, KeyError):
+        return f"{brief(exc.args[0] if exc.args else '')} is missing"
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 3 * _SHOWN else f"{text[: 3 * _SHOWN]}... ({len(text)} characters)"
 
 
 def new_record(
@@ -538,11 +587,16 @@ class VmStatus:
     @classmethod
     def from_json(cls, value: Any) -> VmStatus:
         if not isinstance(value, dict):
-            return STATUS_NEW
+            # Never "stopped" for a status that cannot be read: it may be running somewhere.
+            raise InvalidVm(f"VM status is not an object: {brief(value)}")
         try:
-            return cls(node=value.get("node"), state=ActualState(value["state"]), message=value.get("message"))
-        except (KeyError, ValueError) as exc:
-            raise InvalidVm(f"VM status is not valid: {exc!r}") from exc
+            return cls(
+                node=_optional_text(value, "node"),
+                state=ActualState(value["state"]),
+                message=_optional_text(value, "message"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidVm(f"VM status is not valid: {_problem(exc)}") from exc
 
 
 STATUS_NEW = VmStatus(node=None, state=ActualState.STOPPED, message="defined, never started")
@@ -586,21 +640,21 @@ class Migration:
     @classmethod
     def from_json(cls, value: Any) -> Migration:
         if not isinstance(value, dict):
-            raise InvalidVm(f"migration record is not an object: {value!r}")
+            raise InvalidVm(f"migration record is not an object: {brief(value)}")
         try:
             return cls(
-                id=str(value["id"]),
+                id=_text(value, "id"),
                 kind=MoveKind(value["kind"]),
                 source=_text(value, "from"),
                 target=_text(value, "to"),
                 method=MigrationMethod(value["method"]),
                 phase=MovePhase(value["phase"]),
-                previous_lastnode=value.get("previous_lastnode"),
-                how=value.get("how"),
+                previous_lastnode=_optional_text(value, "previous_lastnode"),
+                how=_optional_text(value, "how"),
                 stats=MigrationStats.from_json(value.get("stats")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidVm(f"migration record is not valid: {exc!r}") from exc
+            raise InvalidVm(f"migration record is not valid: {_problem(exc)}") from exc
 
     def released(self, how: str, stats: MigrationStats | None = None) -> Migration:
         return dataclasses.replace(self, phase=MovePhase.RELEASED, how=how, stats=stats)

@@ -21,6 +21,7 @@ from typing import Any
 from pvcd.cluster.cache import ClusterCache
 from pvcd.cluster.liveness import LivenessTracker, NodeStatus, Verdict, decide
 from pvcd.cluster.values import NodeView
+from pvcd.cluster.vm_records import brief
 from pvcd.config import DEFAULT_IPMI_PORT, Config
 from pvcd.fencing import flow, storage_cut
 from pvcd.fencing.flow import Fence, Next, NodeFencing, Policy, Step
@@ -30,7 +31,7 @@ from pvcd.fencing.storage_cut import StorageCut
 from pvcd.fencing.storage_fence import StorageFencer
 from pvcd.supervisor import Supervisor
 from pvcd.zk import schema
-from pvcd.zk.base import Store, StoreError, VersionConflict
+from pvcd.zk.base import Store, StoreError, Unreadable, VersionConflict, as_empty
 from pvcd.zk.faults import set_fault
 
 log = logging.getLogger("pvcd.fencing")
@@ -125,6 +126,7 @@ class Fencer:
         self._storm_logged: tuple[str, ...] = ()
         self._maintenance_logged: tuple[str, ...] = ()
         self._unjudged_logged: tuple[str, ...] = ()
+        self._damaged_logged: set[str] = set()
 
     def start(self) -> None:
         # A primary term starts with no history: silence is only ever counted
@@ -258,8 +260,11 @@ class Fencer:
         fencing = node_fencing(view)
         if seen is None or fencing is None or not self.is_primary():
             return
-        fence_found = self.store.get(schema.node_fence(node))
-        keepalive = self.store.get(schema.node_keepalive(node))
+        # Only the versions matter here: a value that is not JSON is read as none (its version kept),
+        # so a node that wrote junk before it died is still fenced.
+        fence_found, keepalive = (
+            as_empty(answer) for answer in self.store.get_many([schema.node_fence(node), schema.node_keepalive(node)])
+        )
         if fence_found is None or keepalive is None or keepalive.version != seen.version:
             return
         if Fence.from_record(fence_found.value) is not None:
@@ -300,6 +305,17 @@ class Fencer:
         fence = Fence.from_record(found.value) if found is not None else None
         if found is None or fence is None or not isinstance(found.value, dict):
             return
+        if not isinstance(found.value.get("id"), str) or not found.value["id"]:
+            if node not in self._damaged_logged:
+                log.error(
+                    "Fence record %s of node %s is damaged (no fence id): not carried on; "
+                    "'pvc node confirm-fenced' or 'pvc node ready' replaces it",
+                    schema.node_fence(node),
+                    node,
+                )
+                self._damaged_logged.add(node)
+            return
+        self._damaged_logged.discard(node)
         now_ms = self.store.server_time_ms() if fence.step is Step.WAITING_WATCHDOG else 0
         action = flow.next_action(fence, node_fencing(view), now_ms)
         if action is Next.NOTHING:
@@ -308,10 +324,10 @@ class Fencer:
         if record.get("by") != self.me and record.get("resumed_by") != self.me:
             log.warning(
                 "Carrying on fence %s of node %s at step %s, begun by primary %s",
-                record.get("id"),
+                record["id"],
                 node,
-                record.get("step"),
-                record.get("by"),
+                fence.step,
+                brief(record.get("by")),
             )
             record["resumed_by"] = self.me
         if action is Next.CUT_STORAGE:
@@ -427,12 +443,33 @@ class Fencer:
             log.error("Node %s stays powered off: %s", node, exc)
 
     def _ipmi_target(self, node: str) -> IpmiTarget | None:
-        found = self.store.get(schema.node_ipmi(node))
+        """The node's BMC as it published it; None (with one line saying why) when it published
+        none, or a record this fencer cannot use: the fence then fails like one with a dead BMC."""
+        path = schema.node_ipmi(node)
+        try:
+            found = self.store.get(path)
+        except Unreadable as exc:
+            log.error("BMC record %s of node %s is not JSON (%s): the node cannot be powered off", path, node, exc)
+            return None
         value = found.value if found is not None else None
         if not isinstance(value, dict) or not value.get("host"):
             return None
-        port = int(value.get("port", DEFAULT_IPMI_PORT))
-        return IpmiTarget(str(value["host"]), port, str(value["user"]), str(value["password"]))
+        target = ipmi_target_of(value)
+        if target is None:
+            log.error("BMC record %s of node %s is damaged: the node cannot be powered off", path, node)
+        return target
+
+
+def ipmi_target_of(value: dict[str, Any]) -> IpmiTarget | None:
+    """A published BMC record as the driver's target; None unless host, user and password are
+    strings and the port (623 when left out) is a port number. Never shows the password."""
+    host, user, password = value.get("host"), value.get("user"), value.get("password")
+    port = value.get("port", DEFAULT_IPMI_PORT)
+    if not all(isinstance(text, str) for text in (host, user, password)):
+        return None
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    return IpmiTarget(str(host), port, str(user), str(password))
 
 
 def _why_now(record: dict[str, Any]) -> str:

@@ -334,6 +334,11 @@ class MemoryServer:
                 return None
         return versioned(node.data, path, node.version, node.mtime_ms, node.mzxid)
 
+    def present(self, path: str) -> bool:
+        """Whether `path` exists, whatever its value (ZooKeeper's `exists` reads no data)."""
+        with self._lock:
+            return path in self._nodes
+
     def read_many(self, paths: Sequence[str]) -> list[Versioned | Unreadable | None]:
         """The values at `paths` (None: no such path; the `Unreadable` when not JSON), at one instant."""
         with self._lock:
@@ -588,7 +593,7 @@ class MemoryStore(base.Store):
 
     def exists(self, path: str) -> bool:
         self._reach(path)
-        return self.server.read(path) is not None
+        return self.server.present(path)
 
     def server_time_ms(self) -> int:
         """As ZooKeeper: the mtime of a write just made."""
@@ -674,7 +679,7 @@ class MemoryStore(base.Store):
             self._reach(path)
             if watch is not None:
                 return self.server._watch(self, path, watch, "exists")
-            return self.server.read(path) is not None
+            return self.server.present(path)
 
         return Answered(call)
 
