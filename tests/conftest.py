@@ -1,7 +1,13 @@
 """Shared fixtures: a real ZooKeeper and a real Ceph started by the suite, and node configurations.
 
 The ZooKeeper server is started once per session on a free 127.0.0.1 port and
-stopped by its PID at the end; each test gets an empty /pvc tree. The one-node
+stopped by its PID at the end; each test gets an empty /pvc tree. It runs as the
+local cluster's does, secure: TLS only (mutual) and digest credentials, so every
+test that reaches it goes through both. Every generated node configuration carries
+the credentials of its role, the ACL identities and the TLS files; the `pvc` CLI
+(run in-process or as a subprocess) finds the operator's in the environment
+(`PVC_ZOOKEEPER_CREDENTIALS`, `PVC_ZOOKEEPER_CA`, `_CERT`, `_KEY`), which the
+`zookeeper` fixture sets for the whole session. The one-node
 Ceph (mon, mgr, memstore OSD) is started once per session, the first time a
 test asks for it, and its daemons are stopped by their PIDs at the end.
 """
@@ -16,7 +22,7 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
-from helpers import DaemonProcess, node_document
+from helpers import DaemonProcess, kazoo_client, node_document
 from pvcd.config import Config, parse_config
 from pvcd.devcluster import layout
 from pvcd.devcluster.ceph import CephCluster, ceph_available
@@ -30,7 +36,11 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperSer
         pytest.fail("ZooKeeper is not installed: run the README's test command, which installs it")
     server = ZooKeeperServer.create(tmp_path_factory.mktemp("zookeeper"))
     server.start()
+    environment = pytest.MonkeyPatch()
+    for name, value in server.client_environment("operator").items():
+        environment.setenv(name, value)
     yield server
+    environment.undo()
     server.stop()
 
 
@@ -49,10 +59,11 @@ def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephClust
 
 @pytest.fixture
 def zk(zookeeper: ZooKeeperServer) -> Iterator[KazooClient]:
-    """A raw kazoo client on an empty /pvc, to check what pvcd wrote."""
+    """A raw kazoo client on an empty /pvc, to check what pvcd wrote: authenticated as the
+    coordinator identity (it may read and write everything pvcd creates), over TLS."""
     if not zookeeper.ruok():
         zookeeper.start()
-    client = KazooClient(hosts=zookeeper.address)
+    client = kazoo_client(zookeeper)
     client.start(timeout=10)
     client.delete(schema.ROOT, recursive=True)
     yield client
@@ -63,7 +74,7 @@ def zk(zookeeper: ZooKeeperServer) -> Iterator[KazooClient]:
 @pytest.fixture
 def make_config(tmp_path: Path, zookeeper: ZooKeeperServer) -> Callable[..., Config]:
     def make(name: str = "hv1", **kwargs: Any) -> Config:
-        return parse_config(node_document(tmp_path, name, zookeeper.port, **kwargs))
+        return parse_config(node_document(tmp_path, name, zookeeper.port, zookeeper=zookeeper, **kwargs))
 
     return make
 
@@ -71,7 +82,7 @@ def make_config(tmp_path: Path, zookeeper: ZooKeeperServer) -> Callable[..., Con
 @pytest.fixture
 def write_config(tmp_path: Path, zookeeper: ZooKeeperServer) -> Callable[..., Path]:
     def write(name: str = "hv1", **kwargs: Any) -> Path:
-        document = node_document(tmp_path, name, zookeeper.port, **kwargs)
+        document = node_document(tmp_path, name, zookeeper.port, zookeeper=zookeeper, **kwargs)
         path = layout.node_paths(tmp_path, name).config
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path

@@ -9,12 +9,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pvcd.devcluster import layout
 from pvcd.devcluster.processes import stop_pid, wait_until
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+
+    from pvcd.devcluster.zookeeper import ZooKeeperServer
 
 
 def node_document(
@@ -24,15 +29,41 @@ def node_document(
     names: list[str] | None = None,
     keepalive_interval: int = 1,
     fence_intervals: int = 3,
+    zookeeper: ZooKeeperServer | None = None,
     **timing: Any,
 ) -> dict[str, Any]:
     """A node's pvcd.yaml document, as the local cluster launcher writes it; `timing`
-    overrides other fields of the launcher's `Timing` (fence actions, intervals)."""
+    overrides other fields of the launcher's `Timing` (fence actions, intervals).
+
+    `zookeeper`: the secure server whose credentials (of the node's role), ACL identities
+    and TLS files the document carries (the session's, for every test that runs pvcd)."""
     paths = layout.node_paths(workdir, name)
     paths.directory.mkdir(parents=True, exist_ok=True)
     paths.host_xml.write_text(layout.host_xml())
     timing = layout.Timing(keepalive_interval=keepalive_interval, fence_intervals=fence_intervals, **timing)
-    return layout.node_config(name, paths, names or [name], zookeeper_port, timing)
+    names = names or [name]
+    keys = zookeeper.config_keys(layout.node_role(name, names)) if zookeeper is not None else None
+    return layout.node_config(name, paths, names, zookeeper_port, timing, zookeeper_keys=keys)
+
+
+def kazoo_client(zookeeper: ZooKeeperServer, role: str = "coordinator", **kwargs: Any) -> KazooClient:
+    """A raw kazoo client of the secure test ZooKeeper (not started): TLS with the client
+    certificate, authenticated as `role`."""
+    from kazoo.client import KazooClient
+
+    security = zookeeper.security(role)
+    if security is None:
+        return KazooClient(hosts=zookeeper.address, **kwargs)
+    assert security.credentials is not None and security.tls is not None
+    return KazooClient(
+        hosts=kwargs.pop("hosts", zookeeper.address),
+        auth_data=[("digest", security.credentials.auth)],
+        use_ssl=True,
+        ca=security.tls.ca_file,
+        certfile=security.tls.cert_file,
+        keyfile=security.tls.key_file,
+        **kwargs,
+    )
 
 
 class DaemonProcess:
@@ -222,11 +253,11 @@ def vm_cluster(make_config: Callable[..., Any], shutdown_timeout: float = 2) -> 
         node.stop()
 
 
-def vm_operator(address: str) -> Any:
+def vm_operator(address: str, security: Any = None) -> Any:
     """Body of an `operator` fixture: a VmOperator with its own ZooKeeper session."""
     from pvcd.zk.store import Store
 
-    store = Store(address)
+    store = Store(address, security=security)
     store.start()
     yield VmOperator(store)
     store.stop()
@@ -251,7 +282,15 @@ def expire_zookeeper_session(store: Any, address: str) -> None:
     states: list[str] = []
     store.add_listener(states.append)
     session_id, password = store.client.client_id
-    other = KazooClient(hosts=address, client_id=(session_id, password))
+    tls = store.security.tls
+    other = KazooClient(
+        hosts=address,
+        client_id=(session_id, password),
+        use_ssl=tls is not None,
+        ca=tls.ca_file if tls is not None else None,
+        certfile=tls.cert_file if tls is not None else None,
+        keyfile=tls.key_file if tls is not None else None,
+    )
     other.start(timeout=10)
     other.stop()
     other.close()

@@ -17,6 +17,7 @@ from pvcd.cluster.vm_records import VmState
 from pvcd.devcluster import journal
 from pvcd.devcluster.cluster import ClusterRecord
 from pvcd.zk import vms
+from pvcd.zk.security import ZkSecurity
 from pvcd.zk.store import Store, StoreError
 
 ZOOKEEPER_TIMEOUT = 5.0
@@ -43,9 +44,9 @@ def read_journals(record: ClusterRecord) -> list[journal.Entry]:
     return entries
 
 
-def desired(zookeeper: str) -> tuple[list[str], dict[str, str]]:
+def desired(zookeeper: str, security: ZkSecurity | None = None) -> tuple[list[str], dict[str, str]]:
     """The VMs whose desired state is `start`, and the records that cannot be read (name -> why)."""
-    store = Store(zookeeper, connect_timeout=ZOOKEEPER_TIMEOUT)
+    store = Store(zookeeper, connect_timeout=ZOOKEEPER_TIMEOUT, security=security)
     try:
         store.start()
         views, damaged = vms.read_vms(store)
@@ -59,7 +60,7 @@ def desired(zookeeper: str) -> tuple[list[str], dict[str, str]]:
 def check(record: ClusterRecord) -> dict[str, Any]:
     """The report of `pvc-devcluster check --format json`."""
     entries = read_journals(record)
-    should_run, damaged = desired(record.zookeeper)
+    should_run, damaged = desired(record.zookeeper, record.client_security())
     report = journal.analyse(entries, should_run).to_json(time.monotonic())
     report["should_run"] = should_run
     report["unreadable_vms"] = damaged

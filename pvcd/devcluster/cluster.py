@@ -30,6 +30,7 @@ from pvcd.devcluster import chassis, layout, libvirt_host, qemu_cluster, qemu_ho
 from pvcd.devcluster.processes import free_port, pid_alive, pid_cmdline, stop_pid
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import nodes
+from pvcd.zk.security import Credentials, SecurityError, Tls, ZkSecurity
 from pvcd.zk.store import Store, StoreError
 
 NODE_STOP_TIMEOUT = 15.0
@@ -106,6 +107,33 @@ class ClusterRecord:
     """`test` (libvirt's test driver) or `qemu` (real QEMU hosts, `qemu_cluster.py`)."""
     network: dict[str, Any] | None = None
     """A QEMU cluster's bridges (`qemu_cluster.Network`), for `down`."""
+    zookeeper_credentials: str | None = None
+    """The operator's `user:password` file: what a `pvc` CLI authenticates with (None: an open ZooKeeper)."""
+    zookeeper_tls: dict[str, str] | None = None
+    """The CA (`ca_file`) and the client certificate and key (`cert_file`, `key_file`) of a TLS ZooKeeper."""
+
+    def client_environment(self) -> dict[str, str]:
+        """What `pvc` needs in its environment to reach this cluster as its operator."""
+        env = {"PVC_ZOOKEEPER": self.zookeeper}
+        if self.zookeeper_credentials is not None:
+            env["PVC_ZOOKEEPER_CREDENTIALS"] = self.zookeeper_credentials
+        if self.zookeeper_tls is not None:
+            env["PVC_ZOOKEEPER_CA"] = self.zookeeper_tls["ca_file"]
+            env["PVC_ZOOKEEPER_CERT"] = self.zookeeper_tls["cert_file"]
+            env["PVC_ZOOKEEPER_KEY"] = self.zookeeper_tls["key_file"]
+        return env
+
+    def client_security(self) -> ZkSecurity | None:
+        """How the launcher's own clients reach ZooKeeper: as the operator (None: an open ZooKeeper)."""
+        if self.zookeeper_credentials is None and self.zookeeper_tls is None:
+            return None
+        try:
+            credentials = (
+                Credentials.from_file(self.zookeeper_credentials) if self.zookeeper_credentials is not None else None
+            )
+        except SecurityError as exc:
+            raise ClusterError(str(exc)) from exc
+        return ZkSecurity(credentials, None, Tls(**self.zookeeper_tls) if self.zookeeper_tls is not None else None)
 
     @property
     def listen_address(self) -> str:
@@ -286,11 +314,18 @@ def up(workdir: Path, count: int, timing: layout.Timing, hosts: str = "test") ->
             raise ClusterError(f"a local cluster is already running in {workdir}; run 'pvc-devcluster down' first")
         if existing.network is not None:
             down(workdir)  # a crashed launcher's namespaces and bridges
-    server = ZooKeeperServer.create(workdir / "zookeeper")
+    # A QEMU cluster's nodes reach ZooKeeper through their chassis' relays on the cluster
+    # bridge: the server's certificate must name that address too.
+    network = qemu_cluster.Network.choose() if hosts == "qemu" else None
+    server = ZooKeeperServer.create(
+        workdir / "zookeeper", extra_addresses=(network.root_address,) if network is not None else ()
+    )
     try:
         server.start()
     except RuntimeError as exc:
         raise ClusterError(str(exc)) from exc
+    tls = server.tls
+    assert tls.cert_file is not None and tls.key_file is not None
     record = ClusterRecord(
         workdir=str(workdir),
         zookeeper=server.address,
@@ -299,9 +334,11 @@ def up(workdir: Path, count: int, timing: layout.Timing, hosts: str = "test") ->
         keepalive_interval=timing.keepalive_interval,
         fence_intervals=timing.fence_intervals,
         hosts=hosts,
+        zookeeper_credentials=str(server.credentials_file("operator")),
+        zookeeper_tls={"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file},
     )
     try:
-        _lay_out(record, layout.node_names(count), timing)
+        _lay_out(record, layout.node_names(count), timing, server, network)
         for node in record.nodes:
             start_chassis(node, record)
     except (ClusterError, RuntimeError, OSError) as exc:
@@ -313,13 +350,19 @@ def up(workdir: Path, count: int, timing: layout.Timing, hosts: str = "test") ->
     return record
 
 
-def _lay_out(record: ClusterRecord, names: list[str], timing: layout.Timing) -> None:
-    """Every node's directory and pvcd.yaml and, on a QEMU cluster, its bridges and hosts (off).
+def _lay_out(
+    record: ClusterRecord,
+    names: list[str],
+    timing: layout.Timing,
+    server: ZooKeeperServer,
+    network: qemu_cluster.Network | None = None,
+) -> None:
+    """Every node's directory and pvcd.yaml (with the ZooKeeper credentials of its role, the
+    cluster's ACL identities and TLS files) and, on a QEMU cluster, its bridges and hosts (off).
 
     The record is saved before each thing is created, so that `down` finds it
     whatever fails next."""
     workdir = Path(record.workdir)
-    network = qemu_cluster.Network.choose() if record.hosts == "qemu" else None
     if network is not None:
         record.network = network.to_json()
         save(record)
@@ -331,7 +374,16 @@ def _lay_out(record: ClusterRecord, names: list[str], timing: layout.Timing) -> 
         # A new cluster's ground truth starts empty: an earlier run's hosts are gone.
         paths.journal.unlink(missing_ok=True)
         relay_port, bmc_port = free_port(), free_port()
-        document = layout.node_config(name, paths, names, relay_port, timing, bmc_port, in_chassis=True)
+        document = layout.node_config(
+            name,
+            paths,
+            names,
+            relay_port,
+            timing,
+            bmc_port,
+            in_chassis=True,
+            zookeeper_keys=server.config_keys(layout.node_role(name, names)),
+        )
         if network is not None:
             document = qemu_cluster.node_document(document, network, index, relay_port)
         try:
@@ -360,7 +412,7 @@ def wait_until_running(record: ClusterRecord, timeout: float) -> list[str]:
     """Wait until every node reports `run`; return the names that did not."""
     deadline = time.monotonic() + timeout
     pending = [n.name for n in record.nodes]
-    store = Store(record.zookeeper, connect_timeout=5.0)
+    store = Store(record.zookeeper, connect_timeout=5.0, security=record.client_security())
     try:
         store.start()
     except StoreError:

@@ -124,6 +124,12 @@ def node_names(count: int) -> list[str]:
     return [f"hv{i}" for i in range(1, count + 1)]
 
 
+def node_role(name: str, names: list[str]) -> str:
+    """The ZooKeeper identity node `name` authenticates as: the first three nodes are the
+    coordinators (they fence, so they may read BMC credentials), the others plain nodes."""
+    return "coordinator" if name in names[:MAX_COORDINATORS] else "node"
+
+
 def node_paths(workdir: Path, name: str) -> NodePaths:
     return NodePaths(name, workdir / "nodes" / name)
 
@@ -160,6 +166,7 @@ def node_config(
     timing: Timing = Timing(),
     bmc_port: int = IPMI_DEFAULT_PORT,
     in_chassis: bool = False,
+    zookeeper_keys: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The pvcd.yaml document of one local node.
 
@@ -174,6 +181,9 @@ def node_config(
     the one local ZooKeeper — which the mapping form of a coordinator entry
     allows. Networking is off: the local cluster runs in the host's network
     namespace. The BMC is the node's chassis simulator at `bmc_port`.
+
+    `zookeeper_keys`: more `pvc.cluster.zookeeper` keys, those of a secure ZooKeeper
+    (`ZooKeeperServer.config_keys(node_role(name, names))`: credentials, ACL identities, TLS).
     """
     coordinators = [
         {"name": coordinator, "host": "127.0.0.1", "port": zookeeper_port} for coordinator in names[:MAX_COORDINATORS]
@@ -187,7 +197,10 @@ def node_config(
                 "enable_storage": False,
                 "enable_api": False,
             },
-            "cluster": {"coordinators": coordinators, "zookeeper": {"session_timeout": timing.session_timeout}},
+            "cluster": {
+                "coordinators": coordinators,
+                "zookeeper": {"session_timeout": timing.session_timeout, **(zookeeper_keys or {})},
+            },
             "system": {
                 "fencing": {
                     "intervals": {

@@ -118,6 +118,7 @@ def _status(record: cluster.ClusterRecord) -> dict[str, Any]:
             "address": record.zookeeper,
             "pid": record.zookeeper_pid,
             "running": bool(record.zookeeper_pid and pid_alive(record.zookeeper_pid)),
+            "client_environment": record.client_environment(),
         },
         "nodes": [
             dict(
@@ -182,7 +183,15 @@ def _up(args: argparse.Namespace) -> int:
         raise cluster.ClusterError(f"nodes {', '.join(late)} did not reach state run; see {logs}")
     kind = "real QEMU hosts" if record.hosts == "qemu" else "test-driver hosts"
     print(f"Local cluster of {len(record.nodes)} {kind} running; ZooKeeper at {record.zookeeper}")
-    print(f"  pvc --zookeeper {record.zookeeper} node list")
+    env = record.client_environment()
+    if len(env) > 1:
+        print("Run pvc against it as the cluster's operator with:")
+        print("  " + " ".join(f"{name}={value}" for name, value in env.items()) + " pvc node list")
+        print("or export them:")
+        for name, value in env.items():
+            print(f"  export {name}={value}")
+    else:
+        print(f"  pvc --zookeeper {record.zookeeper} node list")
     if args.detach:
         print(f"  pvc-devcluster down --workdir {record.workdir}")
         return 0

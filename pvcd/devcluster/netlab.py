@@ -38,6 +38,7 @@ from pvcd.devcluster.processes import stop_pid, wait_until
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import schema
 from pvcd.zk.base import Store
+from pvcd.zk.security import ZkSecurity
 from pvcd.zk.store import ZooKeeperStore
 
 SESSION_TIMEOUT = 4.0
@@ -219,7 +220,7 @@ class Lab:
 
     def client(self) -> _Client:
         assert self.zookeeper is not None
-        return _Client(self.zookeeper.address)
+        return _Client(self.zookeeper.address, self.zookeeper.security("coordinator"))
 
     def roles(self) -> dict[str, str]:
         """Each node's published coordinator state."""
@@ -233,11 +234,13 @@ class Lab:
         paths = layout.node_paths(self.workdir, name)
         paths.directory.mkdir(parents=True, exist_ok=True)
         paths.host_xml.write_text(layout.host_xml())
-        doc = layout.node_config(name, paths, list(self.nodes), self.zookeeper.port)
+        names = list(self.nodes)
+        keys = self.zookeeper.config_keys(layout.node_role(name, names))
+        doc = layout.node_config(name, paths, names, self.zookeeper.port, zookeeper_keys=keys)
         pvc = doc["pvc"]
         for coordinator in pvc["cluster"]["coordinators"]:
             coordinator["host"] = str(self.zookeeper_ip)
-        pvc["cluster"]["zookeeper"] = {"session_timeout": SESSION_TIMEOUT}
+        pvc["cluster"]["zookeeper"]["session_timeout"] = SESSION_TIMEOUT
         pvc["functions"]["enable_networking"] = enable_networking
         pvc["cluster"]["networks"] = {
             network: {
@@ -321,8 +324,8 @@ class Lab:
 class _Client:
     """A short-lived store session on the lab's ZooKeeper, as a context manager."""
 
-    def __init__(self, hosts: str) -> None:
-        self.store = ZooKeeperStore(hosts, connect_timeout=10.0)
+    def __init__(self, hosts: str, security: ZkSecurity | None = None) -> None:
+        self.store = ZooKeeperStore(hosts, connect_timeout=10.0, security=security)
 
     def __enter__(self) -> Store:
         self.store.start()

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+from kazoo.client import KazooClient
 
 from helpers import bin_path, wait_for
+from pvcd.zk.security import Credentials
 
 INTERVAL = 1
 WINDOW = 3
@@ -31,12 +33,41 @@ def domain_xml(name: str, memory_mib: int = 128) -> str:
     )
 
 
+def client_environment(record: dict[str, Any]) -> dict[str, str]:
+    """What `pvc` needs in its environment to reach the cluster of `record` (cluster.json) as its operator."""
+    env = {"PVC_ZOOKEEPER": record["zookeeper"]}
+    if record.get("zookeeper_credentials"):
+        env["PVC_ZOOKEEPER_CREDENTIALS"] = record["zookeeper_credentials"]
+    tls = record.get("zookeeper_tls")
+    if tls:
+        env.update(
+            PVC_ZOOKEEPER_CA=tls["ca_file"], PVC_ZOOKEEPER_CERT=tls["cert_file"], PVC_ZOOKEEPER_KEY=tls["key_file"]
+        )
+    return env
+
+
 class Cluster:
     def __init__(self, workdir: Path, record: dict[str, Any]) -> None:
         self.workdir = workdir
         self.record = record
-        self.env = dict(os.environ, PVC_ZOOKEEPER=record["zookeeper"])
+        self.env = dict(os.environ, **client_environment(record))
         self.stopped = False
+
+    def kazoo(self, role: str = "coordinator") -> KazooClient:
+        """A raw kazoo client (not started) of the cluster's ZooKeeper, over TLS and authenticated as
+        `role` (the coordinators': it may read everything, BMC credentials included)."""
+        tls = self.record.get("zookeeper_tls")
+        if tls is None:
+            return KazooClient(hosts=self.record["zookeeper"])
+        credentials = Credentials.from_file(Path(self.record["zookeeper_dir"]) / "credentials" / role)
+        return KazooClient(
+            hosts=self.record["zookeeper"],
+            auth_data=[("digest", credentials.auth)],
+            use_ssl=True,
+            ca=tls["ca_file"],
+            certfile=tls["cert_file"],
+            keyfile=tls["key_file"],
+        )
 
     # -- tools -----------------------------------------------------------------
 

@@ -39,7 +39,7 @@ def write_cluster(workdir: Path, zookeeper: str, journals: dict[str, str]) -> No
 
 
 def define(zookeeper: ZooKeeperServer, names: list[str]) -> None:
-    store = Store(zookeeper.address)
+    store = Store(zookeeper.address, security=zookeeper.security())
     store.start()
     try:
         for name in names:

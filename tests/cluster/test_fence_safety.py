@@ -24,7 +24,7 @@ from pvcd.zk import schema
 
 @contextmanager
 def zookeeper(cluster: Cluster) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=cluster.record["zookeeper"])
+    client = cluster.kazoo()
     client.start(timeout=10)
     try:
         yield client

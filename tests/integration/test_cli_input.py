@@ -231,7 +231,7 @@ def test_vm_from_standard_input_with_a_byte_order_mark_and_a_repetitive_limit(zk
 def test_a_vm_an_older_pvc_stored_under_a_name_now_refused_stays_manageable(zk, zookeeper, two_nodes, tmp_path):
     """Names were only checked to be one path component before: such VMs can still be seen and removed."""
     record = records.new_record(records.parse_domain_xml(domain("legacy")), "hv1")
-    store = Store(zookeeper.address)
+    store = Store(zookeeper.address, security=zookeeper.security())
     store.start()
     try:
         vms.define(store, dataclasses.replace(record, name="old vm é"))
@@ -327,7 +327,7 @@ def test_output_that_cannot_be_written_is_one_line(zk, zookeeper, cluster):
 
 def test_a_stopped_vm_cannot_move_to_a_node_smaller_than_it(zk, zookeeper, two_nodes):
     """A stopped VM needs no free memory to change node, but the node must be able to run it one day."""
-    store = Store(zookeeper.address)
+    store = Store(zookeeper.address, security=zookeeper.security())
     store.start()
     try:
         vms.define(store, records.new_record(records.parse_domain_xml(domain("huge", 64 * 1024)), "hv1"))

@@ -36,7 +36,7 @@ READY = StateRecord("run", "secondary", "ready")
 @pytest.fixture
 def store(zk, zookeeper) -> Iterator[Store]:
     """A session on an empty cluster (its schema record written, as the first node writes it)."""
-    session = ZooKeeperStore(zookeeper.address)
+    session = ZooKeeperStore(zookeeper.address, security=zookeeper.security())
     session.start()
     session.ensure_schema()
     yield session

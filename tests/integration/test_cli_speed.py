@@ -29,7 +29,7 @@ READY = StateRecord("run", "secondary", "ready")
 
 @pytest.fixture
 def store(zk, zookeeper) -> Iterator[Store]:
-    store = Store(zookeeper.address)
+    store = Store(zookeeper.address, security=zookeeper.security())
     store.start()
     yield store
     store.stop()

@@ -20,7 +20,7 @@ from pvcd.zk.store import ZooKeeperStore
 
 @pytest.fixture
 def stores(zookeeper, zk) -> Iterator[tuple[ZooKeeperStore, ZooKeeperStore]]:
-    opened = [ZooKeeperStore(zookeeper.address, session_timeout=4.0) for _ in range(2)]
+    opened = [ZooKeeperStore(zookeeper.address, security=zookeeper.security(), session_timeout=4.0) for _ in range(2)]
     for store in opened:
         store.start()
     opened[0].ensure_schema()

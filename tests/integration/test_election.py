@@ -308,7 +308,7 @@ def test_too_short_a_session_timeout_for_floating_ips_never_becomes_primary(zk, 
     from pvcd.network.addresses import DeviceAddress, FloatingIPs
     from pvcd.zk.store import Store
 
-    store = Store(zookeeper.address, session_timeout=SESSION_TIMEOUT)
+    store = Store(zookeeper.address, security=zookeeper.security(), session_timeout=SESSION_TIMEOUT)
     store.start()
     # Never added: the role refuses to take over, so the address stays a description.
     floating = FloatingIPs([DeviceAddress("cluster", "lo", IPv4Interface("127.0.0.77/8"))])

@@ -92,7 +92,7 @@ class Recoveries:
 
 @pytest.fixture
 def store(zookeeper, zk):
-    store = Store(zookeeper.address)
+    store = Store(zookeeper.address, security=zookeeper.security())
     store.start()
     yield store
     store.stop()

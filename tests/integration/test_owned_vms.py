@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from pvcd.zk.store import Store
 
 @pytest.fixture
 def operator(zk, zookeeper):
-    yield from vm_operator(zookeeper.address)
+    yield from vm_operator(zookeeper.address, zookeeper.security())
 
 
 def index(zk) -> dict[str, list[str]]:
@@ -149,8 +150,8 @@ class FakeDomains:
 class CountedStore:
     """A store session whose ZooKeeper reads (the watches' included) are counted."""
 
-    def __init__(self, address: str) -> None:
-        self.store = Store(address)
+    def __init__(self, address: str, security: Any = None) -> None:
+        self.store = Store(address, security=security)
         self.store.start()
         self.reads: Counter[str] = Counter()
         client = self.store.client
@@ -181,7 +182,7 @@ def reconcilers(zookeeper):
 
     def start(*names: str) -> dict[str, tuple[VmReconciler, CountedStore]]:
         for name in names:
-            counted = CountedStore(zookeeper.address)
+            counted = CountedStore(zookeeper.address, security=zookeeper.security())
             reconciler = VmReconciler(counted.store, FakeDomains(), name, shutdown_timeout=1)  # type: ignore[arg-type]
             reconciler.start()
             started.append((reconciler, counted))
@@ -228,7 +229,7 @@ def test_one_vm_change_costs_a_bounded_number_of_reads_on_its_node_only(zk, oper
     wait_for(lambda: watches_current(hv1, operator), 10, what="hv1's watches to have re-read what the start wrote")
     cost = {name: counted.total() - before[name] for name, (_reconciler, counted) in nodes.items()}
 
-    full = CountedStore(operator.store.hosts)
+    full = CountedStore(operator.store.hosts, operator.store.security)
     vms.read_vms(full.store)  # what one pass of the reconciler cost before: the whole VM tree
     print(f"\nreads for one `start` with {VMS} VMs: {cost}; one full read of the VM tree: {full.total()}")
     full.store.stop()

@@ -20,7 +20,7 @@ DEAD = "hv1"
 
 @pytest.fixture
 def operator(zk, zookeeper):
-    yield from vm_operator(zookeeper.address)
+    yield from vm_operator(zookeeper.address, zookeeper.security())
 
 
 def add_node(store, name: str, total_mib: int, running: tuple[str, ...] = (), fence: str | None = None) -> None:

@@ -66,7 +66,7 @@ def ceph(ceph_cluster: CephCluster) -> Ceph:
 
 @pytest.fixture
 def store(zookeeper: Any) -> Iterator[ZooKeeperStore]:
-    store = ZooKeeperStore(zookeeper.address, connect_timeout=10.0)
+    store = ZooKeeperStore(zookeeper.address, security=zookeeper.security(), connect_timeout=10.0)
     store.start()
     store.delete_tree(schema.ROOT)
     store.ensure_schema()

@@ -146,7 +146,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         zookeeper = request.getfixturevalue("zookeeper")
         request.getfixturevalue("zk")  # an empty /pvc
         chosen = Backend(
-            lambda: ZooKeeperStore(zookeeper.address, session_timeout=4.0),
+            lambda: ZooKeeperStore(zookeeper.address, security=zookeeper.security(), session_timeout=4.0),
             _expire_zookeeper(zookeeper.address),
             _set_raw_zookeeper,
             _outage_zookeeper(zookeeper),
@@ -625,7 +625,7 @@ def test_delete_tree_deletes_everything_under_a_path(store: Store) -> None:
 def test_a_value_that_is_not_json_is_unreadable_with_its_version(zookeeper: Any, zk: KazooClient) -> None:
     zk.create(f"{P}/raw", b"not json", makepath=True)
     zk.set(f"{P}/raw", b"still not json")
-    store = ZooKeeperStore(zookeeper.address)
+    store = ZooKeeperStore(zookeeper.address, security=zookeeper.security())
     store.start()
     try:
         with pytest.raises(Unreadable) as refused:
@@ -651,7 +651,7 @@ def test_get_many_waits_for_a_silent_server_only_as_long_as_it_is_told(
     zk.ensure_path(P)
     for index in range(10):
         zk.create(f"{P}/s{index}", b"1")
-    store = ZooKeeperStore(zookeeper.address, session_timeout=10.0)
+    store = ZooKeeperStore(zookeeper.address, security=zookeeper.security(), session_timeout=10.0)
     store.start()
     assert zookeeper.pid is not None
     os.kill(zookeeper.pid, signal.SIGSTOP)
@@ -674,7 +674,7 @@ def test_get_many_reads_path_by_path_from_a_server_without_multi_read(
     for index in range(1200):
         zk.create(f"{P}/u{index}", str(index).encode())
     monkeypatch.setattr(zookeeper_store._MultiRead, "type", 99)
-    store = ZooKeeperStore(zookeeper.address)
+    store = ZooKeeperStore(zookeeper.address, security=zookeeper.security())
     store.start()
     try:
         paths = [f"{P}/u{index}" for index in range(1200)] + [f"{P}/missing"]
@@ -704,7 +704,7 @@ def test_get_many_reads_a_chunk_whose_answer_is_refused_path_by_path(
         return real(data, offset)
 
     monkeypatch.setattr(zookeeper_store._MultiRead, "deserialize", staticmethod(limited))
-    store = ZooKeeperStore(zookeeper.address)
+    store = ZooKeeperStore(zookeeper.address, security=zookeeper.security())
     store.start()
     try:
         paths = [f"{P}/c{index}" for index in range(1000)]

@@ -42,7 +42,7 @@ def ceph(ceph_cluster: CephCluster) -> Ceph:
 
 @pytest.fixture
 def store(zk: Any, zookeeper: Any) -> Iterator[Store]:
-    store = Store(zookeeper.address)
+    store = Store(zookeeper.address, security=zookeeper.security())
     store.start()
     versions = nodes.register(store, "hv1", {"target_selector": "mem"}, READY)
     keepalive = {

@@ -40,7 +40,7 @@ def cluster(zk, make_config):
 
 @pytest.fixture
 def operator(zookeeper):
-    yield from vm_operator(zookeeper.address)
+    yield from vm_operator(zookeeper.address, zookeeper.security())
 
 
 class Sampler:

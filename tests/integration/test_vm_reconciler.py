@@ -26,7 +26,7 @@ def cluster(zk, make_config):
 
 @pytest.fixture
 def operator(zookeeper):
-    yield from vm_operator(zookeeper.address)
+    yield from vm_operator(zookeeper.address, zookeeper.security())
 
 
 def test_lifecycle_on_one_node(cluster, operator):

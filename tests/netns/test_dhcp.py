@@ -121,7 +121,7 @@ def primary(nodes: Lab, tmp_path: Path) -> Iterator[Primary]:
     node = lab.add_node("hv1")
     # The node's cluster address: the lease scripts dnsmasq runs in the namespace reach ZooKeeper with it.
     sh("ip", "-n", node.netns, "address", "add", f"{lab.host('cluster', 1)}/24", "dev", "eth0")
-    store = ZooKeeperStore(lab.zookeeper.address, connect_timeout=10.0)
+    store = ZooKeeperStore(lab.zookeeper.address, security=lab.zookeeper.security(), connect_timeout=10.0)
     store.start()
     found = Primary(lab, node.netns, store, tmp_path)
     try:
