@@ -8,10 +8,11 @@ import re
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from pvcd.zk import schema
+from pvcd.zk.security import Credentials, SecurityError, Tls, ZkSecurity
 
 if TYPE_CHECKING:
     from pvcd.zk.base import Store
@@ -21,6 +22,14 @@ if TYPE_CHECKING:
 # than most commands take to run (`--help` and a refused argument need neither).
 
 ZOOKEEPER_ENV = "PVC_ZOOKEEPER"
+CREDENTIALS_ENV = "PVC_ZOOKEEPER_CREDENTIALS"
+"""The path of the operator's `user:password` file."""
+AUTH_ENV = "PVC_ZOOKEEPER_AUTH"
+"""The operator's `user:password` itself, for where a file is awkward (never put it on a command line)."""
+TLS_ENV = {"ca": "PVC_ZOOKEEPER_CA", "cert": "PVC_ZOOKEEPER_CERT", "key": "PVC_ZOOKEEPER_KEY"}
+DEFAULT_CREDENTIALS_FILE = "/etc/pvc/operator.credentials"
+"""The operator identity's credentials the Ansible role writes on every node (mode 0600), used when
+nothing else names any."""
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_SESSION_TIMEOUT = 10.0
 
@@ -40,6 +49,7 @@ class Target:
     hosts: str
     connect_timeout: float
     source: str
+    security: ZkSecurity = ZkSecurity()
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,252})")
@@ -110,13 +120,22 @@ def _target(hosts: str, timeout: float, source: str) -> Target:
     return Target(hosts, timeout, source)
 
 
-def resolve_target(option: str | None, timeout: float | None, environ: Mapping[str, str] | None = None) -> Target:
-    """--zookeeper, else $PVC_ZOOKEEPER, else the local node's configuration file."""
+def resolve_target(
+    option: str | None,
+    timeout: float | None,
+    environ: Mapping[str, str] | None = None,
+    access: Mapping[str, str | None] | None = None,
+) -> Target:
+    """--zookeeper, else $PVC_ZOOKEEPER, else the local node's configuration file; the credentials
+    and TLS files from the options in `access`, else the environment (see `security_of`)."""
     environ = os.environ if environ is None else environ
+    access = access or {}
     if option is not None:
-        return _target(option, timeout or DEFAULT_CONNECT_TIMEOUT, "--zookeeper")
+        target = _target(option, timeout or DEFAULT_CONNECT_TIMEOUT, "--zookeeper")
+        return replace(target, security=security_of(access, environ, None))
     if environ.get(ZOOKEEPER_ENV):
-        return _target(environ[ZOOKEEPER_ENV], timeout or DEFAULT_CONNECT_TIMEOUT, ZOOKEEPER_ENV)
+        target = _target(environ[ZOOKEEPER_ENV], timeout or DEFAULT_CONNECT_TIMEOUT, ZOOKEEPER_ENV)
+        return replace(target, security=security_of(access, environ, None))
     from pvcd.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ConfigError, load_config
 
     path = environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE
@@ -126,7 +145,46 @@ def resolve_target(option: str | None, timeout: float | None, environ: Mapping[s
         config = load_config(path)
     except ConfigError as exc:
         raise CliError(f"cannot take the ZooKeeper address from {path}: {exc.problems[0]}") from exc
-    return _target(config.zookeeper_hosts, timeout or config.cluster.zookeeper.connect_timeout, path)
+    target = _target(config.zookeeper_hosts, timeout or config.cluster.zookeeper.connect_timeout, path)
+    return replace(target, security=security_of(access, environ, config.cluster.zookeeper.tls))
+
+
+def security_of(access: Mapping[str, str | None], environ: Mapping[str, str], node_tls: Tls | None) -> ZkSecurity:
+    """The operator's identity and TLS files.
+
+    Credentials: --zookeeper-credentials FILE, else $PVC_ZOOKEEPER_CREDENTIALS (a file), else
+    $PVC_ZOOKEEPER_AUTH (user:password), else /etc/pvc/operator.credentials when it exists, else
+    none (an open ZooKeeper). TLS: --zookeeper-ca/-cert/-key, else $PVC_ZOOKEEPER_CA/CERT/KEY,
+    else the local node's configuration when the address came from it."""
+    try:
+        credentials = None
+        named = access.get("credentials") or environ.get(CREDENTIALS_ENV)
+        if named:
+            credentials = Credentials.from_file(named)
+        elif environ.get(AUTH_ENV):
+            credentials = Credentials.parse(environ[AUTH_ENV], f"${AUTH_ENV}")
+        elif os.path.exists(DEFAULT_CREDENTIALS_FILE):
+            credentials = Credentials.from_file(DEFAULT_CREDENTIALS_FILE)
+    except SecurityError as exc:
+        raise CliError(str(exc)) from exc
+    files = {name: access.get(name) or environ.get(variable) or None for name, variable in TLS_ENV.items()}
+    if (files["cert"] is None) != (files["key"] is None):
+        raise CliError(
+            f"a TLS client certificate and its key go together: give both --zookeeper-cert and --zookeeper-key "
+            f"(or ${TLS_ENV['cert']} and ${TLS_ENV['key']})"
+        )
+    if files["ca"] is None and files["cert"] is not None:
+        raise CliError(f"a TLS client certificate needs the CA too: --zookeeper-ca (or ${TLS_ENV['ca']})")
+    for name, file in files.items():
+        if file is not None and not os.path.isfile(file):
+            raise CliError(f"--zookeeper-{name} {file}: no such file")
+    tls = Tls(files["ca"], files["cert"], files["key"]) if files["ca"] is not None else node_tls
+    return ZkSecurity(credentials, None, tls)
+
+
+def target_of(obj: Mapping[str, Any]) -> Target:
+    """The target of a `pvc` command, from the options its group stored in the click context."""
+    return resolve_target(obj["zookeeper"], obj["timeout"], access=obj)
 
 
 def _check_cluster(store: Store, target: Target) -> None:
@@ -147,11 +205,16 @@ def _check_cluster(store: Store, target: Target) -> None:
 @contextmanager
 def connect(target: Target) -> Iterator[Store]:
     """A session on the target's ZooKeeper, which must hold a pvc cluster."""
-    from pvcd.zk.store import Store, StoreUnavailable, quiet_kazoo
+    from pvcd.zk.store import Store, StoreError, quiet_kazoo
 
     quiet_kazoo()
     try:
-        store = Store(target.hosts, session_timeout=DEFAULT_SESSION_TIMEOUT, connect_timeout=target.connect_timeout)
+        store = Store(
+            target.hosts,
+            session_timeout=DEFAULT_SESSION_TIMEOUT,
+            connect_timeout=target.connect_timeout,
+            security=target.security,
+        )
     except ValueError as exc:
         raise CliError(f"invalid ZooKeeper address from {target.source}: {exc}") from exc
     try:
@@ -159,7 +222,7 @@ def connect(target: Target) -> Iterator[Store]:
             # kazoo warns on stderr about a missing chroot; _check_cluster says it in one line.
             warnings.simplefilter("ignore")
             store.start()
-    except StoreUnavailable as exc:
+    except StoreError as exc:
         raise CliError(str(exc)) from exc
     try:
         _check_cluster(store, target)

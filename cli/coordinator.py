@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.connection import CliError, connect, resolve_target
+from cli.connection import CliError, connect, target_of
 from cli.inputs import node_name
 from cli.output import format_option, key_values, to_json
 from pvcd.zk import schema
@@ -64,7 +64,7 @@ def _handover(ctx: click.Context, name: str, plan: _Planner, output_format: str)
     from pvcd.zk.base import AlreadyExists
 
     node_name(name)
-    target = resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
+    target = target_of(ctx.obj)
     with connect(target) as store:
         views = {view.name: view for view in nodes.read_cluster(store)}
         owner = claim_owner(store)

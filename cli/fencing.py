@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.connection import CliError, connect, resolve_target
+from cli.connection import CliError, connect, target_of
 from cli.inputs import node_name
 from cli.output import format_option, to_json
 from pvcd.zk import schema
@@ -27,7 +27,7 @@ def register(cluster_group: click.Group, node_group: click.Group) -> None:
 def maintenance(ctx: click.Context, mode: str, output_format: str) -> None:
     """Turn maintenance mode on (no node is fenced) or off."""
     enabled = mode == "on"
-    with connect(resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])) as store:
+    with connect(target_of(ctx.obj)) as store:
         store.ensure_path(schema.CLUSTER)
         found = store.get(schema.MAINTENANCE)
         value = {"enabled": enabled}
@@ -57,7 +57,7 @@ def confirm_fenced(ctx: click.Context, name: str, output_format: str) -> None:
     from pvcd.zk import nodes
 
     node_name(name)
-    with connect(resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])) as store:
+    with connect(target_of(ctx.obj)) as store:
         if nodes.read_node(store, name) is None:
             raise CliError(f"no node named {name!r}")
         found = store.get(schema.node_fence(name))

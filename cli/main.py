@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from cli.connection import CliError, Target, connect, resolve_target
+from cli.connection import CliError, Target, connect, target_of
 from cli.coordinator import claim_owner
 from cli.coordinator import register as register_coordinator_commands
 from cli.fencing import register as register_fencing_commands
@@ -40,14 +40,41 @@ MAX_CONNECT_TIMEOUT = 3600.0
     help="ZooKeeper to use (else $PVC_ZOOKEEPER, else $PVCD_CONFIG_FILE)",
 )
 @click.option("--timeout", type=Seconds(0.1, MAX_CONNECT_TIMEOUT), help="seconds to wait for ZooKeeper (default 5)")
+@click.option(
+    "--zookeeper-credentials",
+    "credentials",
+    metavar="FILE",
+    help="file with the operator's USER:PASSWORD (else $PVC_ZOOKEEPER_CREDENTIALS, $PVC_ZOOKEEPER_AUTH, "
+    "/etc/pvc/operator.credentials)",
+)
+@click.option("--zookeeper-ca", "ca", metavar="FILE", help="CA of the ZooKeeper servers: TLS (else $PVC_ZOOKEEPER_CA)")
+@click.option(
+    "--zookeeper-cert", "cert", metavar="FILE", help="client certificate for mutual TLS ($PVC_ZOOKEEPER_CERT)"
+)
+@click.option("--zookeeper-key", "key", metavar="FILE", help="its private key ($PVC_ZOOKEEPER_KEY)")
 @click.pass_context
-def pvc(ctx: click.Context, zookeeper: str | None, timeout: float | None) -> None:
+def pvc(
+    ctx: click.Context,
+    zookeeper: str | None,
+    timeout: float | None,
+    credentials: str | None,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+) -> None:
     """Operate a pvcd cluster."""
-    ctx.obj = {"zookeeper": zookeeper, "timeout": timeout}
+    ctx.obj = {
+        "zookeeper": zookeeper,
+        "timeout": timeout,
+        "credentials": credentials,
+        "ca": ca,
+        "cert": cert,
+        "key": key,
+    }
 
 
 def _target(ctx: click.Context) -> Target:
-    return resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
+    return target_of(ctx.obj)
 
 
 @pvc.group()

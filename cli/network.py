@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.connection import CliError, Target, connect, resolve_target
+from cli.connection import CliError, Target, connect, target_of
 from cli.output import format_option, key_values, table, to_json
 from pvcd.cluster.client_networks import (
     ClientNetwork,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 
 def _target(ctx: click.Context) -> Target:
-    return resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
+    return target_of(ctx.obj)
 
 
 class _Stderr(logging.Handler):

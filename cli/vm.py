@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli.ceph_options import ceph_options
-from cli.connection import CliError, Target, connect, resolve_target
+from cli.connection import CliError, Target, connect, target_of
 from cli.inputs import Seconds, node_name
 from cli.output import format_option, key_values, table, to_json
 from pvcd.cluster import vm_records as records
@@ -71,7 +71,7 @@ def _wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _target(ctx: click.Context) -> Target:
-    return resolve_target(ctx.obj["zookeeper"], ctx.obj["timeout"])
+    return target_of(ctx.obj)
 
 
 # -- what is shown (pure) -----------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeGuard, TypeVar, overload
 import yaml
 
 from pvcd.cluster.liveness import DEFAULT_STORM_GUARD_SHARE
+from pvcd.zk.security import DIGEST_IDENTITY, ROLES, AclIdentities, Tls
 
 DEFAULT_CONFIG_FILE = "/etc/pvc/pvcd.yaml"
 CONFIG_ENV = "PVCD_CONFIG_FILE"
@@ -104,6 +105,10 @@ class ZooKeeperSettings:
     port: int = DEFAULT_ZOOKEEPER_PORT
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    credentials_file: str | None = None
+    """This node's `user:password` for ZooKeeper's digest scheme (read at start, never logged)."""
+    acl: AclIdentities | None = None
+    tls: Tls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +293,14 @@ def load_config(path: str) -> Config:
         # like on some malformed values (an integer too long to convert, an
         # explicit !!timestamp that is not one), and very deep nesting raises
         # RecursionError: all are broken files, to be reported, not crashed on.
-        raise ConfigError([f"{path}: invalid YAML: {error}"]) from None
+        raise ConfigError([f"{path}: invalid YAML: {_one_line(str(error))}"]) from None
     return parse_config(document)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A parser's message as one short line (PyYAML's span several, and may quote a whole value)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def parse_config(raw: object) -> Config:
@@ -344,7 +355,7 @@ _StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|f
 
 
 def _describe_yaml_error(error: yaml.MarkedYAMLError) -> str:
-    problem = error.problem or error.context or "unreadable"
+    problem = _one_line(error.problem or error.context or "unreadable")
     mark = error.problem_mark or error.context_mark
     if mark is None:
         return f"invalid YAML: {problem}"
@@ -546,10 +557,38 @@ def _cluster(section: _Section, networks_required: str | None) -> Cluster:
 def _zookeeper(section: _Section | None) -> ZooKeeperSettings:
     if section is None:
         return ZooKeeperSettings()
+    credentials_file = section.value("credentials_file", _absolute_path, None)
+    acl_section = section.section("acl", None)
+    acl = None
+    if acl_section is not None:
+        identities = {role: acl_section.value(role, _digest_identity) for role in ROLES}
+        acl_section.finish()
+        if not any(_is_bad(identity) for identity in identities.values()):
+            acl = AclIdentities(**identities)
+    if (credentials_file is None) != (acl_section is None):
+        section.report(
+            "credentials_file" if credentials_file is None else "acl",
+            "credentials_file and acl go together (a node that authenticates gives its znodes the cluster's ACLs)",
+        )
+    tls_section = section.section("tls", None)
+    tls = None
+    if tls_section is not None:
+        ca_file = tls_section.value("ca_file", _absolute_path)
+        cert_file = tls_section.value("cert_file", _absolute_path, None)
+        key_file = tls_section.value("key_file", _absolute_path, None)
+        if (cert_file is None) != (key_file is None):
+            tls_section.report(
+                "cert_file" if cert_file is None else "key_file", "cert_file and key_file go together (mutual TLS)"
+            )
+        tls_section.finish()
+        tls = Tls(ca_file, cert_file, key_file)
     settings = ZooKeeperSettings(
         port=section.value("port", _port, DEFAULT_ZOOKEEPER_PORT),
         session_timeout=section.value("session_timeout", _positive_seconds, DEFAULT_SESSION_TIMEOUT),
         connect_timeout=section.value("connect_timeout", _positive_seconds, DEFAULT_CONNECT_TIMEOUT),
+        credentials_file=credentials_file,
+        acl=acl,
+        tls=tls,
     )
     section.finish()
     return settings
@@ -988,6 +1027,12 @@ def _domain(value: object) -> str | None:
 def _absolute_path(value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise _expected("must be an absolute path", value)
+    return value
+
+
+def _digest_identity(value: object) -> str:
+    if not isinstance(value, str) or not DIGEST_IDENTITY.fullmatch(value):
+        raise _expected("must be USER:DIGEST, the base64 SHA-1 of USER:PASSWORD (see docs/security.md)", value)
     return value
 
 

@@ -30,6 +30,7 @@ from pvcd.fencing.flow import Fence, NodeFencing, acknowledges
 from pvcd.fencing.policy import should_self_fence
 from pvcd.fencing.recovery import recover_vms
 from pvcd.fencing.self_fence import destroy_all_domains, run_command
+from pvcd.fencing.storage_fence import StorageFencer
 from pvcd.hypervisor import Hypervisor
 from pvcd.keepalive import (
     COLLECT_BUDGET_SHARE,
@@ -43,6 +44,7 @@ from pvcd.keepalive import (
 from pvcd.network.addresses import apply_node_networking
 from pvcd.network.manager import NetworkManager
 from pvcd.states import CoordinatorState, DaemonState, DomainState, daemon_transition, initial_coordinator_state
+from pvcd.storage.identity import IdentityPublisher
 from pvcd.storage.status import StorageFollower, StorageStatus, ceph_of
 from pvcd.supervisor import Supervisor, timed
 from pvcd.vm.domains import Domains
@@ -51,7 +53,8 @@ from pvcd.vm.migrators import node_addresses
 from pvcd.vm.reconciler import VmReconciler
 from pvcd.watchdog import Watchdog, WatchdogState
 from pvcd.zk import nodes
-from pvcd.zk.base import Store, StoreError, StoreUnavailable, VersionConflict
+from pvcd.zk.access import zk_security
+from pvcd.zk.base import NotAuthorized, Store, StoreError, StoreUnavailable, VersionConflict
 from pvcd.zk.store import ZooKeeperStore
 
 log = logging.getLogger("pvcd")
@@ -63,6 +66,8 @@ SHUTDOWN_WRITE_TIMEOUT = 3.0
 # The coordinator role stops first (relinquish, release the claim) within this.
 COORDINATOR_STOP_TIMEOUT = 1.5
 RECONNECT_DELAY = 1.0
+EXIT_NOT_AUTHORIZED = 3
+"""pvcd's exit status when ZooKeeper refuses the node's identity (2 is a bad configuration file)."""
 # The self-fence clock is checked four times per keepalive interval.
 SILENCE_CHECK_SHARE = 0.25
 # How long a flush_on_shutdown may take before the daemon stops regardless.
@@ -88,6 +93,7 @@ class NodeDaemon:
         config: Config,
         collectors: dict[str, Callable[[], Any]] | None = None,
     ) -> None:
+        """SecurityError (one line) when the ZooKeeper credentials file cannot be read."""
         self.config = config
         self.name = config.node
         self.stop_event = threading.Event()
@@ -105,10 +111,12 @@ class NodeDaemon:
         self._self_fence_lock = threading.Lock()
         self.hypervisor = Hypervisor(config.hypervisor.libvirt_uri) if config.functions.enable_hypervisor else None
         self.collectors = Collectors(collectors or default_collectors(config, self.hypervisor))
+        self.zk_security = zk_security(config.cluster.zookeeper)
         self.store: Store = ZooKeeperStore(
             config.zookeeper_hosts,
             session_timeout=config.cluster.zookeeper.session_timeout,
             connect_timeout=config.cluster.zookeeper.connect_timeout,
+            security=self.zk_security,
         )
         self.state = StateRecord(
             daemon=DaemonState.INIT,
@@ -145,6 +153,13 @@ class NodeDaemon:
                 ),
                 run_loop=self.supervisor.run,
                 cluster=cluster,
+                storage=(
+                    StorageFencer(
+                        self.store, ceph_of(config.storage), self.name, cluster, config.storage.blocklist_time
+                    )
+                    if config.functions.enable_storage
+                    else None
+                ),
             )
             self.coordinator.services.register(self.fencer)
             self.coordinator.services.register(StatesPublisher(self.store, cluster, self.supervisor))
@@ -156,6 +171,11 @@ class NodeDaemon:
         """With storage: the primary's last record of the Ceph cluster, for the keepalive's storage line."""
         if config.functions.enable_storage and config.logging.log_keepalive_storage_details:
             self.storage_status = StorageFollower(self.store)
+        self.storage_identity = (
+            IdentityPublisher(self.store, self.name, config.storage, self.supervisor)
+            if config.functions.enable_storage
+            else None
+        )
         self.networks: NetworkManager | None = None
         if config.functions.enable_networking and config.networking is not None:
             self.networks = NetworkManager(config, self.store, self.supervisor, self.stop_event)
@@ -199,7 +219,10 @@ class NodeDaemon:
             if not self._connect():
                 return 0
             self._check_session_timeout()
-            self._register()
+            if not self._register():
+                return EXIT_NOT_AUTHORIZED
+            if self.storage_identity is not None:
+                self.storage_identity.start()
             threading.Thread(target=check_own_bmc, args=(self.config,), name="bmc-check", daemon=True).start()
             if self.config.fencing.suicide_intervals > 0:
                 self.supervisor.spawn(
@@ -313,7 +336,8 @@ class NodeDaemon:
             "watchdog": self.watchdog_state.to_json(),
         }
 
-    def _register(self) -> None:
+    def _register(self) -> bool:
+        """False when ZooKeeper refuses this node's identity: it cannot join, and says why."""
         info = self._info()
         while not self.stop_event.is_set():
             try:
@@ -338,10 +362,21 @@ class NodeDaemon:
                 self.last_delivered = time.monotonic()
                 self._acknowledge(self.versions.fence_record)
                 log.info("Registered node %s in ZooKeeper", self.name)
-                return
+                return True
+            except NotAuthorized:
+                credentials = self.zk_security.credentials
+                who = f"user {credentials.user}" if credentials is not None else "no credentials"
+                log.error(
+                    "ZooKeeper refused node %s (%s from pvc.cluster.zookeeper.credentials_file): wrong password, "
+                    "or an identity the cluster's ACLs do not grant; the node does not join",
+                    self.name,
+                    who,
+                )
+                return False
             except StoreError as exc:
                 log.warning("Cannot register node %s yet: %s; retrying", self.name, exc)
                 self.stop_event.wait(RECONNECT_DELAY)
+        return True
 
     def _on_connection_state(self, state: str) -> None:
         if self.stop_event.is_set():
@@ -608,6 +643,8 @@ class NodeDaemon:
             self.coordinator.stop(COORDINATOR_STOP_TIMEOUT)
         if self.networks is not None:
             self.networks.stop()
+        if self.storage_identity is not None:
+            self.storage_identity.stop()
         if self.cluster is not None:
             self.cluster.stop(1.0)
         writer = threading.Thread(target=self._final_states, name="shutdown-states", daemon=True)

@@ -61,6 +61,11 @@ class StoreTimeout(StoreUnavailable):
     """The store did not answer within the time the caller allowed."""
 
 
+class NotAuthorized(StoreError):
+    """ZooKeeper refused the operation to this client's identity (no credentials, wrong ones, or
+    an ACL that does not grant it)."""
+
+
 class VersionConflict(StoreError):
     """Someone else changed a value since we read it."""
 

@@ -54,16 +54,16 @@ def register(
             return register(store, name, info, state, ipmi)
         return read_versions(store, name)
     versions = read_versions(store, name)
-    ipmi_record = store.get(schema.node_ipmi(name))
     transaction = (
         store.transaction()
         .set(schema.node(name), info, existing.version)
         .set(schema.node_state(name), state.to_json(), versions.state)
     )
-    if ipmi_record is None:
-        transaction.create(schema.node_ipmi(name), ipmi)
+    # Written blind: a node that is not a coordinator may write its BMC record but not read it.
+    if store.exists(schema.node_ipmi(name)):
+        transaction.set(schema.node_ipmi(name), ipmi, -1)
     else:
-        transaction.set(schema.node_ipmi(name), ipmi, ipmi_record.version)
+        transaction.create(schema.node_ipmi(name), ipmi)
     transaction.commit()
     return replace(versions, state=versions.state + 1)
 

@@ -13,6 +13,9 @@ SCHEMA_VERSION = 1
 ROOT = "/pvc"
 SCHEMA = f"{ROOT}/schema"
 CLOCK = f"{ROOT}/clock"
+SECURITY = f"{ROOT}/security"
+"""{"identities": {ROLE: "user:digest"}}: the ACL identities every new znode is given, for
+clients that do not have them in a configuration (the CLI); see `pvcd.zk.security`."""
 NODES = f"{ROOT}/nodes"
 
 
@@ -138,8 +141,15 @@ def node_fence(name: str) -> str:
 
 
 def node_ipmi(name: str) -> str:
-    """The node's BMC address and credentials, published for the fencer only."""
+    """The node's BMC address and credentials, published for the fencer only (readable by the
+    coordinators' identity alone: see `pvcd.zk.security`)."""
     return f"{node(name)}/ipmi"
+
+
+def is_secret(path: str) -> bool:
+    """Is `path` one of the znodes only the fencers may read (a node's BMC credentials)?"""
+    parent, _, leaf = path.rpartition("/")
+    return leaf == "ipmi" and parent.rpartition("/")[0] == NODES
 
 
 def node_storage(name: str) -> str:

@@ -15,14 +15,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from kazoo.client import KazooClient, KazooState, _prefix_root
 from kazoo.exceptions import (
     EXCEPTIONS,
+    AuthFailedError,
     BadVersionError,
     KazooException,
     LockTimeout,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     UnimplementedError,
@@ -31,11 +34,13 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.protocol.serialization import GetData, MultiHeader, int_struct, multiheader_struct, read_buffer, stat_struct
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL, Id
 
 from pvcd.zk import base, schema
 from pvcd.zk.base import (
     AlreadyExists,
     Listener,
+    NotAuthorized,
     NotFound,
     OneShotWatch,
     Pending,
@@ -52,6 +57,8 @@ from pvcd.zk.base import (
     encode,
     versioned,
 )
+from pvcd.zk.security import AclIdentities, SecurityError, ZkSecurity, acl_for, security_record
+from pvcd.zk.tls_probe import describe_handshake
 
 __all__ = [
     "AlreadyExists",
@@ -89,11 +96,14 @@ class ZooKeeperTransaction(base.Transaction):
     """A multi-op ZooKeeper transaction: all operations apply, or none."""
 
     def __init__(self, store: ZooKeeperStore) -> None:
+        self._store = store
         self._request = store.client.transaction()
         self._paths: list[str] = []
 
     def create(self, path: str, value: Any, ephemeral: bool = False, sequential: bool = False) -> base.Transaction:
-        self._request.create(path, encode(value), ephemeral=ephemeral, sequence=sequential)
+        self._request.create(
+            path, encode(value), acl=self._store.acl_of(path), ephemeral=ephemeral, sequence=sequential
+        )
         self._paths.append(path)
         return self
 
@@ -136,6 +146,11 @@ def _translate(exc: Exception, path: str) -> StoreError:
         return NotFound(f"{path}: does not exist")
     if isinstance(exc, NodeExistsError):
         return AlreadyExists(f"{path}: already exists")
+    if isinstance(exc, (NoAuthError, AuthFailedError)):
+        return NotAuthorized(
+            f"{path}: not authorized: ZooKeeper refused this client's identity (missing or wrong credentials, "
+            "or an identity the znode's ACL does not grant)"
+        )
     name = type(exc).__name__
     if name in ("ConnectionLoss", "SessionExpiredError", "ConnectionClosedError", "OperationTimeoutError"):
         return StoreUnavailable(f"{path}: ZooKeeper connection lost ({name})")
@@ -258,16 +273,22 @@ class ZooKeeperStore(base.Store):
     """False once a server refused multiRead (older than ZooKeeper 3.6): `get_many` reads path by path."""
     _bytes_per_path = 1024
     """The mean size of a value in the answers to the last `get_many`: what its chunks are sized by."""
+    identities: AclIdentities | None = None
+    """The role identities new znodes are given (None: ZooKeeper's default, open to the world)."""
 
     def __init__(
         self,
         hosts: str,
         session_timeout: float = 10.0,
         connect_timeout: float = 5.0,
+        security: ZkSecurity | None = None,
     ) -> None:
+        """`security`: credentials, ACL identities and TLS (None: an open ZooKeeper, plain TCP)."""
         self.hosts = hosts
         self.session_timeout = session_timeout
         self.connect_timeout = connect_timeout
+        self.security = security or ZkSecurity()
+        self.identities: AclIdentities | None = self.security.identities
         self._listeners: list[Listener] = []
         self._watches: list[PersistentWatch] = []
         self._watches_lock = threading.Lock()
@@ -278,15 +299,32 @@ class ZooKeeperStore(base.Store):
         # Once connected, a session is re-established for as long as it takes; the
         # first connection is bounded by the connect timeout in start().
         retry = KazooRetry(max_tries=-1, max_delay=1.0)
+        credentials, tls = self.security.credentials, self.security.tls
         client = KazooClient(
             hosts=self.hosts,
             timeout=self.session_timeout,
             connection_retry=retry,
             command_retry=None,
+            auth_data=[("digest", credentials.auth)] if credentials is not None else None,
+            default_acl=self._acl_list(schema.ROOT),
+            use_ssl=tls is not None,
+            ca=tls.ca_file if tls is not None else None,
+            certfile=tls.cert_file if tls is not None else None,
+            keyfile=tls.key_file if tls is not None else None,
+            verify_certs=True,
         )
         client.add_listener(self._on_state)
         self._capture_negotiated_timeout(client)
         return client
+
+    def _acl_list(self, path: str) -> list[ACL] | None:
+        if self.identities is None:
+            return None
+        return [ACL(perms, Id("digest", identity)) for identity, perms in acl_for(path, self.identities)]
+
+    def acl_of(self, path: str) -> list[ACL] | None:
+        """The ACL a znode created at `path` gets (None: kazoo's default, world-open without identities)."""
+        return self._acl_list(path)
 
     def _on_state(self, state: Any) -> None:
         """kazoo's connection thread: tell the listeners, then the watches."""
@@ -333,7 +371,70 @@ class ZooKeeperStore(base.Store):
         except KazooTimeoutError as exc:
             # kazoo has stopped and closed the client; the next attempt needs a new one.
             self.client = self._new_client()
-            raise StoreUnavailable(f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s") from exc
+            why = ""
+            if self.security.tls is not None:
+                # kazoo reports a failed TLS handshake only as a connection that never came up.
+                why = describe_handshake(self.hosts, self.security.tls, min(self.connect_timeout, 3.0))
+            raise StoreUnavailable(
+                f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s{why}"
+            ) from exc
+        except AuthFailedError as exc:
+            self.client = self._new_client()
+            raise NotAuthorized(f"ZooKeeper at {self.hosts} refused this client's credentials") from exc
+        if self.identities is None and self.security.credentials is not None:
+            self._learn_identities()
+
+    def _learn_identities(self) -> None:
+        """A client without the ACL identities in its configuration (the CLI) takes the cluster's,
+        so that what it creates is as protected as what the daemons create."""
+        try:
+            found = self.get(schema.SECURITY)
+        except StoreError:
+            return
+        if found is None:
+            return
+        try:
+            self.identities = AclIdentities.from_json(
+                found.value.get("identities") if isinstance(found.value, dict) else None
+            )
+        except SecurityError as exc:
+            log.warning("%s; new znodes get ZooKeeper's default ACL", exc)
+            return
+        self.client.default_acl = self._acl_list(schema.ROOT)
+
+    def ensure_schema(self) -> None:
+        """The schema, and with ACL identities: `/pvc/security`, and the root and `/pvc` closed to
+        everyone but the cluster's identities."""
+        super().ensure_schema()
+        if self.identities is None:
+            return
+        record = security_record(self.identities)
+        try:
+            self.create(schema.SECURITY, record)
+        except AlreadyExists:
+            found = self.get(schema.SECURITY)
+            if found is None or found.value != record:
+                self.set(schema.SECURITY, record, -1)
+        closed = self._acl_list(schema.ROOT)
+        for path in ("/", schema.ROOT):
+            acls, _stat = self._call(path, partial(self.client.get_acls, path))
+            if any(acl.id.scheme == "world" for acl in acls):
+                self._call(path, partial(self.client.set_acls, path, closed))
+
+    def secure_tree(self) -> int:
+        """Give every znode under `/pvc` the ACL pvcd gives it at creation (an existing cluster
+        made before ACLs: `pvcd --secure-zookeeper`); the number of znodes set."""
+        if self.identities is None:
+            raise NotAuthorized("no ACL identities configured (pvc.cluster.zookeeper.acl)")
+        count = 0
+        pending = [schema.ROOT]
+        while pending:
+            path = pending.pop()
+            self._call(path, partial(self.client.set_acls, path, self._acl_list(path)))
+            count += 1
+            pending += [f"{path}/{child}" for child in self.children(path)]
+        self.ensure_schema()
+        return count
 
     def stop(self) -> None:
         """Close the session (ephemeral nodes vanish now, not at session expiry)."""
@@ -467,7 +568,12 @@ class ZooKeeperStore(base.Store):
         created = self._call(
             path,
             lambda: self.client.create(
-                path, encode(value), ephemeral=ephemeral, makepath=makepath, sequence=sequential
+                path,
+                encode(value),
+                acl=self.acl_of(path),
+                ephemeral=ephemeral,
+                makepath=makepath,
+                sequence=sequential,
             ),
         )
         return str(created)
