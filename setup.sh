@@ -108,9 +108,11 @@ case "$ACTION" in
     # PVCD_DEMO_HOSTS=qemu: real QEMU hosts in namespaces instead of libvirt's test driver.
     "$VENV/bin/pvc-devcluster" up --nodes 3 --workdir "$DEMO_DIR" --keepalive-interval 1 --detach \
       --hosts "${PVCD_DEMO_HOSTS:-test}"
-    ZK=$("$VENV/bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['zookeeper'])" "$DEMO_DIR/cluster.json")
-    "$VENV/bin/pvc" --zookeeper "$ZK" node list
+    # ZooKeeper speaks TLS only and wants credentials: the operator's environment.
+    eval "$("$VENV/bin/pvc-devcluster" env --workdir "$DEMO_DIR")"
+    "$VENV/bin/pvc" node list
     echo
+    echo "Point pvc at it with: eval \"\$($VENV/bin/pvc-devcluster env --workdir $DEMO_DIR)\""
     echo "Stop it with: $VENV/bin/pvc-devcluster down --workdir $DEMO_DIR"
     ;;
   test)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -83,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("--workdir", type=Path, required=True)
         command.add_argument("--format", choices=("pretty", "json"), default="pretty")
+    environment = sub.add_parser(
+        "env",
+        help="print the shell exports that point pvc at the cluster as its operator "
+        '(ZooKeeper address, credentials file, TLS CA, client certificate and key): eval "$(pvc-devcluster env ...)"',
+    )
+    environment.add_argument("--workdir", type=Path, required=True)
     checker = sub.add_parser(
         "check",
         help="check the chassis journals: no VM on two hosts, every VM to start "
@@ -185,11 +192,10 @@ def _up(args: argparse.Namespace) -> int:
     print(f"Local cluster of {len(record.nodes)} {kind} running; ZooKeeper at {record.zookeeper}")
     env = record.client_environment()
     if len(env) > 1:
-        print("Run pvc against it as the cluster's operator with:")
-        print("  " + " ".join(f"{name}={value}" for name, value in env.items()) + " pvc node list")
-        print("or export them:")
-        for name, value in env.items():
-            print(f"  export {name}={value}")
+        print("pvc reaches it (TLS, the operator's credentials) with this environment:")
+        for line in _exports(env):
+            print(f"  {line}")
+        print(f'  or: eval "$(pvc-devcluster env --workdir {record.workdir})"; pvc node list')
     else:
         print(f"  pvc --zookeeper {record.zookeeper} node list")
     if args.detach:
@@ -200,6 +206,10 @@ def _up(args: argparse.Namespace) -> int:
     cluster.down(args.workdir)
     print("Local cluster stopped.")
     return 0
+
+
+def _exports(env: dict[str, str]) -> list[str]:
+    return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -238,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             return _up(args)
+        if args.command == "env":
+            print("\n".join(_exports(cluster.load(args.workdir.resolve()).client_environment())))
+            return 0
         if args.command == "status":
             _print_status(_status(cluster.load(args.workdir.resolve())), args.format)
             return 0
