@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pvcd.cluster.client_networks import InvalidNetwork, Lease, check_hostname, check_mac
+from pvcd.zk.security import ZkSecurity
 
 if TYPE_CHECKING:
     from pvcd.zk.base import Store
@@ -120,18 +121,27 @@ def _recorded_path(recorded: Path | None, mac: str) -> Path | None:
     return recorded / recorded_name(mac) if recorded is not None else None
 
 
-def _zookeeper_hosts(given: str | None) -> tuple[str, float]:
-    """ZooKeeper's hosts and connect timeout: as given, or from the node's configuration."""
-    if given:
-        return given, CONNECT_TIMEOUT
+def _zookeeper_access(given: str | None) -> tuple[str, float, ZkSecurity]:
+    """ZooKeeper's hosts (as given, else the node's), connect timeout and the node's credentials
+    and TLS files, from the node's configuration (PVCD_CONFIG_FILE, passed on by dnsmasq from
+    pvcd's environment). Without a usable configuration only given hosts work, unauthenticated."""
     from pvcd.config import ConfigError, config_path_from_env, load_config
+    from pvcd.zk.access import zk_security
+    from pvcd.zk.security import SecurityError
 
     path = config_path_from_env()
     try:
         config = load_config(path)
     except ConfigError:
+        if given:
+            return given, CONNECT_TIMEOUT, ZkSecurity()
         raise LeaseScriptError(f"configuration {path} is not usable (see pvcd --check-config)") from None
-    return config.zookeeper_hosts, min(CONNECT_TIMEOUT, config.cluster.zookeeper.connect_timeout)
+    try:
+        security = zk_security(config.cluster.zookeeper)
+    except SecurityError as exc:
+        raise LeaseScriptError(str(exc)) from None
+    timeout = min(CONNECT_TIMEOUT, config.cluster.zookeeper.connect_timeout)
+    return given or config.zookeeper_hosts, CONNECT_TIMEOUT if given else timeout, security
 
 
 def within(seconds: float, work: Callable[[], T]) -> T:
@@ -188,7 +198,7 @@ def apply(event: LeaseEvent, vni: int, zookeeper: str | None, recorded: Path | N
     """Carry the event out, connecting to ZooKeeper only when `recorded` does not show it done already; a note
     for stderr when it did nothing of use (network gone), else None.
 
-    Connecting takes at most the connect timeout (`_zookeeper_hosts`), and `record` as long again (`within`)."""
+    Connecting takes at most the connect timeout (`_zookeeper_access`), and `record` as long again (`within`)."""
     from pvcd.zk.base import encode
 
     mark = _recorded_path(recorded, event.lease.mac)
@@ -201,9 +211,9 @@ def apply(event: LeaseEvent, vni: int, zookeeper: str | None, recorded: Path | N
     from pvcd.zk.base import StoreError
     from pvcd.zk.store import ZooKeeperStore, quiet_kazoo
 
-    hosts, timeout = _zookeeper_hosts(zookeeper)
+    hosts, timeout, security = _zookeeper_access(zookeeper)
     quiet_kazoo()
-    store = ZooKeeperStore(hosts, session_timeout=10.0, connect_timeout=timeout)
+    store = ZooKeeperStore(hosts, session_timeout=10.0, connect_timeout=timeout, security=security)
     try:
         store.start()
     except StoreError as exc:
