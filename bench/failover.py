@@ -199,8 +199,8 @@ class Bench:
         self.cluster = cluster.load(workdir)
         self.interval = interval
         self.intervals = intervals
-        self.env = dict(os.environ, PVC_ZOOKEEPER=self.cluster.zookeeper)
-        self.store = Store(self.cluster.zookeeper)
+        self.env = dict(os.environ, **self.cluster.client_environment())
+        self.store = Store(self.cluster.zookeeper, security=self.cluster.client_security())
         self.store.start()
         self._next_victim = 0
 

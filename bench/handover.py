@@ -131,7 +131,20 @@ def main(argv: list[str] | None = None) -> int:
                 node.start()
             macs = {name: node.mac() for name, node in lab.nodes.items()}
             address = lab.floating_ips()["cluster"]
-            pvc = [str(Path(sys.executable).parent / "pvc"), "--zookeeper", lab.zookeeper.address]
+            tls = lab.zookeeper.tls
+            pvc = [
+                str(Path(sys.executable).parent / "pvc"),
+                "--zookeeper",
+                lab.zookeeper.address,
+                "--zookeeper-credentials",
+                str(lab.zookeeper.credentials_file("operator")),
+                "--zookeeper-ca",
+                tls.ca_file,
+                "--zookeeper-cert",
+                str(tls.cert_file),
+                "--zookeeper-key",
+                str(tls.key_file),
+            ]
             planned = [planned_run(lab, address, macs, pvc) for _ in range(args.runs)]
             crash = [crash_run(lab, address, macs) for _ in range(args.runs)]
         finally:

@@ -106,6 +106,7 @@ import os
 import platform
 import shutil
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -129,6 +130,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.en
 import failover  # noqa: E402
 
 from pvcd.devcluster import check, cluster, journal  # noqa: E402
+from pvcd.zk.security import ZkSecurity  # noqa: E402
 
 PARTS = ("idle", "start", "cli", "flush", "crash", "large")
 NODES = 3
@@ -299,12 +301,19 @@ class Snapshot:
 class ZooKeeper:
     """ZooKeeper's counters through the four-letter words, and its process' CPU."""
 
-    def __init__(self, address: str, pid: int | None) -> None:
+    def __init__(self, address: str, pid: int | None, tls: dict[str, str] | None = None) -> None:
         host, port = address.rsplit(":", 1)
         self.host, self.port, self.pid = host, int(port), pid
+        self.tls = tls
+        """The cluster's CA and client certificate: its ZooKeeper answers the words over TLS only."""
 
     def four(self, command: str) -> str:
-        with socket.create_connection((self.host, self.port), timeout=10) as conn:
+        with socket.create_connection((self.host, self.port), timeout=10) as raw:
+            conn = raw
+            if self.tls is not None:
+                context = ssl.create_default_context(cafile=self.tls["ca_file"])
+                context.load_cert_chain(self.tls["cert_file"], self.tls["key_file"])
+                conn = context.wrap_socket(raw, server_hostname=self.host)
             conn.sendall(command.encode())
             chunks = []
             while True:
@@ -552,13 +561,13 @@ class InProcessWriter:
 
     kind = "in-process (records.new_record + zk.vms.define; records.state_change + zk.vms.VmWrite)"
 
-    def __init__(self, zookeeper: str) -> None:
+    def __init__(self, zookeeper: str, security: ZkSecurity | None) -> None:
         from pvcd.cluster import vm_records as records
         from pvcd.zk import vms
         from pvcd.zk.store import Store
 
         self._records, self._vms = records, vms
-        self._store = Store(zookeeper)
+        self._store = Store(zookeeper, security=security)
         self._store.start()
 
     def close(self) -> None:
@@ -613,9 +622,10 @@ class SubprocessWriter:
 
 
 class Cli:
-    def __init__(self, workdir: Path, zookeeper: str) -> None:
+    def __init__(self, workdir: Path, environment: dict[str, str]) -> None:
+        """`environment`: what `pvc` needs to reach the cluster (address, credentials, TLS files)."""
         self.workdir = workdir
-        self.env = dict(os.environ, PVC_ZOOKEEPER=zookeeper)
+        self.env = dict(os.environ, **environment)
 
     def popen(self, args: list[str]) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -678,8 +688,8 @@ class Cluster:
         if result.returncode != 0:
             raise BenchError(f"pvc-devcluster up: {result.stderr.strip()}")
         self.record = cluster.load(self.workdir)
-        self.zk = ZooKeeper(self.record.zookeeper, self.record.zookeeper_pid)
-        self.cli = Cli(self.workdir, self.record.zookeeper)
+        self.zk = ZooKeeper(self.record.zookeeper, self.record.zookeeper_pid, self.record.zookeeper_tls)
+        self.cli = Cli(self.workdir, self.record.client_environment())
         self.txn_log = TxnLog(Path(self.record.zookeeper_dir) / "data")
         self.up_s = time.monotonic() - t
         self.wait_quiet(timeout=120 + 3 * self.count)
@@ -827,7 +837,7 @@ class Cluster:
     def get_writer(self) -> InProcessWriter | SubprocessWriter:
         if self.writer is None:
             try:
-                self.writer = InProcessWriter(self.record.zookeeper)
+                self.writer = InProcessWriter(self.record.zookeeper, self.record.client_security())
             except (ImportError, AttributeError, TypeError) as exc:
                 self.notes.append(f"in-process writer not available ({exc}); VMs written with pvc subprocesses")
                 self.writer = SubprocessWriter(self.cli)
