@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeGuard, TypeVar, overload
 import yaml
 
 from pvcd.cluster.liveness import DEFAULT_STORM_GUARD_SHARE
-from pvcd.zk.security import DIGEST_IDENTITY, ROLES, AclIdentities, Tls
+from pvcd.zk.security import DIGEST_IDENTITY, MAX_IDENTITIES_PER_ROLE, ROLES, AclIdentities, Tls
 
 DEFAULT_CONFIG_FILE = "/etc/pvc/pvcd.yaml"
 CONFIG_ENV = "PVCD_CONFIG_FILE"
@@ -561,7 +561,7 @@ def _zookeeper(section: _Section | None) -> ZooKeeperSettings:
     acl_section = section.section("acl", None)
     acl = None
     if acl_section is not None:
-        identities = {role: acl_section.value(role, _digest_identity) for role in ROLES}
+        identities = {role: acl_section.value(role, _digest_identities) for role in ROLES}
         acl_section.finish()
         if not any(_is_bad(identity) for identity in identities.values()):
             acl = AclIdentities(**identities)
@@ -1030,10 +1030,19 @@ def _absolute_path(value: object) -> str:
     return value
 
 
-def _digest_identity(value: object) -> str:
-    if not isinstance(value, str) or not DIGEST_IDENTITY.fullmatch(value):
-        raise _expected("must be USER:DIGEST, the base64 SHA-1 of USER:PASSWORD (see docs/security.md)", value)
-    return value
+def _digest_identities(value: object) -> tuple[str, ...]:
+    listed = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(listed, list)
+        or not 1 <= len(listed) <= MAX_IDENTITIES_PER_ROLE
+        or not all(isinstance(i, str) and DIGEST_IDENTITY.fullmatch(i) for i in listed)
+    ):
+        raise _expected(
+            "must be USER:DIGEST, the base64 SHA-1 of USER:PASSWORD, or a list of two while a password is "
+            "rotated (see docs/security.md)",
+            value,
+        )
+    return tuple(listed)
 
 
 def _ceph_client_id(value: object) -> str:

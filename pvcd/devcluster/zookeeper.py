@@ -121,7 +121,7 @@ class ZooKeeperServer:
 
     @property
     def identities(self) -> AclIdentities:
-        return AclIdentities(**{role: self.credentials(role).identity for role in ROLES})
+        return AclIdentities(**{role: (self.credentials(role).identity,) for role in ROLES})
 
     def security(self, role: str = "coordinator") -> ZkSecurity | None:
         """How a client of `role` reaches this server (None when it is not in secure mode)."""

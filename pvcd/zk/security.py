@@ -28,6 +28,8 @@ from typing import Any
 from pvcd.zk import schema
 
 ROLES = ("coordinator", "node", "operator")
+MAX_IDENTITIES_PER_ROLE = 2
+"""The current identity, and the previous one while a password is rotated."""
 READ, WRITE, CREATE, DELETE, ADMIN = 1, 2, 4, 8, 16
 ALL = READ | WRITE | CREATE | DELETE | ADMIN
 _USER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -82,14 +84,27 @@ class Credentials:
 
 @dataclass(frozen=True)
 class AclIdentities:
-    """The digest identity of each role (`user:digest`), the same on every node."""
+    """The digest identities of each role (`user:digest`), the same on every node.
 
-    coordinator: str
-    node: str
-    operator: str
+    Usually one per role; two while a password is rotated (old and new: docs/security.md), so
+    that nodes with either can work. A single identity may be given as a string."""
 
-    def to_json(self) -> dict[str, str]:
-        return {role: getattr(self, role) for role in ROLES}
+    coordinator: tuple[str, ...]
+    node: tuple[str, ...]
+    operator: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            value = getattr(self, role)
+            if isinstance(value, str):
+                object.__setattr__(self, role, (value,))
+
+    def of(self, role: str) -> tuple[str, ...]:
+        identities: tuple[str, ...] = getattr(self, role)
+        return identities
+
+    def to_json(self) -> dict[str, str | list[str]]:
+        return {role: self.of(role)[0] if len(self.of(role)) == 1 else list(self.of(role)) for role in ROLES}
 
     @classmethod
     def from_json(cls, value: object, source: str = schema.SECURITY) -> AclIdentities:
@@ -97,18 +112,24 @@ class AclIdentities:
             raise SecurityError(f"{source}: expected a mapping of {', '.join(ROLES)} to USER:DIGEST identities")
         identities = {}
         for role in ROLES:
-            identity = value.get(role)
-            if not isinstance(identity, str) or not DIGEST_IDENTITY.fullmatch(identity):
+            found = value.get(role)
+            listed = [found] if isinstance(found, str) else found
+            if (
+                not isinstance(listed, list)
+                or not 1 <= len(listed) <= MAX_IDENTITIES_PER_ROLE
+                or not all(isinstance(i, str) and DIGEST_IDENTITY.fullmatch(i) for i in listed)
+            ):
                 raise SecurityError(
-                    f"{source}: {role}: expected USER:DIGEST (the base64 SHA-1 of USER:PASSWORD), got {identity!r}"
+                    f"{source}: {role}: expected USER:DIGEST (the base64 SHA-1 of USER:PASSWORD), or a list of "
+                    f"up to {MAX_IDENTITIES_PER_ROLE} while rotating, got {found!r}"
                 )
-            identities[role] = identity
+            identities[role] = tuple(listed)
         return cls(**identities)
 
     def role_of(self, credentials: Credentials) -> str | None:
         """The role these credentials authenticate as, or None when they match none."""
         identity = credentials.identity
-        return next((role for role in ROLES if getattr(self, role) == identity), None)
+        return next((role for role in ROLES if identity in self.of(role)), None)
 
 
 def acl_for(path: str, identities: AclIdentities) -> list[tuple[str, int]]:
@@ -117,8 +138,10 @@ def acl_for(path: str, identities: AclIdentities) -> list[tuple[str, int]]:
     BMC credentials: the coordinators read them; a node writes (but cannot read) its own;
     operators get nothing. Everything else: all three roles, everything."""
     if schema.is_secret(path):
-        return [(identities.coordinator, ALL), (identities.node, WRITE)]
-    return [(identities.coordinator, ALL), (identities.node, ALL), (identities.operator, ALL)]
+        granted = {"coordinator": ALL, "node": WRITE}
+    else:
+        granted = {"coordinator": ALL, "node": ALL, "operator": ALL}
+    return [(identity, perms) for role, perms in granted.items() for identity in identities.of(role)]
 
 
 @dataclass(frozen=True)

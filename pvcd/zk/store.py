@@ -422,8 +422,9 @@ class ZooKeeperStore(base.Store):
                 self._call(path, partial(self.client.set_acls, path, closed))
 
     def secure_tree(self) -> int:
-        """Give every znode under `/pvc` the ACL pvcd gives it at creation (an existing cluster
-        made before ACLs: `pvcd --secure-zookeeper`); the number of znodes set."""
+        """Give the root and every znode under `/pvc` the ACL pvcd gives it at creation (an existing
+        cluster made before ACLs, or a password rotation: `pvcd --secure-zookeeper`); the number of
+        znodes set."""
         if self.identities is None:
             raise NotAuthorized("no ACL identities configured (pvc.cluster.zookeeper.acl)")
         count = 0
@@ -433,8 +434,9 @@ class ZooKeeperStore(base.Store):
             self._call(path, partial(self.client.set_acls, path, self._acl_list(path)))
             count += 1
             pending += [f"{path}/{child}" for child in self.children(path)]
+        self._call("/", partial(self.client.set_acls, "/", self._acl_list(schema.ROOT)))
         self.ensure_schema()
-        return count
+        return count + 1
 
     def stop(self) -> None:
         """Close the session (ephemeral nodes vanish now, not at session expiry)."""

@@ -24,6 +24,7 @@ from pvcd.cluster.values import StateRecord
 from pvcd.devcluster.zookeeper import ZooKeeperServer
 from pvcd.zk import nodes, schema
 from pvcd.zk.base import NotAuthorized, NotFound
+from pvcd.zk.security import AclIdentities, Credentials
 from pvcd.zk.store import ZooKeeperStore
 
 IPMI = {"host": "127.0.0.1", "port": 623, "user": "admin", "pass": "bmc-secret-hv1"}
@@ -197,3 +198,59 @@ def test_the_cli_creates_with_the_clusters_acl(stores: dict[str, ZooKeeperStore]
         stores["anonymous"].get(f"{schema.ROOT}/cli-made")
     with pytest.raises(NotFound):
         operator.delete(f"{schema.ROOT}/never-made")
+
+
+def test_a_password_is_rotated_without_a_moment_in_which_the_cluster_is_locked_out(
+    zookeeper: ZooKeeperServer, tmp_path: Path
+) -> None:
+    """docs/security.md's procedure, under a chroot of its own: old and new identities side by
+    side, every znode given both, nodes switched to the new password, the old one dropped."""
+    chroot = f"{zookeeper.address}/rotation"
+    setup = store_of(zookeeper, "coordinator")
+    setup.ensure_path("/rotation")
+    setup.stop()
+    current = zookeeper.security("coordinator")
+    assert current is not None and current.credentials is not None and current.identities is not None
+    old_id = current.identities.coordinator[0]
+    new = Credentials(current.credentials.user, "the-new-password")
+    both = dataclasses.replace(current.identities, coordinator=(new.identity, old_id))
+    only_new = dataclasses.replace(current.identities, coordinator=(new.identity,))
+
+    def store(credentials: Credentials, identities: AclIdentities) -> ZooKeeperStore:
+        opened = ZooKeeperStore(
+            chroot,
+            connect_timeout=10.0,
+            security=dataclasses.replace(current, credentials=credentials, identities=identities),
+        )
+        opened.start()
+        return opened
+
+    old_store = store(current.credentials, current.identities)
+    old_store.ensure_schema()
+    old_store.create(schema.node("hv1"), {"name": "hv1"}, makepath=True)
+    old_store.create(schema.node_ipmi("hv1"), IPMI)
+    old_store.stop()
+    # 1. Both identities in every node's acl; the tree given both, by a coordinator still on the old password.
+    step1 = store(current.credentials, both)
+    assert step1.secure_tree() >= 4
+    step1.stop()
+    # 2. Nodes switch to the new password: they read everything, BMC records included; the old still works.
+    for credentials in (new, current.credentials):
+        switched = store(credentials, both)
+        assert switched.get(schema.node_ipmi("hv1")).value == IPMI  # type: ignore[union-attr]
+        switched.stop()
+    # 3. The old identity dropped from the acl, the tree set again: the old password opens nothing.
+    step3 = store(new, only_new)
+    step3.secure_tree()
+    assert step3.get(schema.node_ipmi("hv1")).value == IPMI  # type: ignore[union-attr]
+    step3.stop()
+    stale = store(current.credentials, current.identities)
+    try:
+        for path in (schema.node_ipmi("hv1"), schema.node("hv1")):
+            with pytest.raises(NotAuthorized):
+                stale.get(path)
+    finally:
+        stale.stop()
+    cleanup = store(new, only_new)
+    cleanup.delete_tree(schema.ROOT)
+    cleanup.stop()
