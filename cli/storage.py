@@ -26,7 +26,6 @@ import click
 from cli.ceph_options import CephSettings, ceph_settings_options
 from cli.connection import CliError
 from cli.output import format_option, key_values, table, to_json
-from pvcd.cluster.vm_records import shown
 
 if TYPE_CHECKING:
     from pvcd.storage import Ceph
@@ -64,8 +63,7 @@ def _check_name(kind: str, name: str) -> str:
     try:
         return values.validate_name(kind, name)
     except ValueError as exc:
-        # The rule quotes the name whole; a 100,000-character argument must still make one short line.
-        raise CliError(str(exc).replace(repr(name), shown(name), 1)) from exc
+        raise CliError(str(exc)) from exc
 
 
 def _check_size(size: str) -> int:

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pvcd.cluster.vm_records import shown
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 """Pool, volume and snapshot names: Ceph allows more, but `/` and `@` separate them in an image
 spec, a leading `-` reads as an option, and spaces break every table; 100 characters is plenty."""
@@ -33,7 +35,8 @@ def validate_name(kind: str, name: str) -> str:
     """`name` if it is a usable pool, volume or snapshot name (`kind` says which), else ValueError."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(
-            f"invalid {kind} name {name!r}: use 1-100 letters, digits, '_', '.', '+' or '-', not starting with a symbol"
+            f"invalid {kind} name {shown(name) if isinstance(name, str) else repr(name)}: use 1-100 letters, "
+            "digits, '_', '.', '+' or '-', not starting with a symbol"
         )
     return name
 
