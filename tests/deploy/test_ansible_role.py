@@ -9,117 +9,56 @@ variable must fail the play without touching the files in place.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from ansible_helpers import EXAMPLE, NODES, Playbook, example_inventory, make_pki, recap, snapshot, zoo_cfg
 
-from deploy_helpers import REPO, VENV_BIN
+from deploy_helpers import VENV_BIN
 from pvcd.config import load_config
-
-ANSIBLE = REPO / "ansible"
-EXAMPLE = ANSIBLE / "inventory" / "example"
-NODES = ("pvc-hv1", "pvc-hv2", "pvc-hv3")
-
-
-class Playbook:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.roots = workdir / "roots"
-        self.extra_vars = workdir / "vars.json"
-        self.extra_vars.write_text(
-            json.dumps(
-                {
-                    "pvc_root": f"{self.roots}/{{{{ inventory_hostname }}}}",
-                    "pvc_install_packages": False,
-                    "pvc_manage_services": False,
-                    "pvc_pvcd_binary": str(VENV_BIN / "pvcd"),
-                    "ansible_python_interpreter": str(VENV_BIN / "python"),
-                    "ansible_become": False,
-                }
-            )
-        )
-
-    def root(self, node: str) -> Path:
-        return self.roots / node
-
-    def run(self, inventory: Path, playbook: str = "pvc.yml", *options: str) -> subprocess.CompletedProcess[str]:
-        program = VENV_BIN / "ansible-playbook"
-        if not program.exists():
-            pytest.fail("ansible-playbook is missing: run ./setup.sh test (it installs the test extras)")
-        env = dict(
-            os.environ,
-            ANSIBLE_HOME=str(self.workdir / "ansible-home"),
-            ANSIBLE_LOCAL_TEMP=str(self.workdir / "ansible-tmp"),
-            ANSIBLE_REMOTE_TEMP=str(self.workdir / "ansible-remote-tmp"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_STDOUT_CALLBACK="default",
-            ANSIBLE_CONFIG=str(self.workdir / "no-ansible.cfg"),  # ignore any ansible.cfg around
-        )
-        return subprocess.run(
-            [
-                str(program),
-                "-i",
-                str(inventory),
-                "-c",
-                "local",
-                "-e",
-                f"@{self.extra_vars}",
-                *options,
-                str(ANSIBLE / playbook),
-            ],
-            cwd=self.workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP counters per host."""
-    counters = {}
-    for host, fields in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.M):
-        counters[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", fields)}
-    return counters
-
-
-def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
-    }
+from pvcd.zk.security import digest_id
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The example inventory deployed twice into fresh roots."""
-    playbook = Playbook(tmp_path_factory.mktemp("ansible"))
-    first = playbook.run(EXAMPLE)
+    """The example inventory (with its pki/ directory made) deployed twice into fresh roots."""
+    workdir = tmp_path_factory.mktemp("ansible")
+    inventory = example_inventory(workdir / "inventory")
+    playbook = Playbook(workdir)
+    first = playbook.run(inventory)
     assert first.returncode == 0, first.stdout[-6000:]
     after_first = {node: snapshot(playbook.root(node)) for node in NODES}
-    second = playbook.run(EXAMPLE)
+    second = playbook.run(inventory)
     assert second.returncode == 0, second.stdout[-6000:]
-    return {"playbook": playbook, "first": first.stdout, "second": second.stdout, "after_first": after_first}
+    return {
+        "playbook": playbook,
+        "inventory": inventory,
+        "first": first.stdout,
+        "second": second.stdout,
+        "after_first": after_first,
+    }
 
 
 def test_first_run_renders_every_node(deployed: dict) -> None:
     counters = recap(deployed["first"])
     assert sorted(counters) == sorted(NODES)
     for node in NODES:
-        # Three directories, the softdog module file, pvcd.yaml, zoo.cfg and myid.
-        assert counters[node]["failed"] == 0 and counters[node]["changed"] == 7, counters[node]
+        # Five directories, the softdog module file, pvcd.yaml, zoo.cfg, myid and zookeeperd's
+        # environment; with ZooKeeper security (on by default): the node's and the operator's
+        # credentials, the CA certificate and ZooKeeper's key store.
+        assert counters[node]["failed"] == 0 and counters[node]["changed"] == 14, counters[node]
         assert sorted(deployed["after_first"][node]) == [
+            "etc/default/zookeeper",
             "etc/modules-load.d/pvc-softdog.conf",
+            "etc/pvc/operator.credentials",
             "etc/pvc/pvcd.yaml",
+            "etc/pvc/tls/ca.pem",
+            "etc/pvc/zookeeper.credentials",
             "etc/zookeeper/conf/myid",
+            "etc/zookeeper/conf/server.pem",
             "etc/zookeeper/conf/zoo.cfg",
         ]
 
@@ -152,6 +91,24 @@ def test_every_rendered_configuration_validates(deployed: dict) -> None:
         assert config.migration.target_selector == "mem"
         assert config.logging.log_colours is False
         assert config.is_coordinator
+        # ZooKeeper security, on by default: the coordinator identity, the example's passwords
+        # as digests, TLS with the CA alone (mutual TLS is off by default).
+        zookeeper = config.cluster.zookeeper
+        assert zookeeper.credentials_file == "/etc/pvc/zookeeper.credentials"
+        assert zookeeper.acl is not None
+        for role in ("coordinator", "node", "operator"):
+            assert zookeeper.acl.of(role) == (digest_id(f"pvc-{role}", f"example-{role}-password"),)
+        assert zookeeper.tls is not None
+        assert (zookeeper.tls.ca_file, zookeeper.tls.cert_file, zookeeper.tls.key_file) == (
+            "/etc/pvc/tls/ca.pem",
+            None,
+            None,
+        )
+        root = playbook.root(node)
+        assert (root / "etc/pvc/zookeeper.credentials").read_text() == (
+            "pvc-coordinator:example-coordinator-password\n"
+        )
+        assert (root / "etc/pvc/operator.credentials").read_text() == "pvc-operator:example-operator-password\n"
 
 
 def test_zookeeper_configuration_on_the_coordinators(deployed: dict) -> None:
@@ -159,14 +116,15 @@ def test_zookeeper_configuration_on_the_coordinators(deployed: dict) -> None:
     ids = set()
     for node in NODES:
         conf = playbook.root(node) / "etc/zookeeper/conf"
-        lines = (conf / "zoo.cfg").read_text().splitlines()
-        settings = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        settings = zoo_cfg(conf / "zoo.cfg")
         assert {k: v for k, v in settings.items() if k.startswith("server.")} == {
             "server.1": "pvc-hv1:2888:3888",
             "server.2": "pvc-hv2:2888:3888",
             "server.3": "pvc-hv3:2888:3888",
         }
-        assert settings["clientPort"] == "2181"
+        # TLS only (security is on by default), without client certificates.
+        assert "clientPort" not in settings and settings["secureClientPort"] == "2181"
+        assert settings["ssl.clientAuth"] == "none"
         assert settings["admin.enableServer"] == "false"
         assert settings["dataDir"] == "/var/lib/zookeeper"
         myid = (conf / "myid").read_text()
@@ -193,7 +151,7 @@ def test_second_run_changes_nothing(deployed: dict) -> None:
 def test_bad_group_variable_fails_and_keeps_the_previous_file(deployed: dict, tmp_path: Path) -> None:
     playbook: Playbook = deployed["playbook"]
     inventory = tmp_path / "inventory"
-    shutil.copytree(EXAMPLE, inventory)
+    shutil.copytree(deployed["inventory"], inventory)
     group_vars = inventory / "group_vars" / "pvc.yml"
     text = group_vars.read_text()
     assert "keepalive_interval: 5\n" in text
@@ -209,9 +167,10 @@ def test_bad_group_variable_fails_and_keeps_the_previous_file(deployed: dict, tm
 
 
 def test_a_node_that_is_not_a_coordinator(tmp_path: Path) -> None:
-    """A fourth node: its own pvcd.yaml, and no ZooKeeper configuration."""
+    """A fourth node: its own pvcd.yaml with the node identity, and no ZooKeeper configuration."""
     inventory = tmp_path / "inventory"
     shutil.copytree(EXAMPLE, inventory)
+    make_pki(inventory / "pki", coordinators=())  # the CA (and a client certificate) only
     hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
     hosts["all"]["children"]["pvc"]["hosts"]["pvc-hv4"] = None
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
@@ -224,9 +183,16 @@ def test_a_node_that_is_not_a_coordinator(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stdout[-4000:]
     root = playbook.root("pvc-hv4")
-    assert sorted(snapshot(root)) == ["etc/modules-load.d/pvc-softdog.conf", "etc/pvc/pvcd.yaml"]
+    assert sorted(snapshot(root)) == [
+        "etc/modules-load.d/pvc-softdog.conf",
+        "etc/pvc/operator.credentials",
+        "etc/pvc/pvcd.yaml",
+        "etc/pvc/tls/ca.pem",
+        "etc/pvc/zookeeper.credentials",
+    ]
     config = load_config(str(root / "etc/pvc/pvcd.yaml"))
     assert config.node == "pvc-hv4" and not config.is_coordinator
+    assert (root / "etc/pvc/zookeeper.credentials").read_text() == "pvc-node:example-node-password\n"
     assert config.networking.upstream.address is None  # the group default
 
 
