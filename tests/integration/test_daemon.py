@@ -158,14 +158,7 @@ def test_clean_shutdown_on_signal(zk, zookeeper, write_config, daemon_process, s
 
 
 def _alive_connections(zookeeper) -> int:
-    import socket
-
-    with socket.create_connection(("127.0.0.1", zookeeper.port), timeout=2) as conn:
-        conn.sendall(b"mntr")
-        data = b""
-        while chunk := conn.recv(4096):
-            data += chunk
-    for line in data.decode().splitlines():
+    for line in zookeeper.four_letter("mntr").splitlines():
         key, _, value = line.partition("\t")
         if key == "zk_num_alive_connections":
             return int(value)

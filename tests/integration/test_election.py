@@ -61,9 +61,9 @@ class Service:
         self.events.add(self.node, f"stop {self.name}")
 
 
-def document(tmp_path: Path, name: str, port: int, **changes: Any) -> dict[str, Any]:
-    doc = node_document(tmp_path, name, port, names=NAMES)
-    doc["pvc"]["cluster"]["zookeeper"] = {"session_timeout": changes.get("session_timeout", SESSION_TIMEOUT)}
+def document(tmp_path: Path, name: str, port: int, zookeeper: Any, **changes: Any) -> dict[str, Any]:
+    doc = node_document(tmp_path, name, port, names=NAMES, zookeeper=zookeeper)
+    doc["pvc"]["cluster"]["zookeeper"]["session_timeout"] = changes.get("session_timeout", SESSION_TIMEOUT)
     return doc
 
 
@@ -74,7 +74,7 @@ def cluster(zk, zookeeper, tmp_path):
     started: list[tuple[NodeDaemon, threading.Thread]] = []
 
     def start(name: str, port: int | None = None) -> NodeDaemon:
-        daemon = NodeDaemon(parse_config(document(tmp_path, name, port or zookeeper.port)))
+        daemon = NodeDaemon(parse_config(document(tmp_path, name, port or zookeeper.port, zookeeper)))
         if daemon.coordinator is not None:
             for service in ("dhcp", "dns"):
                 daemon.coordinator.services.register(Service(name, service, events))
@@ -244,7 +244,7 @@ def test_killed_primary_is_replaced_only_after_its_session_expires(zk, zookeeper
     import yaml
 
     path = tmp_path / "hv1.yaml"
-    path.write_text(yaml.safe_dump(document(tmp_path, "hv1", zookeeper.port)))
+    path.write_text(yaml.safe_dump(document(tmp_path, "hv1", zookeeper.port, zookeeper)))
     process = daemon_process(path)
     wait_primary(zk, "hv1")
     cluster("hv2")

@@ -14,7 +14,7 @@ from helpers import VmNode, bin_path, node_document, vm_xml, wait_for
 
 def test_sigterm_flushes_the_node_first(zk, zookeeper, tmp_path, make_config, daemon_process):
     names = ["hv1", "hv2"]
-    document = node_document(tmp_path, "hv1", zookeeper.port, names=names)
+    document = node_document(tmp_path, "hv1", zookeeper.port, names=names, zookeeper=zookeeper)
     document["pvc"]["system"]["migration"]["flush_on_shutdown"] = True
     config_path = tmp_path / "nodes" / "hv1" / "pvcd.yaml"
     config_path.write_text(yaml.safe_dump(document))

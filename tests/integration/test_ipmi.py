@@ -23,7 +23,7 @@ from pvcd.fencing.ipmi import SENDING_OFF, IpmiDriver, IpmiError, IpmiTarget
 @pytest.fixture
 def machine(tmp_path, zookeeper, zk):
     relay_port, bmc_port = free_port(), free_port()
-    document = node_document(tmp_path, "hv1", relay_port)
+    document = node_document(tmp_path, "hv1", relay_port, zookeeper=zookeeper)
     document["pvc"]["system"]["fencing"]["ipmi"]["port"] = bmc_port
     node_dir = tmp_path / "nodes" / "hv1"
     config = node_dir / "pvcd.yaml"
