@@ -44,7 +44,7 @@ def pool(ceph_cluster: CephCluster) -> str:
 
 @pytest.fixture
 def store(zk: KazooClient, zookeeper: ZooKeeperServer) -> Iterator[ZooKeeperStore]:
-    opened = ZooKeeperStore(zookeeper.address, session_timeout=4.0)
+    opened = ZooKeeperStore(zookeeper.address, security=zookeeper.security(), session_timeout=4.0)
     opened.start()
     opened.ensure_schema()
     yield opened
@@ -147,7 +147,7 @@ def test_a_ceph_that_stops_answering_makes_the_record_stale_and_raises_the_fault
 
 def storage_config(tmp_path: Path, zookeeper: ZooKeeperServer, ceph_cluster: CephCluster) -> Path:
     """A one-node pvcd.yaml with storage on, pointing at the session's Ceph."""
-    document = node_document(tmp_path, "hv1", zookeeper.port)
+    document = node_document(tmp_path, "hv1", zookeeper.port, zookeeper=zookeeper)
     pvc = document["pvc"]
     pvc["functions"]["enable_storage"] = True
     pvc["system"]["configuration"]["logging"]["log_keepalive_storage_details"] = True
