@@ -122,6 +122,7 @@ class Cluster:
         """`pvc --zookeeper … ARGS --format json`; its parsed answer (the command must succeed)."""
         assert self.lab.zookeeper is not None
         env = {k: v for k, v in os.environ.items() if k not in ("PVC_ZOOKEEPER", "PVCD_CONFIG_FILE")}
+        env.update(self.lab.zookeeper.client_environment("operator"))  # the lab's own CA and credentials
         result = subprocess.run(
             [bin_path("pvc"), "--zookeeper", self.lab.zookeeper.address, *args, "--format", "json"],
             capture_output=True,

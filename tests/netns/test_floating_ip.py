@@ -34,6 +34,7 @@ def start(lab: Lab, names=COORDINATORS, enable_networking: bool = True) -> None:
 def pvc(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     assert lab.zookeeper is not None
     env = {k: v for k, v in os.environ.items() if k not in ("PVC_ZOOKEEPER", "PVCD_CONFIG_FILE")}
+    env.update(lab.zookeeper.client_environment("operator"))  # the lab's own CA and credentials
     return subprocess.run(
         [bin_path("pvc"), "--zookeeper", lab.zookeeper.address, *args],
         capture_output=True,
