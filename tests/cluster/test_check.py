@@ -28,8 +28,22 @@ def entry(t: float, host: str, event: str, vm: str | None = None) -> str:
     return json.dumps(value) + "\n"
 
 
-def write_cluster(workdir: Path, zookeeper: str, journals: dict[str, str]) -> None:
-    record = cluster.ClusterRecord(str(workdir), zookeeper, None, str(workdir / "zookeeper"), 1, 3)
+def write_cluster(
+    workdir: Path, zookeeper: ZooKeeperServer, journals: dict[str, str], address: str | None = None
+) -> None:
+    """A cluster record for `zookeeper` (at `address` when given), with the operator's credentials and TLS files."""
+    tls = zookeeper.tls
+    assert tls.cert_file is not None and tls.key_file is not None
+    record = cluster.ClusterRecord(
+        str(workdir),
+        address or zookeeper.address,
+        None,
+        str(workdir / "zookeeper"),
+        1,
+        3,
+        zookeeper_credentials=str(zookeeper.credentials_file("operator")),
+        zookeeper_tls={"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file},
+    )
     for name, text in journals.items():
         paths = layout.node_paths(workdir, name)
         paths.directory.mkdir(parents=True)
@@ -79,7 +93,7 @@ def test_a_double_run_and_a_missing_vm_are_reported(tmp_path: Path, records: Zoo
     # vm1 moves from hv1 to hv2 but starts there at 15, five seconds before hv1 stops it; vm3 runs nowhere.
     write_cluster(
         tmp_path,
-        records.address,
+        records,
         {
             "hv1": entry(9, "hv1", "power-on") + entry(10, "hv1", "start", "vm1") + entry(20, "hv1", "stop", "vm1"),
             "hv2": entry(9, "hv2", "power-on") + entry(12, "hv2", "start", "vm2") + entry(15, "hv2", "start", "vm1"),
@@ -105,7 +119,7 @@ def test_a_double_run_and_a_missing_vm_are_reported(tmp_path: Path, records: Zoo
 def test_a_clean_history_exits_0(tmp_path: Path, records: ZooKeeperServer):
     write_cluster(
         tmp_path,
-        records.address,
+        records,
         {
             "hv1": entry(10, "hv1", "start", "vm1")
             + entry(11, "hv1", "start", "vm3")
@@ -126,14 +140,14 @@ def test_errors_are_one_line_and_exit_2(tmp_path: Path, zookeeper: ZooKeeperServ
         f"({tmp_path / 'nothing' / 'cluster.json'} does not exist)\n"
     )
     damaged = tmp_path / "damaged"
-    write_cluster(damaged, zookeeper.address, {"hv1": entry(1, "hv1", "start", "vm1") + "{oops\n"})
+    write_cluster(damaged, zookeeper, {"hv1": entry(1, "hv1", "start", "vm1") + "{oops\n"})
     result = check(damaged)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("pvc-devcluster: damaged journal: ")
     assert "journal.jsonl:2: not JSON" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     unreachable = tmp_path / "unreachable"
-    write_cluster(unreachable, "127.0.0.1:9", {"hv1": entry(1, "hv1", "start", "vm1")})
+    write_cluster(unreachable, zookeeper, {"hv1": entry(1, "hv1", "start", "vm1")}, address="127.0.0.1:9")
     result = check(unreachable)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("pvc-devcluster: cannot read the VM records from ZooKeeper at 127.0.0.1:9")
