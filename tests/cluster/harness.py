@@ -53,16 +53,18 @@ class Cluster:
         self.env = dict(os.environ, **client_environment(record))
         self.stopped = False
 
-    def kazoo(self, role: str = "coordinator") -> KazooClient:
+    def kazoo(self, role: str | None = "coordinator") -> KazooClient:
         """A raw kazoo client (not started) of the cluster's ZooKeeper, over TLS and authenticated as
-        `role` (the coordinators': it may read everything, BMC credentials included)."""
+        `role` (the coordinators': it may read everything, BMC credentials included; None: no credentials)."""
         tls = self.record.get("zookeeper_tls")
         if tls is None:
             return KazooClient(hosts=self.record["zookeeper"])
-        credentials = Credentials.from_file(Path(self.record["zookeeper_dir"]) / "credentials" / role)
+        auth = None
+        if role is not None:
+            auth = [("digest", Credentials.from_file(Path(self.record["zookeeper_dir"]) / "credentials" / role).auth)]
         return KazooClient(
             hosts=self.record["zookeeper"],
-            auth_data=[("digest", credentials.auth)],
+            auth_data=auth,
             use_ssl=True,
             ca=tls["ca_file"],
             certfile=tls["cert_file"],

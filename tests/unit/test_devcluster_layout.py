@@ -63,3 +63,24 @@ def test_a_node_directory_too_long_for_unix_sockets_is_refused():
 def test_socket_paths_in_the_uri_are_escaped():
     paths = layout.node_paths(Path("/tmp/a b&c"), "hv1")
     assert layout.chassis_libvirt_uri(paths) == "test+unix:///default?socket=/tmp/a%20b%26c/nodes/hv1/libvirt-sock"
+
+
+def test_each_node_carries_the_zookeeper_identity_of_its_role(tmp_path: Path):
+    """Coordinators authenticate as `coordinator` (they fence: they read BMC credentials), the others as `node`."""
+    from pvcd.devcluster.zookeeper import ZooKeeperServer
+
+    server = ZooKeeperServer.create(tmp_path / "zookeeper")  # its secrets only; nothing is started
+    names = layout.node_names(4)
+    roles = [layout.node_role(name, names) for name in names]
+    assert roles == ["coordinator", "coordinator", "coordinator", "node"]
+    for name, role in zip(names, roles, strict=True):
+        document = layout.node_config(
+            name, layout.node_paths(tmp_path, name), names, 2345, zookeeper_keys=server.config_keys(role)
+        )
+        settings = parse_config(document).cluster.zookeeper
+        assert settings.credentials_file == str(server.credentials_file(role))
+        assert settings.acl == server.identities
+        assert settings.tls == server.tls
+        assert settings.session_timeout == layout.Timing().session_timeout
+    assert all((server.credentials_file(role).stat().st_mode & 0o777) == 0o600 for role in set(roles) | {"operator"})
+    assert ZooKeeperServer.create(tmp_path / "open", secure=False).config_keys("node") == {}
