@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from harness import Cluster
 
 from helpers import bin_path, wait_for
@@ -286,3 +287,47 @@ def test_a_pvcd_folder_in_the_working_directory_does_not_shadow_the_package(make
     cluster = make_cluster(1, "--no-watchdog", fence_intervals=0, cwd=bogus)
     assert cluster.nodes()["hv1"]["daemon_state"] == "run"
     assert "bogus" not in cluster.log("hv1")
+
+
+def test_the_local_zookeeper_wants_tls_and_credentials_and_pvc_devcluster_env_gives_them(cluster: Cluster):
+    """Issue 14: the nodes authenticate as their role over mutual TLS; `pvc-devcluster env` is all `pvc` needs;
+    a client without credentials reads nothing."""
+    from kazoo.exceptions import NoAuthError
+
+    from pvcd.zk import schema
+
+    record = cluster.record
+    zookeeper_dir = Path(record["zookeeper_dir"])
+    assert record["zookeeper_credentials"] == str(zookeeper_dir / "credentials" / "operator")
+    assert "clientPort=" not in (zookeeper_dir / "zoo.cfg").read_text().replace("secureClientPort=", "")
+    for node in record["nodes"]:
+        keys = yaml.safe_load(Path(node["config"]).read_text())["pvc"]["cluster"]["zookeeper"]
+        assert keys["credentials_file"] == str(zookeeper_dir / "credentials" / "coordinator")
+        assert keys["tls"] == record["zookeeper_tls"]
+        assert set(keys["acl"]) == {"coordinator", "node", "operator"}
+
+    exports = cluster.devcluster("env")
+    assert exports.returncode == 0, exports.stderr
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("PVC_", "PVCD_"))}
+    listed = subprocess.run(
+        ["sh", "-c", f'{exports.stdout}\n"$1" node list --format json', "sh", bin_path("pvc")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=bare,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [n["name"] for n in json.loads(listed.stdout)] == ["hv1", "hv2", "hv3"]
+    without_tls = run(bin_path("pvc"), "--zookeeper", record["zookeeper"], "--timeout", "2", "node", "list")
+    assert without_tls.returncode == 1 and "cannot reach ZooKeeper" in without_tls.stderr
+
+    anonymous = cluster.kazoo(role=None)  # TLS with the client certificate, but no credentials
+    anonymous.start(timeout=10)
+    try:
+        with pytest.raises(NoAuthError):
+            anonymous.get_children(schema.ROOT)
+        with pytest.raises(NoAuthError):
+            anonymous.create("/intruder", b"")
+    finally:
+        anonymous.stop()
+        anonymous.close()
