@@ -29,7 +29,7 @@ from cli.output import format_option, key_values, table, to_json
 
 if TYPE_CHECKING:
     from pvcd.storage import Ceph
-    from pvcd.storage.values import ClusterStatus, Osd, Pool, Snapshot, Volume
+    from pvcd.storage.values import ClusterStatus, Snapshot
 
 NOT_FOUND = "(2) No such file or directory"
 
@@ -131,51 +131,6 @@ def status_summary(status: ClusterStatus) -> dict[str, Any]:
     }
 
 
-def osd_summary(osd: Osd) -> dict[str, Any]:
-    return {
-        "id": osd.id,
-        "name": osd.name,
-        "up": osd.up,
-        "in": osd.in_,
-        "crush_weight": osd.crush_weight,
-        "reweight": osd.reweight,
-        "total_bytes": osd.total_bytes,
-        "used_bytes": osd.used_bytes,
-        "avail_bytes": osd.avail_bytes,
-        "utilization": osd.utilization,
-        "pgs": osd.pgs,
-    }
-
-
-def pool_summary(pool: Pool) -> dict[str, Any]:
-    return {
-        "name": pool.name,
-        "id": pool.id,
-        "size": pool.size,
-        "pgs": pool.pg_num,
-        "applications": list(pool.applications),
-        "stored_bytes": pool.stored_bytes,
-        "used_bytes": pool.used_bytes,
-        "objects": pool.objects,
-        "percent_used": pool.percent_used,
-        "max_avail_bytes": pool.max_avail_bytes,
-    }
-
-
-def volume_summary(volume: Volume) -> dict[str, Any]:
-    parent = volume.parent
-    return {
-        "pool": volume.pool,
-        "name": volume.name,
-        "size_bytes": volume.size_bytes,
-        "used_bytes": volume.used_bytes,
-        "format": volume.format,
-        "parent": None
-        if parent is None
-        else {"pool": parent.pool, "volume": parent.volume, "snapshot": parent.snapshot},
-    }
-
-
 def snapshot_summary(pool: str, volume: str, snapshot: Snapshot) -> dict[str, Any]:
     return {
         "pool": pool,
@@ -204,9 +159,11 @@ def _parent_text(summary: dict[str, Any]) -> str | None:
 
 
 def _volume(ceph: Ceph, pool: str, name: str) -> dict[str, Any]:
+    from pvcd.storage import values
+
     for volume in ceph.volumes(pool):
         if volume.name == name:
-            return volume_summary(volume)
+            return values.volume_summary(volume)
     raise CliError(f"no volume {name!r} in pool {pool!r}")
 
 
@@ -269,9 +226,11 @@ def osd_group() -> None:
 @click.pass_context
 def osd_list(ctx: click.Context, output_format: str) -> None:
     """Every OSD: up/down, in/out, weights, usage and placement groups."""
+    from pvcd.storage import values
+
     ceph = _ceph(ctx)
     with _refused():
-        summaries = [osd_summary(osd) for osd in ceph.osds()]
+        summaries = [values.osd_summary(osd) for osd in ceph.osds()]
     if output_format == "json":
         click.echo(to_json(summaries))
         return
@@ -310,11 +269,13 @@ def pool_group() -> None:
 @click.pass_context
 def pool_add(ctx: click.Context, name: str, pgs: int, size: int, output_format: str) -> None:
     """Add a replicated pool NAME for RBD volumes."""
+    from pvcd.storage import values
+
     _check_name("pool", name)
     ceph = _ceph(ctx)
     with _refused():
         ceph.create_pool(name, pgs=pgs, size=size)
-        summary = pool_summary(ceph.pool(name))
+        summary = values.pool_summary(ceph.pool(name))
     _emit(output_format, summary, f"Added pool {name} ({pgs} placement groups, {size} copies)")
 
 
@@ -341,9 +302,11 @@ def pool_remove(ctx: click.Context, name: str, yes: bool, output_format: str) ->
 @click.pass_context
 def pool_list(ctx: click.Context, output_format: str) -> None:
     """Every pool with its copies, placement groups and usage."""
+    from pvcd.storage import values
+
     ceph = _ceph(ctx)
     with _refused():
-        summaries = [pool_summary(pool) for pool in ceph.pools()]
+        summaries = [values.pool_summary(pool) for pool in ceph.pools()]
     if output_format == "json":
         click.echo(to_json(summaries))
         return
@@ -497,6 +460,8 @@ def volume_remove(ctx: click.Context, pool: str, name: str, output_format: str) 
 @click.pass_context
 def volume_list(ctx: click.Context, pool: str | None, output_format: str) -> None:
     """The volumes of POOL, or of every RBD pool, with size, usage and parent."""
+    from pvcd.storage import values
+
     if pool is not None:
         _check_name("pool", pool)
     ceph = _ceph(ctx)
@@ -506,7 +471,7 @@ def volume_list(ctx: click.Context, pool: str | None, output_format: str) -> Non
             pools = [pool]
         else:
             pools = [found.name for found in ceph.pools() if "rbd" in found.applications]
-        summaries = [volume_summary(volume) for name in pools for volume in ceph.volumes(name)]
+        summaries = [values.volume_summary(volume) for name in pools for volume in ceph.volumes(name)]
     if output_format == "json":
         click.echo(to_json(summaries))
         return

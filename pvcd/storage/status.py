@@ -74,44 +74,12 @@ def usage_json(usage: ClusterUsage) -> dict[str, Any]:
     return {"total_bytes": usage.total_bytes, "used_bytes": usage.used_bytes, "avail_bytes": usage.avail_bytes}
 
 
-def osd_json(osd: Osd) -> dict[str, Any]:
-    return {
-        "id": osd.id,
-        "name": osd.name,
-        "up": osd.up,
-        "in": osd.in_,
-        "total_bytes": osd.total_bytes,
-        "used_bytes": osd.used_bytes,
-        "utilization": osd.utilization,
-        "pgs": osd.pgs,
-    }
-
-
-def volume_json(volume: Volume) -> dict[str, Any]:
-    parent = volume.parent
-    return {
-        "name": volume.name,
-        "size_bytes": volume.size_bytes,
-        "used_bytes": volume.used_bytes,
-        "format": volume.format,
-        "parent": f"{parent.pool}/{parent.volume}@{parent.snapshot}" if parent is not None else None,
-    }
-
-
 def pool_json(pool: Pool, volumes: Sequence[Volume] | None) -> dict[str, Any]:
-    return {
-        "name": pool.name,
-        "id": pool.id,
-        "size": pool.size,
-        "pgs": pool.pg_num,
-        "applications": list(pool.applications),
-        "stored_bytes": pool.stored_bytes,
-        "used_bytes": pool.used_bytes,
-        "objects": pool.objects,
-        "percent_used": pool.percent_used,
-        "max_avail_bytes": pool.max_avail_bytes,
-        "volumes": None if volumes is None else [volume_json(volume) for volume in volumes],
-    }
+    """The pool as `pvc storage pool list` shows it, with its volumes (None: not read in time)."""
+    return dict(
+        values.pool_summary(pool),
+        volumes=None if volumes is None else [values.volume_summary(volume) for volume in volumes],
+    )
 
 
 def build_record(
@@ -130,7 +98,7 @@ def build_record(
         "took_s": round(took_s, 3),
         "health": status_json(status),
         "usage": usage_json(usage),
-        "osds": [osd_json(osd) for osd in osds],
+        "osds": [values.osd_summary(osd) for osd in osds],
         "pools": [pool_json(pool, volumes) for pool, volumes in pools],
         "partial": partial,
         "error": None,

@@ -572,3 +572,52 @@ def parse_blocklist(text: str) -> tuple[BlocklistEntry, ...]:
                 BlocklistEntry(address=str(entry.get("addr")), until=str(entry.get("until")), range=index > 0)
             )
     return tuple(entries)
+
+
+# --- as JSON: one shape for `pvc storage --format json` and the primary's record ---------------
+
+
+def osd_summary(osd: Osd) -> dict[str, Any]:
+    """An OSD as `pvc storage osd list` shows it and `/pvc/storage/status` keeps it."""
+    return {
+        "id": osd.id,
+        "name": osd.name,
+        "up": osd.up,
+        "in": osd.in_,
+        "crush_weight": osd.crush_weight,
+        "reweight": osd.reweight,
+        "total_bytes": osd.total_bytes,
+        "used_bytes": osd.used_bytes,
+        "avail_bytes": osd.avail_bytes,
+        "utilization": osd.utilization,
+        "pgs": osd.pgs,
+    }
+
+
+def pool_summary(pool: Pool) -> dict[str, Any]:
+    return {
+        "name": pool.name,
+        "id": pool.id,
+        "size": pool.size,
+        "pgs": pool.pg_num,
+        "applications": list(pool.applications),
+        "stored_bytes": pool.stored_bytes,
+        "used_bytes": pool.used_bytes,
+        "objects": pool.objects,
+        "percent_used": pool.percent_used,
+        "max_avail_bytes": pool.max_avail_bytes,
+    }
+
+
+def volume_summary(volume: Volume) -> dict[str, Any]:
+    parent = volume.parent
+    return {
+        "pool": volume.pool,
+        "name": volume.name,
+        "size_bytes": volume.size_bytes,
+        "used_bytes": volume.used_bytes,
+        "format": volume.format,
+        "parent": None
+        if parent is None
+        else {"pool": parent.pool, "volume": parent.volume, "snapshot": parent.snapshot},
+    }

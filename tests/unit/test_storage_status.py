@@ -62,7 +62,7 @@ def test_record_from_parsed_answers() -> None:
     assert set(vms) >= {"size", "pgs", "stored_bytes", "used_bytes", "max_avail_bytes", "volumes"}
     by_name = {volume["name"]: volume for volume in vms["volumes"]}
     assert by_name["base"]["size_bytes"] == next(v.size_bytes for v in VOLUMES if v.name == "base")
-    assert by_name["linked"]["parent"] == "vms/base@s1"
+    assert by_name["linked"]["parent"] == {"pool": "vms", "volume": "base", "snapshot": "s1"}
     assert by_name["base"]["parent"] is None
 
 
