@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeGuard, TypeVar, overload
 import yaml
 
 from pvcd.cluster.liveness import DEFAULT_STORM_GUARD_SHARE
-from pvcd.zk.security import DIGEST_IDENTITY, MAX_IDENTITIES_PER_ROLE, ROLES, AclIdentities, Tls
+from pvcd.zk.security import ROLES, AclIdentities, Tls, parse_identities
 
 DEFAULT_CONFIG_FILE = "/etc/pvc/pvcd.yaml"
 CONFIG_ENV = "PVCD_CONFIG_FILE"
@@ -1031,18 +1031,10 @@ def _absolute_path(value: object) -> str:
 
 
 def _digest_identities(value: object) -> tuple[str, ...]:
-    listed = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(listed, list)
-        or not 1 <= len(listed) <= MAX_IDENTITIES_PER_ROLE
-        or not all(isinstance(i, str) and DIGEST_IDENTITY.fullmatch(i) for i in listed)
-    ):
-        raise _expected(
-            "must be USER:DIGEST, the base64 SHA-1 of USER:PASSWORD, or a list of two while a password is "
-            "rotated (see docs/security.md)",
-            value,
-        )
-    return tuple(listed)
+    try:
+        return parse_identities(value)
+    except ValueError as exc:
+        raise _expected(f"must be {str(exc).removeprefix('expected ')}", value) from None
 
 
 def _ceph_client_id(value: object) -> str:

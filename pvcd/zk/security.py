@@ -112,24 +112,32 @@ class AclIdentities:
             raise SecurityError(f"{source}: expected a mapping of {', '.join(ROLES)} to USER:DIGEST identities")
         identities = {}
         for role in ROLES:
-            found = value.get(role)
-            listed = [found] if isinstance(found, str) else found
-            if (
-                not isinstance(listed, list)
-                or not 1 <= len(listed) <= MAX_IDENTITIES_PER_ROLE
-                or not all(isinstance(i, str) and DIGEST_IDENTITY.fullmatch(i) for i in listed)
-            ):
-                raise SecurityError(
-                    f"{source}: {role}: expected USER:DIGEST (the base64 SHA-1 of USER:PASSWORD), or a list of "
-                    f"up to {MAX_IDENTITIES_PER_ROLE} while rotating, got {found!r}"
-                )
-            identities[role] = tuple(listed)
+            try:
+                identities[role] = parse_identities(value.get(role))
+            except ValueError as exc:
+                raise SecurityError(f"{source}: {role}: {exc}") from None
         return cls(**identities)
 
     def role_of(self, credentials: Credentials) -> str | None:
         """The role these credentials authenticate as, or None when they match none."""
         identity = credentials.identity
         return next((role for role in ROLES if identity in self.of(role)), None)
+
+
+def parse_identities(value: object) -> tuple[str, ...]:
+    """A role's identities as configured: one `USER:DIGEST`, or a list of up to two while its
+    password is rotated; ValueError saying what is expected."""
+    listed = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(listed, list)
+        or not 1 <= len(listed) <= MAX_IDENTITIES_PER_ROLE
+        or not all(isinstance(item, str) and DIGEST_IDENTITY.fullmatch(item) for item in listed)
+    ):
+        raise ValueError(
+            f"expected USER:DIGEST (the base64 SHA-1 of USER:PASSWORD), or a list of up to "
+            f"{MAX_IDENTITIES_PER_ROLE} while a password is rotated (see docs/security.md)"
+        )
+    return tuple(listed)
 
 
 def acl_for(path: str, identities: AclIdentities) -> list[tuple[str, int]]:
