@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dhcp_client import DhcpClient
 from helpers import wait_for
@@ -115,10 +116,15 @@ class Primary:
 
 
 @pytest.fixture
-def primary(nodes: Lab, tmp_path: Path) -> Iterator[Primary]:
+def primary(nodes: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Primary]:
     lab = nodes
     assert lab.zookeeper is not None
     node = lab.add_node("hv1")
+    # The lease scripts dnsmasq runs take the node's ZooKeeper credentials and TLS files from its
+    # configuration, which dnsmasq passes on from the environment it was started in (pvcd's).
+    config = tmp_path / "hv1.yaml"
+    config.write_text(yaml.safe_dump(lab.document("hv1", node.index, True), sort_keys=False))
+    monkeypatch.setenv("PVCD_CONFIG_FILE", str(config))
     # The node's cluster address: the lease scripts dnsmasq runs in the namespace reach ZooKeeper with it.
     sh("ip", "-n", node.netns, "address", "add", f"{lab.host('cluster', 1)}/24", "dev", "eth0")
     store = ZooKeeperStore(lab.zookeeper.address, security=lab.zookeeper.security(), connect_timeout=10.0)
