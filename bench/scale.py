@@ -105,8 +105,6 @@ import math
 import os
 import platform
 import shutil
-import socket
-import ssl
 import statistics
 import struct
 import subprocess
@@ -130,7 +128,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.en
 import failover  # noqa: E402
 
 from pvcd.devcluster import check, cluster, journal  # noqa: E402
-from pvcd.zk.security import ZkSecurity  # noqa: E402
+from pvcd.devcluster.zookeeper import four_letter  # noqa: E402
+from pvcd.zk.security import Tls, ZkSecurity  # noqa: E402
 
 PARTS = ("idle", "start", "cli", "flush", "crash", "large")
 NODES = 3
@@ -308,20 +307,7 @@ class ZooKeeper:
         """The cluster's CA and client certificate: its ZooKeeper answers the words over TLS only."""
 
     def four(self, command: str) -> str:
-        with socket.create_connection((self.host, self.port), timeout=10) as raw:
-            conn = raw
-            if self.tls is not None:
-                context = ssl.create_default_context(cafile=self.tls["ca_file"])
-                context.load_cert_chain(self.tls["cert_file"], self.tls["key_file"])
-                conn = context.wrap_socket(raw, server_hostname=self.host)
-            conn.sendall(command.encode())
-            chunks = []
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        return b"".join(chunks).decode(errors="replace")
+        return four_letter(self.host, self.port, command, Tls(**self.tls) if self.tls is not None else None, 10.0)
 
     def mntr(self) -> dict[str, float]:
         values = {}

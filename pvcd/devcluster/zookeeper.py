@@ -241,30 +241,10 @@ class ZooKeeperServer:
         self.stop()
         raise RuntimeError(f"ZooKeeper did not answer on {self.address} within {START_TIMEOUT:.0f}s")
 
-    def _tls_context(self) -> ssl.SSLContext:
-        tls = self.tls
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        assert tls.cert_file is not None and tls.key_file is not None
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-        return context
-
     def four_letter(self, word: str, timeout: float = FOUR_LETTER_TIMEOUT) -> str:
         """The server's answer to a four-letter word (`ruok`, `stat`, `mntr`, `srvr`), over TLS in
         secure mode; OSError (ssl.SSLError among them) when it cannot be asked."""
-        with socket.create_connection((self.client_address, self.port), timeout=timeout) as raw:
-            conn: socket.socket = raw
-            if self.secure:
-                conn = self._tls_context().wrap_socket(raw, server_hostname=self.client_address)
-            with conn:
-                conn.settimeout(timeout)
-                conn.sendall(word.encode())
-                chunks = []
-                while True:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
+        return four_letter(self.client_address, self.port, word, self.tls if self.secure else None, timeout)
 
     def ruok(self) -> bool:
         """True when the server answers the `ruok` four-letter word with `imok`."""
@@ -386,3 +366,25 @@ def zookeeper_available() -> bool:
     return os.path.exists(ZOOKEEPER_JAR) and any(
         os.access(os.path.join(d, JAVA), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep)
     )
+
+
+def four_letter(host: str, port: int, word: str, tls: Tls | None, timeout: float = FOUR_LETTER_TIMEOUT) -> str:
+    """A ZooKeeper server's answer to a four-letter word, over TLS with the client certificate
+    when `tls` is given (a secure server answers on its TLS port only)."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        conn: socket.socket = raw
+        if tls is not None:
+            context = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file is not None and tls.key_file is not None:
+                context.load_cert_chain(tls.cert_file, tls.key_file)
+            conn = context.wrap_socket(raw, server_hostname=host)
+        with conn:
+            conn.settimeout(timeout)
+            conn.sendall(word.encode())
+            chunks = []
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
