@@ -22,6 +22,7 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
+from ceph_helpers import LockHolder
 from helpers import DaemonProcess, kazoo_client, node_document
 from pvcd.config import Config, parse_config
 from pvcd.devcluster import layout
@@ -102,3 +103,12 @@ def daemon_process() -> Iterator[Callable[[Path], DaemonProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def holders() -> Iterator[list[LockHolder]]:
+    """Ceph clients holding volume locks (tests/ceph_helpers.py) a test starts; stopped when it ends."""
+    started: list[LockHolder] = []
+    yield started
+    for holder in started:
+        holder.stop()

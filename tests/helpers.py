@@ -337,3 +337,17 @@ def node_view(
         "vms": {"count": len(running), "running": list(running)},
     }
     return NodeView(name, {}, StateRecord(*state), keepalive, mtime, 3, dict(fence or NO_FENCE))
+
+
+def wait_for_node_figures(zk: KazooClient, names: tuple[str, ...], timeout: float = 15) -> None:
+    """Wait until each node's keepalive carries its memory figures (placement needs them)."""
+    import json
+
+    from pvcd.zk import schema
+
+    def ready(name: str) -> bool:
+        if not zk.exists(schema.node_keepalive(name)):
+            return False
+        return bool(json.loads(zk.get(schema.node_keepalive(name))[0]).get("memory", {}).get("total"))
+
+    wait_for(lambda: all(ready(name) for name in names), timeout, what=f"the figures of {', '.join(names)}")

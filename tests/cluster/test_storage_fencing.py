@@ -11,7 +11,6 @@ fence still waits for the watchdog (tests/unit/test_fence_flow.py covers the rul
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from harness import Cluster
@@ -32,14 +31,6 @@ def ceph(ceph_cluster: CephCluster) -> Ceph:
     if POOL not in [pool.name for pool in ceph.pools()]:
         ceph.create_pool(POOL, pgs=8, size=1)
     return ceph
-
-
-@pytest.fixture
-def holders() -> Iterator[list[LockHolder]]:
-    started: list[LockHolder] = []
-    yield started
-    for holder in started:
-        holder.stop()
 
 
 def rbd_domain_xml(name: str, volume: str) -> str:

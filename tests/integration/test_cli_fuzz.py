@@ -9,7 +9,6 @@ oddest cases are in test_cli_input.py.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from helpers import bin_path, vm_cluster, vm_xml, wait_for
+from helpers import bin_path, vm_cluster, vm_xml, wait_for_node_figures
 from pvcd.cluster import vm_records as records
 from pvcd.zk import schema
 
@@ -80,15 +79,7 @@ def cluster(zk, make_config):
 @pytest.fixture
 def two_nodes(zk, zookeeper, cluster):
     cluster(("hv1", "hv2"))
-    wait_for(
-        lambda: all(
-            zk.exists(schema.node_keepalive(n))
-            and json.loads(zk.get(schema.node_keepalive(n))[0]).get("memory", {}).get("total")
-            for n in ("hv1", "hv2")
-        ),
-        15,
-        what="both nodes' figures",
-    )
+    wait_for_node_figures(zk, ("hv1", "hv2"))
     assert run("--zookeeper", zookeeper.address, "vm", "define", "-", "--node", "hv1").returncode != 0  # warm up
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import VmNode, bin_path, vm_cluster, vm_xml, wait_for
+from helpers import VmNode, bin_path, vm_cluster, vm_xml, wait_for, wait_for_node_figures
 from pvcd.cluster import vm_records as records
 from pvcd.cluster.vm_records import MAX_DOMAIN_XML_BYTES
 from pvcd.zk import schema, vms
@@ -62,15 +62,7 @@ def cluster(zk, make_config):
 @pytest.fixture
 def two_nodes(zk, cluster):
     cluster(("hv1", "hv2"))
-    wait_for(
-        lambda: all(
-            zk.exists(schema.node_keepalive(n))
-            and json.loads(zk.get(schema.node_keepalive(n))[0]).get("memory", {}).get("total")
-            for n in ("hv1", "hv2")
-        ),
-        15,
-        what="both nodes' figures",
-    )
+    wait_for_node_figures(zk, ("hv1", "hv2"))
 
 
 # -- where ZooKeeper is ----------------------------------------------------------------

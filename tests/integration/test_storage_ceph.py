@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,14 +46,6 @@ def digest(ceph: Ceph, spec: str, directory: Path) -> str:
     target = directory / f"export-{time.monotonic_ns()}"
     rbd(ceph, "export", "--no-progress", spec, str(target))
     return hashlib.sha256(target.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def holders(ceph_cluster: CephCluster) -> Iterator[list[LockHolder]]:
-    started: list[LockHolder] = []
-    yield started
-    for holder in started:
-        holder.stop()
 
 
 def test_cluster_health_usage_and_osds(ceph: Ceph) -> None:

@@ -101,14 +101,6 @@ def set_status(store: Store, name: str, state: ActualState) -> None:
     vms.VmWrite(store, view).status(VmStatus(node="hv1", state=state)).commit()
 
 
-@pytest.fixture
-def holders() -> Iterator[list[LockHolder]]:
-    started: list[LockHolder] = []
-    yield started
-    for holder in started:
-        holder.stop()
-
-
 def tree(zk: Any, path: str) -> dict[str, bytes]:
     if not zk.exists(path):
         return {}
