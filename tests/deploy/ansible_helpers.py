@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,20 @@ def zoo_cfg(path: Path) -> dict[str, str]:
     """The settings of a rendered zoo.cfg."""
     lines = path.read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def deploy_twice(playbook: Playbook, inventory: Path, *args: str) -> dict[str, Any]:
+    """Run the role twice (the second run must change nothing): both outputs, and each node's
+    files after the first run."""
+    first = playbook.run(inventory, *args)
+    assert first.returncode == 0, first.stdout[-6000:]
+    after_first = {node: snapshot(playbook.root(node)) for node in NODES}
+    second = playbook.run(inventory, *args)
+    assert second.returncode == 0, second.stdout[-6000:]
+    return {
+        "playbook": playbook,
+        "inventory": inventory,
+        "first": first.stdout,
+        "second": second.stdout,
+        "after_first": after_first,
+    }

@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_helpers import EXAMPLE, NODES, Playbook, example_inventory, make_pki, recap, snapshot, zoo_cfg
+from ansible_helpers import (
+    EXAMPLE,
+    NODES,
+    Playbook,
+    deploy_twice,
+    example_inventory,
+    make_pki,
+    recap,
+    snapshot,
+    zoo_cfg,
+)
 
 from deploy_helpers import VENV_BIN
 from pvcd.config import load_config
@@ -28,18 +38,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     workdir = tmp_path_factory.mktemp("ansible")
     inventory = example_inventory(workdir / "inventory")
     playbook = Playbook(workdir)
-    first = playbook.run(inventory)
-    assert first.returncode == 0, first.stdout[-6000:]
-    after_first = {node: snapshot(playbook.root(node)) for node in NODES}
-    second = playbook.run(inventory)
-    assert second.returncode == 0, second.stdout[-6000:]
-    return {
-        "playbook": playbook,
-        "inventory": inventory,
-        "first": first.stdout,
-        "second": second.stdout,
-        "after_first": after_first,
-    }
+    return deploy_twice(playbook, inventory)
 
 
 def test_first_run_renders_every_node(deployed: dict) -> None:

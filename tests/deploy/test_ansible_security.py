@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_helpers import ANSIBLE, NODES, Playbook, example_inventory, recap, snapshot, zoo_cfg
+from ansible_helpers import ANSIBLE, NODES, Playbook, deploy_twice, example_inventory, recap, snapshot, zoo_cfg
 
 from deploy_helpers import VENV_BIN
 from pvcd.cluster.values import StateRecord
@@ -65,18 +65,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     workdir = tmp_path_factory.mktemp("ansible-secure")
     inventory = example_inventory(workdir / "inventory")
     playbook = secured_playbook(workdir)
-    first = playbook.run(inventory, "pvc.yml", "--diff")
-    assert first.returncode == 0, first.stdout[-6000:]
-    after_first = {node: snapshot(playbook.root(node)) for node in NODES}
-    second = playbook.run(inventory, "pvc.yml", "--diff")
-    assert second.returncode == 0, second.stdout[-6000:]
-    return {
-        "playbook": playbook,
-        "inventory": inventory,
-        "first": first.stdout,
-        "second": second.stdout,
-        "after_first": after_first,
-    }
+    return deploy_twice(playbook, inventory, "pvc.yml", "--diff")
 
 
 def test_the_digest_filter_is_zookeepers_digest() -> None:
