@@ -19,7 +19,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import yaml
 from ansible_helpers import ANSIBLE, NODES, Playbook, deploy_twice, example_inventory, recap, snapshot, zoo_cfg
 
 from deploy_helpers import VENV_BIN
+from helpers import wait_for
 from pvcd.cluster.values import StateRecord
 from pvcd.config import load_config
 from pvcd.devcluster.processes import free_port, stop_pid
@@ -286,13 +286,12 @@ class RenderedZooKeeper:
                 cwd=self.workdir,
             )
         self.pid = process.pid
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             assert process.poll() is None, self.log()
-            if self.ruok():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"ZooKeeper did not come up on 127.0.0.1:{self.port}: {self.log()}")
+            return self.ruok()
+
+        wait_for(answers, 30, interval=0.2, what=f"ZooKeeper from the rendered zoo.cfg on 127.0.0.1:{self.port}")
 
     def ruok(self) -> bool:
         """`ruok` answered `imok` over TLS, with the rendered CA and client certificate."""
@@ -333,7 +332,7 @@ def local_config(root: Path, port: int, workdir: Path) -> Path:
 @pytest.fixture
 def rendered_zookeeper(secured: dict[str, Any], tmp_path: Path) -> Iterator[RenderedZooKeeper]:
     if not zookeeper_available() or shutil.which("openssl") is None:
-        pytest.skip("ZooKeeper (Debian's zookeeper package), Java or openssl is not installed")
+        pytest.fail("ZooKeeper (Debian's zookeeper package), Java or openssl is missing: run ./setup.sh test")
     server = RenderedZooKeeper(secured["playbook"].root("pvc-hv1"), tmp_path / "zookeeper")
     try:
         server.start()
