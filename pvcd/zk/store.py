@@ -58,7 +58,7 @@ from pvcd.zk.base import (
     versioned,
 )
 from pvcd.zk.security import AclIdentities, SecurityError, ZkSecurity, acl_for, security_record
-from pvcd.zk.tls_probe import describe_handshake
+from pvcd.zk.tls_probe import Handshake, check_handshake
 
 __all__ = [
     "AlreadyExists",
@@ -156,6 +156,9 @@ def _translate(exc: Exception, path: str) -> StoreError:
         return StoreUnavailable(f"{path}: ZooKeeper connection lost ({name})")
     return StoreError(f"{path}: {name} {exc}".rstrip())
 
+
+MIN_START_SECONDS = 0.5
+"""What kazoo gets at least to connect after the TLS check took its share of the connect timeout."""
 
 MULTI_READ_RESPONSE_BYTES = 512 * 1024
 """What one multiRead answer should stay under, well below ZooKeeper's 1 MB
@@ -366,15 +369,19 @@ class ZooKeeperStore(base.Store):
 
     def start(self) -> None:
         """Open a session; a failed attempt leaves the store ready for another."""
+        deadline = time.monotonic() + self.connect_timeout
+        handshake = Handshake()
+        if self.security.tls is not None:
+            # kazoo would report a failed TLS handshake only as a connection that never came up.
+            handshake = check_handshake(self.hosts, self.security.tls, self.connect_timeout)
+            if handshake.tls_failure is not None:
+                raise StoreUnavailable(f"cannot reach ZooKeeper at {self.hosts}: {handshake.tls_failure}")
         try:
-            self.client.start(timeout=self.connect_timeout)
+            self.client.start(timeout=max(deadline - time.monotonic(), MIN_START_SECONDS))
         except KazooTimeoutError as exc:
             # kazoo has stopped and closed the client; the next attempt needs a new one.
             self.client = self._new_client()
-            why = ""
-            if self.security.tls is not None:
-                # kazoo reports a failed TLS handshake only as a connection that never came up.
-                why = describe_handshake(self.hosts, self.security.tls, min(self.connect_timeout, 3.0))
+            why = f"; {handshake.unreachable}" if handshake.unreachable else ""
             raise StoreUnavailable(
                 f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s{why}"
             ) from exc
