@@ -87,13 +87,20 @@ def _error_line(stderr: str, returncode: int) -> str:
     `Error EXXX: ...` line, else the last message, without Ceph's log prefix.
 
     The tool and its library write to stderr independently, so a library log line can begin in
-    the middle of the tool's own line: each line is cut where a log prefix begins."""
+    the middle of the tool's own line (`rbd: create error: <log line>` then `(17) File exists`):
+    each line is cut where a log prefix begins, and the first words of the next line that does
+    not begin with a prefix are joined back to the tool's cut line."""
     tool_lines: list[str] = []
     messages: list[str] = []
+    cut = False
     for line in stderr.splitlines():
         own, *logged = LOG_PREFIX.split(line)
         if own.strip():
-            tool_lines.append(own.strip())
+            if cut:
+                tool_lines[-1] = f"{tool_lines[-1]} {own.strip()}"
+            else:
+                tool_lines.append(own.strip())
+        cut = bool(logged) and (cut or bool(own.strip())) and bool(tool_lines)
         messages += [message.strip() for message in logged if message.strip()]
     for line in reversed(tool_lines):
         if line.startswith(("rbd: ", "Error ", "error ")):

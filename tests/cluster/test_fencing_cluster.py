@@ -146,8 +146,8 @@ def test_cut_node_destroys_its_vms_and_they_are_recovered_once(make_cluster):
     vms = cluster.define_vms(victim, 3, "cut")
     cluster.fault(victim, "bmc-down")
     cluster.fault(victim, "cut")
-    wait_for(lambda: "Self-fencing node" in cluster.log(victim), 20, what="the cut node to self-fence")
-    assert "destroyed VMs: " + ", ".join(sorted(vms)) in cluster.log(victim)
+    destroyed = "destroyed VMs: " + ", ".join(sorted(vms))
+    wait_for(lambda: destroyed in cluster.log(victim), 20, what="the cut node to self-fence and destroy its VMs")
     wait_for(lambda: recovered(cluster, vms, victim), 60, what="the VMs recovered after the self-fence window")
     fence = fence_of(cluster, victim)
     assert fence["outcome"] == "failed" and fence["recovered"] is True

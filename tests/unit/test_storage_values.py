@@ -232,3 +232,17 @@ def test_error_line_is_the_tools_own_line() -> None:
     assert _error_line("", 1) == "exited with status 1"
     assert _describe("rbd", ["create", "--size", "1024B", "--no-progress", "vms/disk2"]) == "rbd create vms/disk2"
     assert _describe("rbd", ["du", "--pool", "vms", "--format", "json"]) == "rbd du vms"
+
+
+def test_error_line_rejoins_the_tools_line_a_library_log_line_cut_in_two() -> None:
+    """What CI saw: librbd's log line began in the middle of rbd's own line on stderr."""
+    from pvcd.storage.ceph import _error_line
+
+    stderr = (
+        "rbd: create error: 2026-11-27T12:08:45.123+0000 7f3c2a1b4380 -1 librbd: image already exists\n"
+        "2026-11-27T12:08:45.124+0000 7f3c2a1b4380 -1 librbd: another line\n"
+        "(17) File exists\n"
+    )
+    assert _error_line(stderr, 17) == "rbd: create error: (17) File exists"
+    whole = "rbd: create error: (17) File exists\n2026-11-27T12:08:45.124+0000 7f3c2a1b4380 -1 librbd: later\n"
+    assert _error_line(whole, 17) == "rbd: create error: (17) File exists"
