@@ -120,6 +120,7 @@ case "$ACTION" in
     # failing fails the run (set -e).
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy"
-    exec "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider
+    # The slowest tests are listed after the summary so the suite's time can be watched.
+    exec "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider --durations=40
     ;;
 esac
