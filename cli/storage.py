@@ -29,7 +29,7 @@ from cli.output import format_option, key_values, table, to_json
 
 if TYPE_CHECKING:
     from pvcd.storage import Ceph
-    from pvcd.storage.values import ClusterStatus, Snapshot
+    from pvcd.storage.values import Snapshot
 
 NOT_FOUND = "(2) No such file or directory"
 
@@ -117,20 +117,6 @@ def _emit(output_format: str, value: Any, text: str) -> None:
 # -- what is shown (pure) -----------------------------------------------------------
 
 
-def status_summary(status: ClusterStatus) -> dict[str, Any]:
-    return {
-        "fsid": status.fsid,
-        "health": status.health.status,
-        "checks": [
-            {"code": check.code, "severity": check.severity, "summary": check.summary} for check in status.health.checks
-        ],
-        "osds": {"total": status.osds, "up": status.osds_up, "in": status.osds_in},
-        "mgr_available": status.mgr_available,
-        "pgs": status.pgs,
-        "bytes": {"total": status.total_bytes, "used": status.used_bytes, "avail": status.avail_bytes},
-    }
-
-
 def snapshot_summary(pool: str, volume: str, snapshot: Snapshot) -> dict[str, Any]:
     return {
         "pool": pool,
@@ -186,9 +172,15 @@ def storage_group(ctx: click.Context, ceph_settings: CephSettings) -> None:
 @click.pass_context
 def storage_status(ctx: click.Context, output_format: str) -> None:
     """The Ceph cluster's health, OSD counts and raw usage."""
+    from pvcd.storage import values
+
     ceph = _ceph(ctx)
     with _refused():
-        summary = status_summary(ceph.status())
+        status = ceph.status()
+        summary = dict(
+            values.cluster_summary(status),
+            bytes={"total": status.total_bytes, "used": status.used_bytes, "avail": status.avail_bytes},
+        )
     if output_format == "json":
         click.echo(to_json(summary))
         return

@@ -57,19 +57,6 @@ PoolFigures = tuple[Pool, Sequence[Volume] | None]
 # --- the record (pure) ------------------------------------------------------------------------
 
 
-def status_json(status: ClusterStatus) -> dict[str, Any]:
-    return {
-        "fsid": status.fsid,
-        "status": status.health.status,
-        "checks": [
-            {"code": check.code, "severity": check.severity, "summary": check.summary} for check in status.health.checks
-        ],
-        "osds": {"total": status.osds, "up": status.osds_up, "in": status.osds_in},
-        "mgr_available": status.mgr_available,
-        "pgs": status.pgs,
-    }
-
-
 def usage_json(usage: ClusterUsage) -> dict[str, Any]:
     return {"total_bytes": usage.total_bytes, "used_bytes": usage.used_bytes, "avail_bytes": usage.avail_bytes}
 
@@ -96,7 +83,7 @@ def build_record(
         "ok": True,
         "refreshed_ms": refreshed_ms,
         "took_s": round(took_s, 3),
-        "health": status_json(status),
+        "cluster": values.cluster_summary(status),
         "usage": usage_json(usage),
         "osds": [values.osd_summary(osd) for osd in osds],
         "pools": [pool_json(pool, volumes) for pool, volumes in pools],
@@ -110,7 +97,7 @@ def failed_record(previous: Mapping[str, Any] | None, error: str, now_ms: int, t
     """The record of a refresh that failed: the previous figures (if any) kept, with `ok` false,
     the error line, when the refresh was tried, and since when the figures are stale."""
     record: dict[str, Any] = dict(previous) if previous else {}
-    for key in ("refreshed_ms", "health", "usage", "osds", "pools", "partial"):
+    for key in ("refreshed_ms", "cluster", "usage", "osds", "pools", "partial"):
         record.setdefault(key, None)
     stale_since = record.get("stale_since_ms") if not record.get("ok", True) else None
     record.update(
@@ -153,9 +140,9 @@ def _age_text(seconds: float) -> str:
 
 def figures_text(record: Mapping[str, Any]) -> str:
     """Health; OSDs; raw space; pools and volumes, from a record that has figures (pure)."""
-    health = record.get("health") or {}
-    parts = [str(health.get("status", "HEALTH_UNKNOWN"))]
-    checks = [str(check.get("code")) for check in health.get("checks") or [] if isinstance(check, Mapping)]
+    cluster = record.get("cluster") or {}
+    parts = [str(cluster.get("health", "HEALTH_UNKNOWN"))]
+    checks = [str(check.get("code")) for check in cluster.get("checks") or [] if isinstance(check, Mapping)]
     if checks:
         parts[0] += f" ({', '.join(checks)})"
     osds = [osd for osd in record.get("osds") or [] if isinstance(osd, Mapping)]
@@ -182,7 +169,7 @@ def storage_log_line(record: Mapping[str, Any] | None, age_s: float | None) -> s
     """The keepalive's storage line from the last record (`age_s`: how old its figures are now)."""
     if record is None:
         return "Storage: no figures: the primary has not recorded any yet"
-    has_figures = record.get("health") is not None
+    has_figures = record.get("cluster") is not None
     if not record.get("ok"):
         error = record.get("error") or "unknown error"
         if not has_figures:

@@ -577,6 +577,21 @@ def parse_blocklist(text: str) -> tuple[BlocklistEntry, ...]:
 # --- as JSON: one shape for `pvc storage --format json` and the primary's record ---------------
 
 
+def cluster_summary(status: ClusterStatus) -> dict[str, Any]:
+    """The cluster's health and counts as `pvc storage status` shows them and `/pvc/storage/status`
+    keeps them (under `cluster`)."""
+    return {
+        "fsid": status.fsid,
+        "health": status.health.status,
+        "checks": [
+            {"code": check.code, "severity": check.severity, "summary": check.summary} for check in status.health.checks
+        ],
+        "osds": {"total": status.osds, "up": status.osds_up, "in": status.osds_in},
+        "mgr_available": status.mgr_available,
+        "pgs": status.pgs,
+    }
+
+
 def osd_summary(osd: Osd) -> dict[str, Any]:
     """An OSD as `pvc storage osd list` shows it and `/pvc/storage/status` keeps it."""
     return {

@@ -104,8 +104,8 @@ def test_record_matches_ceph(zk: KazooClient, store: ZooKeeperStore, ceph_cluste
         found = wait_for(lambda: volumes_of(record(zk), pool) and record(zk), 60, what="a storage record")
         assert volumes_of(found, pool) == {"disk1": 64 * MiB, "disk2": 8 * MiB}
         status = ceph.status()
-        assert found["health"]["osds"] == {"total": 1, "up": 1, "in": 1}
-        assert found["health"]["fsid"] == status.fsid
+        assert found["cluster"]["osds"] == {"total": 1, "up": 1, "in": 1}
+        assert found["cluster"]["fsid"] == status.fsid
         assert found["usage"]["total_bytes"] == ceph.usage().total_bytes
         assert [osd["name"] for osd in found["osds"]] == ["osd.0"]
         assert {entry["name"] for entry in found["pools"]} == {p.name for p in ceph.pools()}

@@ -50,8 +50,8 @@ def test_record_from_parsed_answers() -> None:
     record = good_record()
     assert record["ok"] is True and record["error"] is None and record["stale_since_ms"] is None
     assert (record["refreshed_ms"], record["took_s"], record["partial"]) == (1000, 1.235, None)
-    assert record["health"]["status"] == STATUS.health.status
-    assert record["health"]["osds"] == {"total": STATUS.osds, "up": STATUS.osds_up, "in": STATUS.osds_in}
+    assert record["cluster"]["health"] == STATUS.health.status
+    assert record["cluster"]["osds"] == {"total": STATUS.osds, "up": STATUS.osds_up, "in": STATUS.osds_in}
     assert record["usage"] == {
         "total_bytes": USAGE.total_bytes,
         "used_bytes": USAGE.used_bytes,
@@ -78,7 +78,7 @@ def test_a_failed_refresh_keeps_the_figures_marked_stale() -> None:
     second = failed_record(first, "ceph status: no answer from Ceph within 10s", 9000, 10.0)
     assert (second["stale_since_ms"], second["tried_ms"], second["refreshed_ms"]) == (5000, 9000, 1000)
     nothing = failed_record(None, "ceph status: cannot run ceph: No such file or directory", 7000, 0.01)
-    assert nothing["ok"] is False and nothing["health"] is None and nothing["pools"] is None
+    assert nothing["ok"] is False and nothing["cluster"] is None and nothing["pools"] is None
     assert nothing["stale_since_ms"] == 7000
 
 
@@ -106,7 +106,7 @@ def record_of(used: int, total: int, pools: int, volumes_each: int, osds: list[t
     return {
         "ok": True,
         "refreshed_ms": 0,
-        "health": {"status": "HEALTH_OK", "checks": []},
+        "cluster": {"health": "HEALTH_OK", "checks": []},
         "usage": {"total_bytes": total, "used_bytes": used, "avail_bytes": total - used},
         "osds": [{"up": up, "in": in_} for up, in_ in osds],
         "pools": [{"name": f"p{n}", "volumes": [{}] * volumes_each} for n in range(pools)],
@@ -121,7 +121,7 @@ def test_log_line_of_a_fresh_record() -> None:
         "Storage: HEALTH_OK; 1/1 OSDs up and in; 12.0 GiB used of 100 GiB (12%); 3 pools, 15 volumes; figures 2s old"
     )
     record = record_of(0, 0, 0, 0, [(True, True), (False, True), (False, False)])
-    record["health"] = {"status": "HEALTH_WARN", "checks": [{"code": "OSD_DOWN"}, {"code": "PG_DEGRADED"}]}
+    record["cluster"] = {"health": "HEALTH_WARN", "checks": [{"code": "OSD_DOWN"}, {"code": "PG_DEGRADED"}]}
     record["partial"] = "refresh deadline passed: volumes of 1 pool(s) not read (p9)"
     assert storage_log_line(record, 400) == (
         "Storage: HEALTH_WARN (OSD_DOWN, PG_DEGRADED); 1/3 OSDs up, 2/3 in; 0 B used of 0 B; 0 pools, 0 volumes; "
