@@ -246,6 +246,7 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
         version = found.value.get("version") if found and isinstance(found.value, dict) else None
         maintenance = store.get(schema.MAINTENANCE)
         faults = store.get(schema.FAULTS)
+        storage = store.get(schema.STORAGE_STATUS)
         summary = cluster_summary(
             nodes.read_cluster(store),
             now,
@@ -254,6 +255,7 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
             primary=claim_owner(store),
             faults=faults.value if faults and isinstance(faults.value, dict) else {},
         )
+    summary["storage"] = storage.value if storage and isinstance(storage.value, dict) else None
     if output_format == "json":
         click.echo(to_json(summary))
         return
@@ -270,6 +272,7 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
                 ("Late keepalives", summary["late_keepalives"]),
                 ("Fenced nodes", summary["fenced"]),
                 ("Maintenance", "on (fencing disabled)" if summary["maintenance"] else "off"),
+                *_storage_lines(summary["storage"], now),
                 *[(f"FAULT {name}", fault.get("reason", fault)) for name, fault in sorted(summary["faults"].items())],
                 *[
                     (f"FAULT loops of {node}", f"{', '.join(loops)} keep failing; the node does not stand as primary")
@@ -279,6 +282,17 @@ def cluster_status(ctx: click.Context, output_format: str) -> None:
             ]
         )
     )
+
+
+def _storage_lines(record: dict[str, Any] | None, now_ms: int) -> list[tuple[str, Any]]:
+    """Ceph as the primary last recorded it; nothing when no node has `enable_storage`."""
+    if record is None:
+        return []
+    from pvcd.storage.status import storage_text
+
+    refreshed = record.get("refreshed_ms")
+    age = max(0, now_ms - refreshed) / 1000 if isinstance(refreshed, int) else None
+    return [("Storage", storage_text(record, age))]
 
 
 def main(argv: list[str] | None = None) -> int:

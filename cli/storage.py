@@ -129,16 +129,6 @@ def snapshot_summary(pool: str, volume: str, snapshot: Snapshot) -> dict[str, An
     }
 
 
-def size_text(size: int) -> str:
-    """Bytes as an operator reads them: `64.0 MiB`."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if round(value, 1) < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _parent_text(summary: dict[str, Any]) -> str | None:
     parent = summary["parent"]
     return None if parent is None else f"{parent['pool']}/{parent['volume']}@{parent['snapshot']}"
@@ -196,8 +186,8 @@ def storage_status(ctx: click.Context, output_format: str) -> None:
                 ("Placement groups", summary["pgs"]),
                 (
                     "Raw space",
-                    f"used {size_text(used['used'])} of {size_text(used['total'])}, "
-                    f"{size_text(used['avail'])} available",
+                    f"used {values.size_text(used['used'])} of {values.size_text(used['total'])}, "
+                    f"{values.size_text(used['avail'])} available",
                 ),
                 ("fsid", summary["fsid"]),
             ]
@@ -234,8 +224,8 @@ def osd_list(ctx: click.Context, output_format: str) -> None:
             "in" if s["in"] else "OUT",
             s["crush_weight"],
             s["reweight"],
-            size_text(s["total_bytes"]),
-            size_text(s["used_bytes"]),
+            values.size_text(s["total_bytes"]),
+            values.size_text(s["used_bytes"]),
             s["utilization"],
             s["pgs"],
         ]
@@ -309,11 +299,11 @@ def pool_list(ctx: click.Context, output_format: str) -> None:
             s["size"],
             s["pgs"],
             s["applications"],
-            size_text(s["stored_bytes"]),
-            size_text(s["used_bytes"]),
+            values.size_text(s["stored_bytes"]),
+            values.size_text(s["used_bytes"]),
             s["objects"],
             s["percent_used"],
-            size_text(s["max_avail_bytes"]),
+            values.size_text(s["max_avail_bytes"]),
         ]
         for s in summaries
     ]
@@ -337,6 +327,8 @@ def volume_group() -> None:
 @click.pass_context
 def volume_add(ctx: click.Context, pool: str, name: str, size: str, output_format: str) -> None:
     """Add volume NAME of SIZE (bytes, or 512M, 10G, 1T: powers of 1024) in POOL."""
+    from pvcd.storage import values
+
     _check_name("pool", pool)
     _check_name("volume", name)
     size_bytes = _check_size(size)
@@ -345,7 +337,7 @@ def volume_add(ctx: click.Context, pool: str, name: str, size: str, output_forma
         _require_pool(ceph, pool)
         ceph.create_volume(pool, name, size_bytes)
         summary = _volume(ceph, pool, name)
-    _emit(output_format, summary, f"Added volume {pool}/{name} ({size_text(size_bytes)})")
+    _emit(output_format, summary, f"Added volume {pool}/{name} ({values.size_text(size_bytes)})")
 
 
 @volume_group.command("resize")
@@ -357,6 +349,8 @@ def volume_add(ctx: click.Context, pool: str, name: str, size: str, output_forma
 @click.pass_context
 def volume_resize(ctx: click.Context, pool: str, name: str, size: str, force: bool, output_format: str) -> None:
     """Resize volume NAME in POOL to SIZE (shrinking only with --force)."""
+    from pvcd.storage import values
+
     _check_name("pool", pool)
     _check_name("volume", name)
     size_bytes = _check_size(size)
@@ -365,7 +359,7 @@ def volume_resize(ctx: click.Context, pool: str, name: str, size: str, force: bo
         _require_volume(ceph, pool, name)
         ceph.resize_volume(pool, name, size_bytes, allow_shrink=force)
         summary = _volume(ceph, pool, name)
-    _emit(output_format, summary, f"Resized volume {pool}/{name} to {size_text(size_bytes)}")
+    _emit(output_format, summary, f"Resized volume {pool}/{name} to {values.size_text(size_bytes)}")
 
 
 @volume_group.command("rename")
@@ -468,7 +462,7 @@ def volume_list(ctx: click.Context, pool: str | None, output_format: str) -> Non
         click.echo(to_json(summaries))
         return
     rows = [
-        [s["pool"], s["name"], size_text(s["size_bytes"]), size_text(s["used_bytes"]), _parent_text(s)]
+        [s["pool"], s["name"], values.size_text(s["size_bytes"]), values.size_text(s["used_bytes"]), _parent_text(s)]
         for s in summaries
     ]
     headers = ["POOL", "NAME", "SIZE", "USED", "PARENT"]
@@ -563,6 +557,8 @@ def snapshot_remove(ctx: click.Context, pool: str, volume: str, name: str, outpu
 @click.pass_context
 def snapshot_list(ctx: click.Context, pool: str, volume: str, output_format: str) -> None:
     """The snapshots of VOLUME in POOL."""
+    from pvcd.storage import values
+
     _check_name("pool", pool)
     _check_name("volume", volume)
     ceph = _ceph(ctx)
@@ -573,7 +569,7 @@ def snapshot_list(ctx: click.Context, pool: str, volume: str, output_format: str
         click.echo(to_json(summaries))
         return
     rows = [
-        [s["name"], s["id"], size_text(s["size_bytes"]), "yes" if s["protected"] else "no", s["timestamp"]]
+        [s["name"], s["id"], values.size_text(s["size_bytes"]), "yes" if s["protected"] else "no", s["timestamp"]]
         for s in summaries
     ]
     headers = ["NAME", "ID", "SIZE", "PROTECTED", "TAKEN"]

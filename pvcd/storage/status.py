@@ -117,18 +117,6 @@ def fault_of(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"reason": f"Ceph figures not refreshed: {record.get('error')}", "since_ms": record.get("stale_since_ms")}
 
 
-def size_text(count: int | float) -> str:
-    """Bytes as `12.0 GiB`, `100 GiB`, `512 B` (powers of 1024)."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            break
-        value /= 1024
-    if unit == "B" or value >= 100:
-        return f"{value:.0f} {unit}"
-    return f"{value:.1f} {unit}"
-
-
 def _age_text(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 120:
@@ -138,46 +126,60 @@ def _age_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _mappings(value: Any) -> list[Mapping[str, Any]]:
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def figures_text(record: Mapping[str, Any]) -> str:
-    """Health; OSDs; raw space; pools and volumes, from a record that has figures (pure)."""
-    cluster = record.get("cluster") or {}
+    """Health; OSDs; raw space; pools and volumes, from a record that has figures (pure). Whatever
+    the record holds, this returns a line: a field of the wrong type reads as missing."""
+    cluster = _mapping(record.get("cluster"))
     parts = [str(cluster.get("health", "HEALTH_UNKNOWN"))]
-    checks = [str(check.get("code")) for check in cluster.get("checks") or [] if isinstance(check, Mapping)]
+    checks = [str(check.get("code")) for check in _mappings(cluster.get("checks"))]
     if checks:
         parts[0] += f" ({', '.join(checks)})"
-    osds = [osd for osd in record.get("osds") or [] if isinstance(osd, Mapping)]
-    up = sum(1 for osd in osds if osd.get("up"))
-    in_ = sum(1 for osd in osds if osd.get("in"))
+    osds = _mappings(record.get("osds"))
+    up = sum(1 for osd in osds if osd.get("up") is True)
+    in_ = sum(1 for osd in osds if osd.get("in") is True)
     if up == in_ == len(osds):
         parts.append(f"{up}/{len(osds)} OSDs up and in")
     else:
         parts.append(f"{up}/{len(osds)} OSDs up, {in_}/{len(osds)} in")
-    usage = record.get("usage") or {}
-    total = int(usage.get("total_bytes") or 0)
-    used = int(usage.get("used_bytes") or 0)
+    usage = _mapping(record.get("usage"))
+    total = _count(usage.get("total_bytes"))
+    used = _count(usage.get("used_bytes"))
     percent = f" ({100 * used / total:.0f}%)" if total else ""
-    parts.append(f"{size_text(used)} used of {size_text(total)}{percent}")
-    pools = [pool for pool in record.get("pools") or [] if isinstance(pool, Mapping)]
-    volumes = sum(len(pool.get("volumes") or []) for pool in pools)
+    parts.append(f"{values.size_text(used)} used of {values.size_text(total)}{percent}")
+    pools = _mappings(record.get("pools"))
+    volumes = sum(len(_mappings(pool.get("volumes"))) for pool in pools)
     parts.append(f"{len(pools)} pools, {volumes} volumes")
     if record.get("partial"):
         parts.append(f"partial: {record['partial']}")
     return "; ".join(parts)
 
 
-def storage_log_line(record: Mapping[str, Any] | None, age_s: float | None) -> str:
-    """The keepalive's storage line from the last record (`age_s`: how old its figures are now)."""
+def storage_text(record: Mapping[str, Any] | None, age_s: float | None) -> str:
+    """What the last record says of Ceph (`age_s`: how old its figures are now): the keepalive's
+    storage line and `pvc cluster status` both show it."""
     if record is None:
-        return "Storage: no figures: the primary has not recorded any yet"
+        return "no figures: the primary has not recorded any yet"
     has_figures = record.get("cluster") is not None
     if not record.get("ok"):
         error = record.get("error") or "unknown error"
         if not has_figures:
-            return f"Storage: no figures: {error}"
+            return f"no figures: {error}"
         age = f"figures {_age_text(age_s)} old" if age_s is not None else "figures of unknown age"
-        return f"Storage: STALE ({error}); {age}: {figures_text(record)}"
+        return f"STALE ({error}); {age}: {figures_text(record)}"
     age = f"; figures {_age_text(age_s)} old" if age_s is not None else ""
-    return f"Storage: {figures_text(record)}{age}"
+    return f"{figures_text(record)}{age}"
 
 
 # --- reading Ceph -----------------------------------------------------------------------------
@@ -318,7 +320,7 @@ class StorageFollower:
         with self._lock:
             record, figures_at = self._record, self._figures_at
         age = self.clock() - figures_at if figures_at is not None else None
-        return storage_log_line(record, age)
+        return f"Storage: {storage_text(record, age)}"
 
 
 def ceph_of(storage: StorageConfig) -> Ceph:
@@ -341,6 +343,5 @@ __all__ = [
     "fault_of",
     "figures_text",
     "read_figures",
-    "size_text",
-    "storage_log_line",
+    "storage_text",
 ]

@@ -577,6 +577,19 @@ def parse_blocklist(text: str) -> tuple[BlocklistEntry, ...]:
 # --- as JSON: one shape for `pvc storage --format json` and the primary's record ---------------
 
 
+def size_text(count: int | float) -> str:
+    """Bytes as an operator reads them: `12.0 GiB`, `100 GiB`, `512 B` (powers of 1024); one
+    rendering for `pvc storage` and the storage log line."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            break
+        value /= 1024
+    if unit == "B" or value >= 100:
+        return f"{value:.0f} {unit}"
+    return f"{value:.1f} {unit}"
+
+
 def cluster_summary(status: ClusterStatus) -> dict[str, Any]:
     """The cluster's health and counts as `pvc storage status` shows them and `/pvc/storage/status`
     keeps them (under `cluster`)."""

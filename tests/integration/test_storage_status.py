@@ -17,6 +17,7 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
+import cli.main as cli_main
 from helpers import DaemonProcess, node_document, wait_for
 from pvcd.devcluster import layout
 from pvcd.devcluster.ceph import CephCluster
@@ -96,7 +97,21 @@ def stopped_mon(ceph_cluster: CephCluster) -> Iterator[Callable[[], None]]:
         wait_for(lambda: ceph_answers(ceph_cluster), 60, what="Ceph to answer again after SIGCONT")
 
 
-def test_record_matches_ceph(zk: KazooClient, store: ZooKeeperStore, ceph_cluster: CephCluster, pool: str) -> None:
+def cluster_status(zookeeper: ZooKeeperServer, capsys: pytest.CaptureFixture[str], *options: str) -> str:
+    """What `pvc cluster status` prints (the CLI in this process, with the suite's credentials)."""
+    capsys.readouterr()
+    assert cli_main.main(["--zookeeper", zookeeper.address, "cluster", "status", *options]) == 0
+    return capsys.readouterr().out
+
+
+def test_record_matches_ceph(
+    zk: KazooClient,
+    store: ZooKeeperStore,
+    ceph_cluster: CephCluster,
+    pool: str,
+    zookeeper: ZooKeeperServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     ceph = Ceph(conf=ceph_cluster.conf, keyring=ceph_cluster.keyring, client_id="admin", timeout=20)
     service = StorageStatus(store, ceph, 1.0, Supervisor("hv1"))
     service.start()
@@ -110,6 +125,11 @@ def test_record_matches_ceph(zk: KazooClient, store: ZooKeeperStore, ceph_cluste
         assert [osd["name"] for osd in found["osds"]] == ["osd.0"]
         assert {entry["name"] for entry in found["pools"]} == {p.name for p in ceph.pools()}
         assert found["error"] is None and found["partial"] is None and found["took_s"] > 0
+        # The operator sees the recorded figures in `pvc cluster status`.
+        shown = json.loads(cluster_status(zookeeper, capsys, "--format", "json"))["storage"]
+        assert shown["cluster"]["health"] == status.health.status and shown["osds"] == found["osds"]
+        line = next(line for line in cluster_status(zookeeper, capsys).splitlines() if line.startswith("Storage:"))
+        assert f"{status.health.status}" in line and "1/1 OSDs up and in" in line and "figures " in line
         # The next refresh sees a change made meanwhile.
         ceph.create_volume(pool, "disk3", "16M")
         found = wait_for(
@@ -122,7 +142,13 @@ def test_record_matches_ceph(zk: KazooClient, store: ZooKeeperStore, ceph_cluste
 
 
 def test_a_ceph_that_stops_answering_makes_the_record_stale_and_raises_the_fault(
-    zk: KazooClient, store: ZooKeeperStore, ceph_cluster: CephCluster, pool: str, stopped_mon: Callable[[], None]
+    zk: KazooClient,
+    store: ZooKeeperStore,
+    ceph_cluster: CephCluster,
+    pool: str,
+    stopped_mon: Callable[[], None],
+    zookeeper: ZooKeeperServer,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ceph = Ceph(conf=ceph_cluster.conf, keyring=ceph_cluster.keyring, client_id="admin", timeout=CEPH_TIMEOUT)
     service = StorageStatus(store, ceph, 1.0, Supervisor("hv1"))
@@ -138,6 +164,8 @@ def test_a_ceph_that_stops_answering_makes_the_record_stale_and_raises_the_fault
         assert stale["stale_since_ms"] >= stale["refreshed_ms"]
         fault = wait_for(lambda: faults(zk).get(FAULT), 10, what="the storage fault")
         assert fault["reason"] == f"Ceph figures not refreshed: {stale['error']}"
+        shown = cluster_status(zookeeper, capsys)
+        assert "Storage:" in shown and "STALE (" in shown and "no answer from Ceph within 2s" in shown
         os.kill(ceph_cluster.pids["mon"], signal.SIGCONT)
         wait_for(lambda: (r := record(zk)) is not None and r["ok"], 60, what="ok again after SIGCONT")
         wait_for(lambda: FAULT not in faults(zk), 10, what="the storage fault cleared")

@@ -46,6 +46,7 @@ from pvcd.fencing.ipmi import FenceReport, IpmiTarget
 from pvcd.fencing.outcome import FenceOutcome, FenceVerdict
 from pvcd.network import client_interfaces
 from pvcd.network.manager import node_addresses
+from pvcd.storage.status import storage_text
 from pvcd.vm import reconcile
 from pvcd.zk import networks, schema, vms
 from pvcd.zk.base import encode
@@ -537,3 +538,27 @@ def test_a_huge_damaged_record_gives_a_short_reason() -> None:
 
 def test_the_encoded_baseline_is_canonical_json() -> None:
     assert all(json.loads(encode(value)) == value for value in cluster_values().values())
+
+
+STORAGE_RECORD = {
+    "ok": True,
+    "refreshed_ms": 1,
+    "took_s": 0.2,
+    "cluster": {"fsid": "f", "health": "HEALTH_OK", "checks": [], "osds": {"total": 1, "up": 1, "in": 1}},
+    "usage": {"total_bytes": 10, "used_bytes": 1, "avail_bytes": 9},
+    "osds": [{"id": 0, "name": "osd.0", "up": True, "in": True}],
+    "pools": [{"name": "vms", "volumes": [{"pool": "vms", "name": "d1"}]}],
+    "partial": None,
+    "error": None,
+    "stale_since_ms": None,
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(json_junk, mutated(STORAGE_RECORD)), st.one_of(st.none(), st.floats(0, 1e12)))
+def test_a_junk_storage_record_still_gives_the_storage_line(record: Any, age: float | None) -> None:
+    """/pvc/storage/status feeds every node's storage log line and `pvc cluster status`: whatever it
+    holds, the line is produced (a field of the wrong type reads as missing)."""
+    if not isinstance(record, dict):
+        record = None
+    assert isinstance(storage_text(record, age), str)

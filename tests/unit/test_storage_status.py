@@ -20,8 +20,7 @@ from pvcd.storage.status import (
     failed_record,
     fault_of,
     read_figures,
-    size_text,
-    storage_log_line,
+    storage_text,
 )
 from pvcd.supervisor import Supervisor
 from pvcd.zk import schema
@@ -92,7 +91,7 @@ def test_fault_only_while_refreshes_fail() -> None:
 
 
 def test_sizes() -> None:
-    assert [size_text(n) for n in (0, 512, 2048, 12 * GiB, 100 * GiB, 1536 * GiB)] == [
+    assert [values.size_text(n) for n in (0, 512, 2048, 12 * GiB, 100 * GiB, 1536 * GiB)] == [
         "0 B",
         "512 B",
         "2.0 KiB",
@@ -117,25 +116,25 @@ def record_of(used: int, total: int, pools: int, volumes_each: int, osds: list[t
 
 def test_log_line_of_a_fresh_record() -> None:
     record = record_of(12 * GiB, 100 * GiB, 3, 5, [(True, True)])
-    assert storage_log_line(record, 2.2) == (
-        "Storage: HEALTH_OK; 1/1 OSDs up and in; 12.0 GiB used of 100 GiB (12%); 3 pools, 15 volumes; figures 2s old"
+    assert storage_text(record, 2.2) == (
+        "HEALTH_OK; 1/1 OSDs up and in; 12.0 GiB used of 100 GiB (12%); 3 pools, 15 volumes; figures 2s old"
     )
     record = record_of(0, 0, 0, 0, [(True, True), (False, True), (False, False)])
     record["cluster"] = {"health": "HEALTH_WARN", "checks": [{"code": "OSD_DOWN"}, {"code": "PG_DEGRADED"}]}
     record["partial"] = "refresh deadline passed: volumes of 1 pool(s) not read (p9)"
-    assert storage_log_line(record, 400) == (
-        "Storage: HEALTH_WARN (OSD_DOWN, PG_DEGRADED); 1/3 OSDs up, 2/3 in; 0 B used of 0 B; 0 pools, 0 volumes; "
+    assert storage_text(record, 400) == (
+        "HEALTH_WARN (OSD_DOWN, PG_DEGRADED); 1/3 OSDs up, 2/3 in; 0 B used of 0 B; 0 pools, 0 volumes; "
         "partial: refresh deadline passed: volumes of 1 pool(s) not read (p9); figures 7min old"
     )
 
 
 def test_log_line_without_fresh_figures() -> None:
-    assert storage_log_line(None, None) == "Storage: no figures: the primary has not recorded any yet"
+    assert storage_text(None, None) == "no figures: the primary has not recorded any yet"
     error = "ceph status: no answer from Ceph within 10s"
-    assert storage_log_line(failed_record(None, error, 1, 10.0), 3.0) == f"Storage: no figures: {error}"
+    assert storage_text(failed_record(None, error, 1, 10.0), 3.0) == f"no figures: {error}"
     stale = failed_record(record_of(GiB, 10 * GiB, 1, 1, [(True, True)]), error, 1, 10.0)
-    assert storage_log_line(stale, 40.0) == (
-        f"Storage: STALE ({error}); figures 40s old: HEALTH_OK; 1/1 OSDs up and in; 1.0 GiB used of 10.0 GiB (10%); "
+    assert storage_text(stale, 40.0) == (
+        f"STALE ({error}); figures 40s old: HEALTH_OK; 1/1 OSDs up and in; 1.0 GiB used of 10.0 GiB (10%); "
         "1 pools, 1 volumes"
     )
 
