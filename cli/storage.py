@@ -75,18 +75,8 @@ def _check_size(size: str) -> int:
         raise CliError(str(exc)) from exc
 
 
-def _pool_names(ceph: Ceph) -> tuple[str, ...]:
-    from pvcd.storage import CephError, values
-
-    text = ceph.run("ceph", ["osd", "pool", "ls", "--format", "json"])
-    try:
-        return values.parse_pool_names(text)
-    except ValueError as exc:
-        raise CephError(str(exc)) from exc
-
-
 def _require_pool(ceph: Ceph, pool: str) -> None:
-    if pool not in _pool_names(ceph):
+    if pool not in ceph.pool_names():
         raise CliError(f"no pool {pool!r} (see 'pvc storage pool list')")
 
 

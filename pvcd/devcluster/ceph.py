@@ -40,7 +40,7 @@ MON_ID = "a"
 MGR_ID = "x"
 OSD_ID = 0
 DAEMONS = ("mon", "mgr", "osd")
-BINARIES = ("ceph-mon", "ceph-mgr", "ceph-osd", "ceph-authtool", "monmaptool", "ceph", "rbd")
+BINARIES = ("ceph-mon", "ceph-mgr", "ceph-osd", "ceph-authtool", "monmaptool", "ceph", "rbd", "rados")
 
 
 def ceph_available() -> str | None:

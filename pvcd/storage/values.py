@@ -364,8 +364,8 @@ def parse_pool_details(text: str) -> tuple[PoolSettings, ...]:
 
 
 def parse_pool_names(text: str) -> tuple[str, ...]:
-    what = "ceph osd pool ls"
-    return tuple(str(name) for name in _list(decode(text, what), what))
+    """`rados lspools`: one pool name per line (it has no JSON output; a pool name has no newline)."""
+    return tuple(line for line in text.splitlines() if line)
 
 
 def join_pools(settings: tuple[PoolSettings, ...], usage: ClusterUsage) -> tuple[Pool, ...]:

@@ -1,28 +1,47 @@
 """The whole-cluster harness: a real local cluster (`pvc-devcluster up`) driven as an operator would.
 
-`Cluster` wraps one cluster: the `pvc` and `pvc-devcluster` commands, and the
-ground truth of what ran where, from the chassis journals through
-`pvc-devcluster check` (each domain start and stop on each host, on the
-machine's one monotonic clock). The `make_cluster` fixture (conftest.py)
+`Cluster` wraps one cluster: the `pvc` and `pvc-devcluster` commands (`pvc`
+and the journal check run in this process: the same code, without an
+interpreter start per poll), and the ground truth of what ran where, from the
+chassis journals through the checker of `pvc-devcluster check` (each domain
+start and stop on each host, on the machine's one monotonic clock). The `make_cluster` fixture (conftest.py)
 checks every cluster it started when the test ends.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import libvirt
 from kazoo.client import KazooClient
 
+import cli.main as cli_main
 from helpers import bin_path, wait_for
+from pvcd.devcluster import check as devcluster_check
+from pvcd.devcluster import cluster as devcluster
 from pvcd.zk.security import Credentials
 
 INTERVAL = 1
 WINDOW = 3
+CLIENT_VARIABLES = (
+    "PVC_ZOOKEEPER",
+    "PVC_ZOOKEEPER_CREDENTIALS",
+    "PVC_ZOOKEEPER_AUTH",
+    "PVC_ZOOKEEPER_CA",
+    "PVC_ZOOKEEPER_CERT",
+    "PVC_ZOOKEEPER_KEY",
+)
+"""What points `pvc` at a ZooKeeper; the suite's own values must not leak into a cluster's."""
+CLI_LOCK = threading.Lock()
+"""The in-process `pvc` swaps this process's environment and standard streams: one call at a time."""
 
 
 def domain_xml(name: str, memory_mib: int = 128) -> str:
@@ -46,11 +65,29 @@ def client_environment(record: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def operator_environment(record: dict[str, Any]) -> Iterator[None]:
+    """`client_environment` in this process's environment for the duration (the suite's own
+    ZooKeeper variables are put back after)."""
+    wanted = client_environment(record)
+    saved = {key: os.environ.get(key) for key in (*wanted, *CLIENT_VARIABLES)}
+    for key in CLIENT_VARIABLES:
+        os.environ.pop(key, None)
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class Cluster:
     def __init__(self, workdir: Path, record: dict[str, Any]) -> None:
         self.workdir = workdir
         self.record = record
-        self.env = dict(os.environ, **client_environment(record))
         self.stopped = False
 
     def kazoo(self, role: str | None = "coordinator") -> KazooClient:
@@ -74,7 +111,13 @@ class Cluster:
     # -- tools -----------------------------------------------------------------
 
     def pvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([bin_path("pvc"), *args], capture_output=True, text=True, timeout=60, env=self.env)
+        """`pvc ARGS` as the cluster's operator, run in this process: the same code and output as
+        the command (`cli.main.main`, which `pvc` calls), without an interpreter start per call; the
+        tests poll with it, and a process each time would take a core from the cluster under test."""
+        out, err = io.StringIO(), io.StringIO()
+        with CLI_LOCK, operator_environment(self.record), redirect_stdout(out), redirect_stderr(err):
+            code = cli_main.main(list(args))
+        result = subprocess.CompletedProcess(["pvc", *args], code, out.getvalue(), err.getvalue())
         if check:
             assert result.returncode == 0, f"pvc {' '.join(args)}: {result.stderr}"
         return result
@@ -143,12 +186,9 @@ class Cluster:
     # -- ground truth --------------------------------------------------------------
 
     def check(self) -> dict[str, Any]:
-        """The journal checker's report (`pvc-devcluster check --format json`)."""
-        result = self.devcluster("check", "--format", "json")
-        assert result.returncode in (0, 1), f"pvc-devcluster check: {result.stderr}"
-        report = json.loads(result.stdout)
-        assert result.returncode == (0 if report["clean"] else 1)
-        return report
+        """The journal checker's report (what `pvc-devcluster check --format json` prints), made in
+        this process for the same reason as `pvc`."""
+        return devcluster_check.check(devcluster.load(self.workdir.resolve()))
 
     def assert_clean(self, everything_runs: bool = True) -> dict[str, Any]:
         """No VM ever ran on two hosts; with `everything_runs`, each VM to start runs on exactly one host now."""

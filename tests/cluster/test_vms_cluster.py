@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,20 +62,17 @@ def test_thirty_vms_through_flush_ready_and_moves_never_run_twice(make_cluster, 
     placement = {name: NODES[i % len(NODES)] for i, name in enumerate(VMS)}
     for name in VMS:
         (xml_dir / f"{name}.xml").write_text(domain_xml(name, VM_MIB))
-    with ThreadPoolExecutor(3) as pool:
-        defined = list(
-            pool.map(lambda n: pvc.json("vm", "define", str(xml_dir / f"{n}.xml"), "--node", placement[n]), VMS)
+    defined = [pvc.json("vm", "define", str(xml_dir / f"{name}.xml"), "--node", placement[name]) for name in VMS]
+    for vm in defined:
+        assert (vm["state"], vm["node"], vm["memory_mib"], vm["vcpus"], vm["actual"]["state"]) == (
+            "stop",
+            placement[vm["name"]],
+            VM_MIB,
+            1,
+            "stopped",
         )
-        for vm in defined:
-            assert (vm["state"], vm["node"], vm["memory_mib"], vm["vcpus"], vm["actual"]["state"]) == (
-                "stop",
-                placement[vm["name"]],
-                VM_MIB,
-                1,
-                "stopped",
-            )
-        started = list(pool.map(lambda n: pvc.json("vm", "start", n), VMS))
-        assert {vm["state"] for vm in started} == {"start"}
+    started = [pvc.json("vm", "start", name) for name in VMS]
+    assert {vm["state"] for vm in started} == {"start"}
     vms, nodes = settle(pvc, "after start")
     assert {name: on(vms, name) for name in NODES} == {
         node: sorted(n for n, where in placement.items() if where == node) for node in NODES

@@ -112,7 +112,7 @@ def test_a_pool_ceph_df_does_not_count_yet_has_no_usage() -> None:
 
 
 def test_pool_names() -> None:
-    assert values.parse_pool_names(answer("pool_ls.json")) == ("device_health_metrics", "vms")
+    assert values.parse_pool_names(answer("rados_lspools.txt")) == ("device_health_metrics", "vms")
 
 
 def test_volumes_skip_snapshot_lines_and_carry_parents() -> None:
