@@ -14,7 +14,7 @@ import json
 
 import pytest
 from harness import Cluster
-from test_fence_safety import fence_record, running_elsewhere, secondaries, wait_for_step, zookeeper
+from test_fence_safety import AFTER_WATCHDOG, fence_record, running_elsewhere, secondaries, wait_for_step, zookeeper
 
 from ceph_helpers import LockHolder
 from helpers import wait_for
@@ -89,7 +89,7 @@ def test_a_dead_nodes_disk_client_is_cut_off_its_lock_broken_and_its_vm_recovere
     # pvcd dies, the host and its VM live on, and its BMC does not answer: the fence fails.
     cluster.fault(victim, "bmc-down")
     cluster.fault(victim, "daemon-crash")
-    record = wait_for_step(cluster, victim, "waiting-watchdog", 40)
+    record = wait_for_step(cluster, victim, "waiting-watchdog", 40, then=AFTER_WATCHDOG)
     assert record["outcome"] == "failed"
     storage = record["storage"]
     assert storage["outcome"] == "confirmed", storage
