@@ -905,8 +905,10 @@ def _node_command(
             plan = flush.flush_plan(name, all_vms, node_views, late, _selector(view))
             click.echo(to_json(plan_json(plan)) if output_format == "json" else plan_text(plan))
             return
-        if view.state.daemon != "run" or name in late_nodes([view], store.server_time_ms()):
+        if view.state.daemon != "run":
             raise CliError(f"node {name} is not running (daemon {view.state.daemon}); it cannot {kind}")
+        if name in late_nodes([view], store.server_time_ms()):
+            raise CliError(f"node {name}'s keepalive is late; it cannot {kind} until it keeps alive again")
         try:
             cleared = kind == flush.CommandKind.READY and nodes.clear_fence(store, name)
         except nodes.FenceInProgress as exc:

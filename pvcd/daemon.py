@@ -22,7 +22,7 @@ from pvcd import __version__, hostinfo
 from pvcd.cluster.cache import ClusterCache
 from pvcd.cluster.states import StatesFollower, StatesPublisher
 from pvcd.cluster.values import StateRecord
-from pvcd.collect import Collectors
+from pvcd.collect import Collected, Collectors
 from pvcd.config import Config
 from pvcd.coordinator.role import coordinator_role
 from pvcd.fencing.fencer import Fencer, check_own_bmc, ipmi_record
@@ -487,8 +487,22 @@ class NodeDaemon:
             self.stop_event.wait(next_at - now)
 
     def keepalive_once(self) -> bool:
-        """Collect figures and send one keepalive transaction; True if it was sent."""
+        """Collect figures and send one keepalive transaction; True if it was sent.
+
+        A keepalive refused because one of the node's records changed (the primary writing the
+        steps of a fence this node already knows, an operator's command) is sent again at once
+        after the re-read, which acknowledges any new fence first: waiting for the next interval
+        would make a live node late for what is only a change of version."""
         collected = self.collectors.collect(self.interval * COLLECT_BUDGET_SHARE)
+        for attempt in (1, 2):
+            sent = self._send_keepalive(collected, retry=attempt == 1)
+            if sent is not None:
+                return sent
+        return False
+
+    def _send_keepalive(self, collected: Collected, retry: bool) -> bool | None:
+        """One keepalive transaction: True if sent, False if not, None if refused for a version
+        that the re-read has taken on (`retry`: worth sending again now)."""
         try:
             if self.versions is None:
                 self._reread_versions()
@@ -505,9 +519,10 @@ class NodeDaemon:
                 )
         except VersionConflict as exc:
             self.versions = None
-            log.error("Keepalive of node %s refused: %s; re-reading its records", self.name, exc)
+            again = "; re-reading its records and sending it again" if retry else "; re-reading its records"
+            log.error("Keepalive of node %s refused: %s%s", self.name, exc, again)
             self._check_fence()
-            return False
+            return None if retry and self.versions is not None else False
         except StoreUnavailable as exc:
             self.versions = None
             log.warning("Keepalive of node %s not sent: ZooKeeper unreachable (%s)", self.name, exc)

@@ -226,3 +226,37 @@ def test_unanswered_bmc_is_reported_at_start(zk, make_config, running_daemon, ca
     message = next(r.getMessage() for r in caplog.records if "does not answer" in r.getMessage())
     assert message.startswith("BMC of node hv1 at admin@127.0.0.1:623 does not answer")
     assert config.fencing.ipmi.password not in message
+
+
+def test_a_keepalive_refused_for_a_changed_record_is_sent_again_at_once(zk, make_config, running_daemon, caplog):
+    """The primary writing a fence's next step (or an operator's command) bumps the version a
+    keepalive checks: the refused keepalive is sent again after the re-read, not one interval
+    later, so that the node does not look late for it. A 30 s interval keeps the daemon's own loop
+    out of the way while this test sends keepalives."""
+    daemon = running_daemon(make_config(keepalive_interval=30))
+    wait_for(lambda: counter(zk) >= 1 and daemon.versions is not None, 20, what="first keepalive")
+    # Settled: primary, its state published (which bumps the state's version too).
+    wait_for(lambda: read(zk, schema.node_state("hv1"))[0]["coordinator"] == "primary", 20, what="hv1 primary")
+    wait_for(lambda: daemon.keepalive_once(), 10, what="a keepalive accepted")
+    reached = counter(zk)
+    fence, _ = zk.get(schema.node_fence("hv1"))
+    zk.set(schema.node_fence("hv1"), fence)  # the same record, a new version
+    assert daemon.keepalive_once() is True
+    assert counter(zk) == reached + 1
+    assert "refused: /pvc/nodes/hv1/fence: changed by someone else; re-reading its records and sending it again" in (
+        caplog.text
+    )
+    # Refused twice in a row (a record changing again meanwhile): it waits for the next interval.
+    zk.set(schema.node_fence("hv1"), fence)
+    sets = [0]
+    original = daemon._reread_versions
+
+    def changed_again() -> None:
+        original()
+        if sets[0] == 0:
+            sets[0] += 1
+            zk.set(schema.node_fence("hv1"), fence)
+
+    daemon._reread_versions = changed_again
+    assert daemon.keepalive_once() is False
+    assert counter(zk) == reached + 1

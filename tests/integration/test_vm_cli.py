@@ -214,6 +214,24 @@ def test_node_flush_and_ready(cluster, pvc, tmp_path):
     wait_for(lambda: nodes_["hv1"].running() == {"vm0", "vm1", "vm2", "vm3"}, 15, what="the VMs back on hv1")
 
 
+def test_flush_and_ready_of_a_node_that_is_not_keeping_alive_are_refused_in_words(cluster, pvc, zk):
+    nodes_ = cluster(("hv1", "hv2"))
+    nodes_["hv1"].stop()
+    before = tree(zk, schema.node("hv1"))
+    for kind in ("flush", "ready"):
+        code, _, err = pvc("node", kind, "hv1")
+        assert (code, err) == (1, f"pvc: node hv1 is not running (daemon stop); it cannot {kind}\n")
+    assert tree(zk, schema.node("hv1")) == before
+    # Its daemon state still says `run` (a daemon that hung, say), but no keepalive comes.
+    state = json.loads(zk.get(schema.node_state("hv1"))[0])
+    zk.set(schema.node_state("hv1"), json.dumps(dict(state, daemon="run")).encode())
+    before = tree(zk, schema.node("hv1"))
+    wait_for(lambda: run_json(pvc, "node", "info", "hv1")["keepalive"]["late"], 15, what="hv1's keepalive late")
+    code, _, err = pvc("node", "ready", "hv1")
+    assert (code, err) == (1, "pvc: node hv1's keepalive is late; it cannot ready until it keeps alive again\n")
+    assert tree(zk, schema.node("hv1")) == before
+
+
 def test_running_vm_cannot_move_off_a_node_that_is_gone(cluster, pvc, tmp_path):
     nodes_ = cluster(("hv1", "hv2"))
     run_json(pvc, "vm", "define", vm_file(tmp_path, "vm1"), "--node", "hv1")
