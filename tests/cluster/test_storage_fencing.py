@@ -118,6 +118,7 @@ def test_a_dead_nodes_disk_client_is_cut_off_its_lock_broken_and_its_vm_recovere
         60,
         what="the reset node back",
     )
+    cluster.wait_keepalives(victim, 2)
     cluster.pvc("node", "ready", victim, "--wait")
     wait_for(
         lambda: lock.address not in [entry.address for entry in ceph.blocklist()],
